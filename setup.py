@@ -1,0 +1,50 @@
+"""hfa_jax: gloss-free sign language translation (HFA + BeyondGloss) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Pinned so a fresh clone reproduces the numbers in README.md and bench/RESULTS.md.
+RUNTIME = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "numpy==2.4.6",
+    "transformers==5.23.0",
+    "sentencepiece==0.2.3",
+    "safetensors==0.8.0",
+    "spacy==3.8.18",
+    "HanTa==1.2.1",
+    "fasttext-numpy2==0.10.4",
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
+    "grain==0.2.18",
+    "sacrebleu==2.6.0",
+    "pillow==13.0.0",
+    "tqdm==4.70.1",
+    "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",
+]
+
+TEST = [
+    "pytest==9.2.0",
+    "pytest-xdist==3.8.0",
+    # PyTorch reference models and independent metric implementations; tests only.
+    "torch==2.13.0",
+    "peft==0.21.2",
+    "pycocoevalcap==1.2",
+    "rouge-score==0.1.2",
+]
+
+setup(
+    name="hfa_jax",
+    version="0.1.0",
+    description="Gloss-free sign language translation (HFA, BeyondGloss) in JAX/Flax",
+    python_requires=">=3.11",
+    packages=find_packages(include=["hfa_jax", "hfa_jax.*", "data_prep", "data_prep.*", "configs"]),
+    include_package_data=True,
+    package_data={"hfa_jax": ["resources/**/*"], "data_prep": ["resources/**/*"]},
+    install_requires=RUNTIME,
+    extras_require={"test": TEST},
+)
