@@ -1,0 +1,684 @@
+"""Convert a sign-language dataset on disk into a tensorflow-datasets ArrayRecord dataset.
+
+    python -m data_prep.build_dataset --format phoenix14t --root ROOT --out OUT
+        [--splits train,dev,test] [--size 256] [--image_format jpeg|png] [--jpeg_quality 95]
+        [--skip_bad] [--workers N] [--videos_per_shard 64] [--name NAME]
+    python -m data_prep.build_dataset --format gfslt --labels DIR --root FRAMES_ROOT --out OUT
+    python -m data_prep.build_dataset --format csl_daily --labels DIR --root FRAMES_ROOT --out OUT
+
+Every frame is decoded once (Pillow), resized to size x size (bicubic, Pillow's default filter for
+`Image.resize`, which is what the GFSLT-VLP / HFA loaders apply) and re-encoded as JPEG or PNG.
+
+On-disk result (a standard TFDS dataset folder, written with tfds' own machinery: the
+`FeaturesDict` serialises examples, `ArrayRecordFileAdapter` writes the shards,
+`tfds.folder_dataset.write_metadata` writes `dataset_info.json` / `features.json`)::
+
+    OUT/NAME/1.0.0/dataset_info.json, features.json
+    OUT/NAME/1.0.0/NAME-{split}.array_record-{i:05d}-of-{n:05d}
+    OUT/NAME/_work/...            resume bookkeeping (plans, per-shard sidecars); safe to delete
+    OUT/bad_videos.tsv            with --skip_bad: split, name, file, reason of every skipped video
+
+Open it without TensorFlow::
+
+    tfds.data_source(NAME, data_dir=OUT)["train"]                  # or
+    tfds.builder_from_directory("OUT/NAME/1.0.0").as_data_source("train")
+
+Per-example features: `name`, `text`, `gloss`, `signer` (Text; "" when absent), `num_frames`
+(int32), `frames` (Sequence of Image(size, size, 3) encoded as jpeg|png), and for SynthSign trees
+(which carry `extras/{split}/{name}.json`) `hand_traj` (float32 [T, 2, 2]) and `description`.
+
+Resumable: each shard is written under a temporary name in `_work/` and renamed into place when
+complete, after its sidecar (example count, skipped videos); a rerun with the same settings skips
+completed shards. Bad input stops with one line (file, row, what to do) unless `--skip_bad`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from hfa_jax.data import records as records_lib
+from hfa_jax.data.records import BadVideo, VideoRecord
+from hfa_jax.errors import DataError, UserError, cli_main
+
+DEFAULT_VERSION = "1.0.0"
+FILE_FORMAT = "array_record"
+IMAGE_FORMATS = ("jpeg", "png")
+_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
+_PLAN_VERSION = 1
+
+
+def _tfds():
+    # Imported lazily so `--help` and the readers stay fast; tfds itself never imports TF here.
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+# ----------------------------------------------------------------------------------------------
+# Features and encoding
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeOptions:
+    """How frames are stored: size x size pixels, jpeg (at jpeg_quality) or png."""
+
+    size: int = 256
+    image_format: str = "jpeg"
+    jpeg_quality: int = 95
+    extras: bool = False  # hand_traj + description features (SynthSign)
+
+    def __post_init__(self):
+        if self.image_format not in IMAGE_FORMATS:
+            raise DataError(f"image_format {self.image_format!r} unknown; use jpeg or png")
+        if not 8 <= self.size <= 4096:
+            raise DataError(f"size {self.size} out of range; use e.g. --size 256")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise DataError(f"jpeg_quality {self.jpeg_quality} out of range 1..100")
+
+
+def make_features(opts: EncodeOptions):
+    """The dataset's `tfds.features.FeaturesDict` (INTERFACES.md, training format)."""
+    tfds = _tfds()
+    f = tfds.features
+    spec: dict[str, Any] = {
+        "name": f.Text(),
+        "frames": f.Sequence(
+            f.Image(shape=(opts.size, opts.size, 3), encoding_format=opts.image_format)
+        ),
+        "num_frames": f.Scalar(np.int32),
+        "text": f.Text(),
+        "gloss": f.Text(),
+        "signer": f.Text(),
+    }
+    if opts.extras:
+        spec["hand_traj"] = f.Tensor(shape=(None, 2, 2), dtype=np.float32)
+        spec["description"] = f.Text()
+    return f.FeaturesDict(spec)
+
+
+def encode_image(frame: np.ndarray, opts: EncodeOptions) -> bytes:
+    """uint8 [H, W, 3] -> encoded size x size image bytes (resized with bicubic if needed)."""
+    img = Image.fromarray(np.ascontiguousarray(frame), mode="RGB") if frame.ndim == 3 else None
+    if img is None:
+        raise DataError(f"frame has shape {frame.shape}, expected [H, W, 3] uint8")
+    return _encode_pil(img, opts)
+
+
+def _encode_pil(img: Image.Image, opts: EncodeOptions) -> bytes:
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (opts.size, opts.size):
+        img = img.resize((opts.size, opts.size), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    if opts.image_format == "jpeg":
+        img.save(buf, format="JPEG", quality=opts.jpeg_quality)
+    else:
+        img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _check_encoded(data: bytes, opts: EncodeOptions, where: str) -> bytes:
+    """Header-only check of pre-encoded frame bytes (format and size), no decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, size = img.format, img.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{where}: encoded frame is not a readable image ({e}); "
+                        "pass uint8 arrays or valid image bytes") from None
+    if fmt != _PIL_FORMAT[opts.image_format] or size != (opts.size, opts.size):
+        raise DataError(f"{where}: encoded frame is {fmt} {size[0]}x{size[1]}, the dataset stores "
+                        f"{opts.image_format} {opts.size}x{opts.size}; pass uint8 arrays to "
+                        "re-encode, or matching bytes")
+    return data
+
+
+def _example_dict(name: str, frames: list[bytes], text: str, gloss: str | None,
+                  signer: str | None, extras: dict[str, Any] | None, opts: EncodeOptions) -> dict:
+    ex: dict[str, Any] = {
+        "name": name,
+        "frames": frames,
+        "num_frames": np.int32(len(frames)),
+        "text": text,
+        "gloss": gloss or "",
+        "signer": signer or "",
+    }
+    if opts.extras:
+        assert extras is not None
+        ex["hand_traj"] = extras["hand_traj"]
+        ex["description"] = extras["description"]
+    return ex
+
+
+def _load_extras(path: str, num_frames: int) -> dict[str, Any] | str:
+    """SynthSign `extras/{split}/{name}.json` -> {hand_traj [T,2,2] f32, description}, or a reason."""
+    if not os.path.isfile(path):
+        return "extras file missing (the tree has extras/); regenerate the SynthSign tree"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        traj = np.asarray(data["hand_traj"], dtype=np.float32)
+        desc = data["description"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"extras file unreadable ({type(e).__name__}: {str(e)[:80]}); regenerate it"
+    if traj.shape != (num_frames, 2, 2) or not isinstance(desc, str):
+        return (f"extras hand_traj has shape {list(traj.shape)}, expected [{num_frames}, 2, 2] "
+                "(one [[lx,ly],[rx,ry]] per frame); regenerate it")
+    return {"hand_traj": traj, "description": desc}
+
+
+def load_video(record: VideoRecord, opts: EncodeOptions,
+               extras_path: str | None = None) -> tuple[dict, None] | tuple[None, BadVideo]:
+    """Decodes every frame of `record` once, checks it, resizes and re-encodes it.
+
+    Returns (example dict ready for `FeaturesDict.serialize_example`, None) or (None, BadVideo)
+    for an unreadable/truncated frame, mixed frame sizes or bad extras.
+    """
+    frames: list[bytes] = []
+    first_size: tuple[int, int] | None = None
+    first_name = ""
+    for path in record.frame_paths:
+        try:
+            with Image.open(path) as img:
+                img.load()  # full decode: raises on truncated data
+                if first_size is None:
+                    first_size, first_name = img.size, os.path.basename(path)
+                elif img.size != first_size:
+                    return None, BadVideo(
+                        record.split, record.name, path,
+                        f"mixed frame sizes: {first_name} is {first_size[0]}x{first_size[1]}, "
+                        f"{os.path.basename(path)} is {img.size[0]}x{img.size[1]}; re-extract the frames")
+                frames.append(_encode_pil(img, opts))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            return None, BadVideo(record.split, record.name, path,
+                                  f"unreadable frame ({type(e).__name__}: {str(e)[:80]}); "
+                                  "re-extract the frames of this video")
+    if not frames:
+        return None, BadVideo(record.split, record.name, record.name, "no frames")
+    extras = None
+    if opts.extras:
+        got = _load_extras(extras_path or "", len(frames))
+        if isinstance(got, str):
+            return None, BadVideo(record.split, record.name, extras_path or "", got)
+        extras = got
+    return _example_dict(record.name, frames, record.translation, record.gloss, record.signer,
+                         extras, opts), None
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset folder, shards, metadata
+# ----------------------------------------------------------------------------------------------
+
+
+def dataset_dir(out: str, name: str, version: str = DEFAULT_VERSION) -> str:
+    """The TFDS dataset folder (`tfds.builder_from_directory` argument): OUT/NAME/VERSION."""
+    return os.path.join(os.path.abspath(out), name, version)
+
+
+def _work_dir(out: str, name: str) -> str:
+    return os.path.join(os.path.abspath(out), name, "_work")
+
+
+def shard_path(ds_dir: str, name: str, split: str, index: int, num_shards: int) -> str:
+    """tfds' default file name: NAME-SPLIT.array_record-00000-of-00004."""
+    tfds = _tfds()
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=ds_dir, dataset_name=name, split=split, filetype_suffix=FILE_FORMAT)
+    return os.fspath(template.sharded_filepath(shard_index=index, num_shards=num_shards))
+
+
+def _write_shard(path: str, tmp_path: str, serialized: Sequence[bytes]) -> None:
+    """Writes a shard under `tmp_path` with tfds' ArrayRecord adapter, then renames it atomically."""
+    tfds = _tfds()
+    adapter = tfds.core.file_adapters.ArrayRecordFileAdapter
+    adapter.write_examples(tmp_path, ((i, ex) for i, ex in enumerate(serialized)))
+    os.replace(tmp_path, path)
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
+
+
+def _check_features(ds_dir: str, features) -> None:
+    """Refuses to mix splits written with different sizes/formats/extras in one dataset."""
+    if not os.path.isfile(os.path.join(ds_dir, "features.json")):
+        return
+    tfds = _tfds()
+    existing = tfds.features.FeatureConnector.from_config(ds_dir)
+    if existing.to_json() != features.to_json():
+        raise DataError(
+            f"{ds_dir}: already holds a dataset with other features (frame size, image format "
+            "or extras differ); write into a new --out folder or delete this one")
+
+
+def _split_shards(ds_dir: str, name: str) -> dict[str, list[str]]:
+    """Complete shard files per split found in `ds_dir` (checks that no shard is missing)."""
+    tfds = _tfds()
+    template = tfds.core.ShardedFileTemplate(data_dir=ds_dir, dataset_name=name,
+                                             filetype_suffix=FILE_FORMAT)
+    found: dict[str, dict[int, tuple[int, str]]] = {}
+    for fname in sorted(os.listdir(ds_dir)):
+        info = template.parse_filename_info(fname)
+        if info is None or info.dataset_name != name:
+            continue
+        found.setdefault(info.split, {})[info.shard_index] = (info.num_shards, fname)
+    shards: dict[str, list[str]] = {}
+    for split, by_index in found.items():
+        totals = {n for n, _ in by_index.values()}
+        if len(totals) != 1 or sorted(by_index) != list(range(totals.pop())):
+            raise DataError(f"{ds_dir}: split {split!r} has an incomplete or mixed set of shards "
+                            "(interrupted run?); rerun the conversion to finish it")
+        shards[split] = [os.path.join(ds_dir, by_index[i][1]) for i in sorted(by_index)]
+    return shards
+
+
+def finalize_metadata(ds_dir: str, name: str, features, description: str | None = None) -> None:
+    """Writes dataset_info.json + features.json for every split present in `ds_dir` (tfds API)."""
+    tfds = _tfds()
+    adapter = tfds.core.file_adapters.ArrayRecordFileAdapter
+    split_infos = []
+    for split, paths in sorted(_split_shards(ds_dir, name).items()):
+        split_infos.append(tfds.core.SplitInfo(
+            name=split,
+            shard_lengths=[adapter.num_examples(p) for p in paths],
+            num_bytes=sum(os.path.getsize(p) for p in paths),
+            filename_template=None,
+        ))
+    if not split_infos:
+        raise DataError(f"{ds_dir}: no shards written; nothing to describe")
+    tfds.folder_dataset.write_metadata(
+        data_dir=ds_dir, features=features, split_infos=split_infos, check_data=False,
+        description=description or "Sign-language videos converted by hfa_jax data_prep.build_dataset.",
+    )
+
+
+def _remove_split_shards(ds_dir: str, name: str, split: str) -> None:
+    tfds = _tfds()
+    template = tfds.core.ShardedFileTemplate(data_dir=ds_dir, dataset_name=name,
+                                             filetype_suffix=FILE_FORMAT)
+    for fname in os.listdir(ds_dir):
+        info = template.parse_filename_info(fname)
+        if info is not None and info.dataset_name == name and info.split == split:
+            os.remove(os.path.join(ds_dir, fname))
+
+
+def write_examples(
+    out_dir: str,
+    split: str,
+    examples: Iterable[dict],
+    *,
+    name: str = "hfa_sign",
+    version: str = DEFAULT_VERSION,
+    image_format: str = "jpeg",
+    jpeg_quality: int = 95,
+    size: int = 256,
+    extras: bool | None = None,
+    examples_per_shard: int = 64,
+    description: str | None = None,
+) -> str:
+    """Writes (replaces) one split of the TFDS ArrayRecord dataset OUT/NAME/VERSION.
+
+    Args:
+      out_dir: output root (the CLI's --out); the dataset lands in `dataset_dir(out_dir, name)`.
+      split: split name ("train", "dev", "test", or any tfds-valid name).
+      examples: dicts with `name: str`, `frames` (uint8 [T, H, W, 3], resized to size x size if
+        needed, or a list of already-encoded `image_format` size x size bytes), `text: str`,
+        optional `gloss`, `signer` (str or None), and with extras `hand_traj` (float [T, 2, 2]) and
+        `description: str`.
+      image_format, jpeg_quality, size: frame storage (see EncodeOptions).
+      extras: include hand_traj/description features; None = decided by the first example. All
+        splits of one dataset must agree (DataError otherwise).
+      examples_per_shard: shard size.
+      description: dataset description for dataset_info.json.
+
+    Returns:
+      The dataset folder (argument of `tfds.builder_from_directory`).
+    """
+    tfds = _tfds()
+    ds_dir = dataset_dir(out_dir, name, version)
+    work = _work_dir(out_dir, name)
+    os.makedirs(ds_dir, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    opts: EncodeOptions | None = None
+    features = None
+    tmp_paths: list[str] = []
+    batch: list[bytes] = []
+    seen: set[str] = set()
+
+    def flush() -> None:
+        tmp = os.path.join(work, f"{split}.write_examples.{len(tmp_paths):05d}.tmp")
+        tfds.core.file_adapters.ArrayRecordFileAdapter.write_examples(
+            tmp, ((i, ex) for i, ex in enumerate(batch)))
+        tmp_paths.append(tmp)
+        batch.clear()
+
+    try:
+        for i, ex in enumerate(examples):
+            where = f"write_examples(split={split!r}) example {i}"
+            missing = [k for k in ("name", "frames", "text") if k not in ex]
+            if missing:
+                raise DataError(f"{where}: missing key(s) {missing}; each example needs name, frames, text")
+            if opts is None:
+                use_extras = ("hand_traj" in ex) if extras is None else extras
+                opts = EncodeOptions(size=size, image_format=image_format,
+                                     jpeg_quality=jpeg_quality, extras=use_extras)
+                features = make_features(opts)
+                _check_features(ds_dir, features)
+            name_i = str(ex["name"])
+            if name_i in seen:
+                raise DataError(f"{where}: duplicate name {name_i!r}; names must be unique per split")
+            seen.add(name_i)
+            raw = ex["frames"]
+            if isinstance(raw, np.ndarray):
+                if raw.dtype != np.uint8 or raw.ndim != 4 or raw.shape[-1] != 3 or len(raw) == 0:
+                    raise DataError(f"{where}: frames {raw.dtype} {list(raw.shape)}, expected uint8 "
+                                    "[T>0, H, W, 3]")
+                frames = [encode_image(fr, opts) for fr in raw]
+            else:
+                frames = [_check_encoded(bytes(b), opts, where) for b in raw]
+                if not frames:
+                    raise DataError(f"{where}: no frames")
+            extra_vals = None
+            if opts.extras:
+                if "hand_traj" not in ex or "description" not in ex:
+                    raise DataError(f"{where}: dataset has hand_traj/description features but this "
+                                    "example lacks them")
+                traj = np.asarray(ex["hand_traj"], dtype=np.float32)
+                if traj.shape != (len(frames), 2, 2):
+                    raise DataError(f"{where}: hand_traj shape {list(traj.shape)}, expected "
+                                    f"[{len(frames)}, 2, 2]")
+                extra_vals = {"hand_traj": traj, "description": str(ex["description"])}
+            example = _example_dict(name_i, frames, str(ex["text"]), ex.get("gloss"),
+                                    ex.get("signer"), extra_vals, opts)
+            batch.append(features.serialize_example(example))
+            if len(batch) >= examples_per_shard:
+                flush()
+        if opts is None:
+            raise DataError(f"write_examples(split={split!r}): no examples given")
+        if batch:
+            flush()
+        _remove_split_shards(ds_dir, name, split)
+        for k, tmp in enumerate(tmp_paths):
+            os.replace(tmp, shard_path(ds_dir, name, split, k, len(tmp_paths)))
+        tmp_paths.clear()
+    finally:
+        for tmp in tmp_paths:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    finalize_metadata(ds_dir, name, features, description)
+    return ds_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: read a source layout, convert in parallel, resumably
+# ----------------------------------------------------------------------------------------------
+
+_DEFAULT_NAMES = {"phoenix14t": "phoenix14t", "gfslt": "gfslt", "csl_daily": "csl_daily"}
+
+
+def read_source(fmt: str, root: str, labels: str | None, split: str,
+                bad: list[BadVideo] | None) -> tuple[list[VideoRecord], str | None]:
+    """Records of one split of the source, and the SynthSign extras folder (or None)."""
+    if fmt == "phoenix14t":
+        recs = records_lib.read_phoenix14t(root, split, bad=bad)
+        extras = os.path.join(records_lib.find_phoenix14t_root(root), "extras")
+        return recs, (extras if os.path.isdir(extras) else None)
+    if labels is None:
+        raise DataError(f"--format {fmt} needs --labels (the folder holding labels.{{train,dev,test}})")
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: frames root not found; pass --root the frames folder")
+    if fmt == "gfslt":
+        return records_lib.read_gfslt_labels(labels, root, split, bad=bad), None
+    if fmt == "csl_daily":
+        return records_lib.read_csl_daily(labels, root, split, bad=bad), None
+    raise DataError(f"unknown --format {fmt!r}; use phoenix14t, gfslt or csl_daily")
+
+
+@dataclasses.dataclass
+class _Shard:
+    split: str
+    index: int
+    num_shards: int
+    records: list[VideoRecord]
+    path: str
+    sidecar: str
+    serialized: list[bytes] = dataclasses.field(default_factory=list)
+    bad: list[BadVideo] = dataclasses.field(default_factory=list)
+    pending: int = 0
+
+
+# Per-worker state (set by _init_worker; workers are separate processes).
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(opts: EncodeOptions) -> None:
+    _WORKER["opts"] = opts
+    _WORKER["features"] = make_features(opts)
+
+
+def _convert_one(task: tuple[int, VideoRecord, str | None]) -> tuple[int, bytes | None, BadVideo | None, int]:
+    key, record, extras_path = task
+    example, bad = load_video(record, _WORKER["opts"], extras_path)
+    if bad is not None:
+        return key, None, bad, 0
+    return key, _WORKER["features"].serialize_example(example), None, record.num_frames
+
+
+def _plan(records: list[VideoRecord], settings: dict, plan_path: str) -> None:
+    plan = {"plan_version": _PLAN_VERSION, "settings": settings,
+            "names": [r.name for r in records]}
+    if os.path.isfile(plan_path):
+        with open(plan_path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != plan:
+            what = ("settings " + ", ".join(f"{k}: {old['settings'].get(k)!r} -> {v!r}"
+                                           for k, v in settings.items()
+                                           if old.get("settings", {}).get(k) != v)
+                    if old.get("settings") != settings else "the list of videos changed")
+            raise DataError(f"{plan_path}: this output was started with different input ({what}); "
+                            "rerun with the original flags, or use a new --out")
+        return
+    _write_json(plan_path, plan)
+
+
+def _read_sidecar(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
+            splits: Sequence[str] = records_lib.SPLITS, size: int = 256,
+            image_format: str = "jpeg", jpeg_quality: int = 95, skip_bad: bool = False,
+            workers: int | None = None, videos_per_shard: int = 64, name: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Converts `splits` of a source into OUT/NAME/1.0.0 (see module docstring). Resumable.
+
+    Returns a summary: {"dataset_dir", "splits": {split: {"videos", "frames", "bad"}}, "bad": [...],
+    "seconds", "frames_per_second"}. Raises DataError on the first bad video unless skip_bad.
+    """
+    start = time.time()
+    name = name or _DEFAULT_NAMES.get(fmt, fmt)
+    workers = max(1, workers or os.cpu_count() or 1)
+    ds_dir = dataset_dir(out, name)
+    work = _work_dir(out, name)
+
+    # 1. Read every split first: reader-level problems surface before any work is done.
+    reader_bad: list[BadVideo] = []
+    per_split: dict[str, list[VideoRecord]] = {}
+    extras_dir: str | None = None
+    for split in splits:
+        recs, extras_dir = read_source(fmt, root, labels, split, reader_bad if skip_bad else None)
+        if not recs:
+            raise DataError(f"{root}: split {split!r} has no usable videos; check --root/--labels")
+        per_split[split] = recs
+    opts = EncodeOptions(size=size, image_format=image_format, jpeg_quality=jpeg_quality,
+                         extras=extras_dir is not None)
+    features = make_features(opts)
+    os.makedirs(ds_dir, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    _check_features(ds_dir, features)
+    settings = {"format": fmt, "size": size, "image_format": image_format,
+                "jpeg_quality": jpeg_quality if image_format == "jpeg" else None,
+                "extras": opts.extras, "videos_per_shard": videos_per_shard}
+
+    # 2. Deterministic shard plan per split; completed shards (file + sidecar) are skipped.
+    shards: list[_Shard] = []
+    done: list[dict] = []
+    for split, recs in per_split.items():
+        _plan(recs, settings, os.path.join(work, f"{split}.plan.json"))
+        n = max(1, -(-len(recs) // videos_per_shard))
+        for i in range(n):
+            path = shard_path(ds_dir, name, split, i, n)
+            sidecar = os.path.join(work, f"{os.path.basename(path)}.json")
+            side = _read_sidecar(sidecar)
+            if side is not None and os.path.isfile(path):
+                done.append(side)
+                continue
+            shards.append(_Shard(split, i, n, recs[i * videos_per_shard:(i + 1) * videos_per_shard],
+                                 path, sidecar))
+
+    # 3. Convert pending videos on all cores; a shard is written as soon as its videos are in.
+    tasks = []
+    for s_i, shard in enumerate(shards):
+        shard.serialized = [b""] * len(shard.records)
+        shard.pending = len(shard.records)
+        for v_i, rec in enumerate(shard.records):
+            extras_path = (os.path.join(extras_dir, rec.split, rec.name + ".json")
+                           if extras_dir else None)
+            tasks.append(((s_i, v_i), rec, extras_path))
+    total_frames = sum(len(t[1].frame_paths) for t in tasks)
+    if tasks:
+        _run_tasks(tasks, shards, opts, workers, skip_bad, total_frames, progress)
+        for shard in shards:
+            done.append(_read_sidecar(shard.sidecar))
+
+    # 4. Metadata (tfds) and the report of skipped videos.
+    finalize_metadata(ds_dir, name, features)
+    all_bad = reader_bad + [BadVideo(**b) for side in done for b in side["bad"]]
+    summary: dict[str, Any] = {"dataset_dir": ds_dir, "splits": {}, "bad": all_bad}
+    for split in per_split:
+        sides = [s for s in done if s["split"] == split]
+        summary["splits"][split] = {
+            "videos": sum(s["num_examples"] for s in sides),
+            "frames": sum(s["num_frames"] for s in sides),
+            "bad": sum(1 for b in all_bad if b.split == split),
+        }
+    if skip_bad:
+        with open(os.path.join(out, "bad_videos.tsv"), "w", encoding="utf-8") as f:
+            f.write("split\tname\tfile\treason\n")
+            for b in all_bad:
+                f.write("\t".join(x.replace("\t", " ").replace("\n", " ")
+                                  for x in (b.split, b.name, b.file, b.reason)) + "\n")
+    summary["seconds"] = time.time() - start
+    summary["frames_converted_now"] = total_frames
+    summary["frames_per_second"] = total_frames / max(summary["seconds"], 1e-9)
+    return summary
+
+
+def _run_tasks(tasks: list, shards: list[_Shard], opts: EncodeOptions, workers: int,
+               skip_bad: bool, total_frames: int, progress: bool) -> None:
+    from tqdm import tqdm
+
+    def finish(shard: _Shard) -> None:
+        written = [b for b in shard.serialized if b]
+        side = {"split": shard.split, "shard": shard.index, "num_examples": len(written),
+                "num_frames": sum(r.num_frames for r, b in zip(shard.records, shard.serialized) if b),
+                "bad": [dataclasses.asdict(b) for b in shard.bad]}
+        # Sidecar first, then the atomic rename: a shard counts as done only when both exist.
+        _write_json(shard.sidecar, side)
+        _write_shard(shard.path, shard.sidecar[:-len(".json")] + ".tmp", written)
+        shard.serialized = []
+
+    bar = tqdm(total=total_frames, unit="frame", unit_scale=True, desc="converting",
+               disable=not progress, dynamic_ncols=True, file=sys.stderr)
+
+    def handle(result) -> None:
+        (s_i, v_i), blob, bad, _ = result
+        shard = shards[s_i]
+        rec = shard.records[v_i]
+        if bad is not None:
+            if not skip_bad:
+                raise DataError(bad.message() + " (or pass --skip_bad to skip and list such videos)")
+            shard.bad.append(bad)
+        else:
+            shard.serialized[v_i] = blob
+        shard.pending -= 1
+        bar.update(len(rec.frame_paths))
+        if shard.pending == 0:
+            finish(shard)
+
+    try:
+        if workers == 1:
+            _init_worker(opts)
+            for t in tasks:
+                handle(_convert_one(t))
+        else:
+            # spawn: workers must not inherit a parent that may hold JAX/XLA threads.
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
+                for result in pool.imap_unordered(_convert_one, tasks, chunksize=1):
+                    handle(result)
+    finally:
+        bar.close()
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.build_dataset",
+        description="Convert PHOENIX14T / GFSLT-VLP / CSL-Daily frames into a TFDS ArrayRecord dataset.")
+    p.add_argument("--format", required=True, choices=sorted(_DEFAULT_NAMES))
+    p.add_argument("--root", required=True,
+                   help="phoenix14t: folder holding annotations/ and features/; gfslt: the "
+                        "fullFrame-210x260px folder; csl_daily: the frames_512x512 folder")
+    p.add_argument("--labels", help="gfslt/csl_daily: folder holding labels.{train,dev,test}")
+    p.add_argument("--out", required=True, help="output root; the dataset goes to OUT/NAME/1.0.0")
+    p.add_argument("--name", help="dataset name (default: the format name)")
+    p.add_argument("--splits", default="train,dev,test")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--image_format", default="jpeg", choices=IMAGE_FORMATS)
+    p.add_argument("--jpeg_quality", type=int, default=95)
+    p.add_argument("--skip_bad", action="store_true",
+                   help="skip bad videos, list them in OUT/bad_videos.tsv, count them in the summary")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--videos_per_shard", type=int, default=64)
+    return p.parse_args(argv)
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = _parse_args(argv)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    summary = convert(
+        args.format, args.root, args.out, labels=args.labels, splits=splits, size=args.size,
+        image_format=args.image_format, jpeg_quality=args.jpeg_quality, skip_bad=args.skip_bad,
+        workers=args.workers, videos_per_shard=args.videos_per_shard, name=args.name)
+    for split, s in summary["splits"].items():
+        print(f"{split}: {s['videos']} videos, {s['frames']} frames written, {s['bad']} bad skipped")
+    n_bad = len(summary["bad"])
+    if args.skip_bad:
+        print(f"bad videos: {n_bad} (listed in {os.path.join(args.out, 'bad_videos.tsv')})")
+    print(f"converted {summary['frames_converted_now']} frames in {summary['seconds']:.1f}s "
+          f"({summary['frames_per_second']:.0f} frames/s)")
+    print(f"dataset: {summary['dataset_dir']}  (open: tfds.builder_from_directory(path)"
+          ".as_data_source(split))")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

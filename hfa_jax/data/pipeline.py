@@ -1,0 +1,448 @@
+"""Host input pipeline: tfds ArrayRecord split -> grain -> padded uint8 host batches.
+
+The training format (see INTERFACES.md, written by ``data_prep.build_dataset``) stores one example per
+video with the frames as encoded JPEG/PNG bytes. This module
+
+1. opens a split as a random-access source without TensorFlow (:func:`open_split`): records are
+   read as raw bytes and parsed with tfds' NumPy example parser, so frame bytes stay *encoded*;
+2. builds a grain pipeline (:func:`make_loader`): seeded global shuffle (re-shuffled every epoch),
+   frame selection (the first ``max_frames`` frames as in HFA, or a sorted random subsample as in
+   GFSLT-VLP), decoding of *only the selected* frames, and batching with per-batch padding of the
+   time axis to the smallest bucket length that holds the longest clip of the batch, so that a
+   jit-compiled step sees at most ``len(buckets)`` distinct shapes.
+
+Batches are dicts of NumPy arrays (frames stay uint8 on the host; normalisation happens on the
+accelerator in :mod:`hfa_jax.data.augment`)::
+
+    frames:     [B, T, H, W, 3] uint8   (padding frames are zero)
+    frame_mask: [B, T] bool              (True = real frame)
+    index:      [B] int32                (row in the source; -1 for filler rows, see below)
+    ...         whatever ``example_fn`` adds, stacked along a new leading batch axis
+
+Determinism and resumption. Batches are formed on the index level (``MapDataset.batch`` before
+``to_iter_dataset``), so which examples land in which batch depends only on ``seed``/``batch_size``,
+not on ``worker_count``; workers each produce whole batches and grain interleaves them back in
+order. The random frame subsample of an example is seeded from ``(seed, epoch, source index)``.
+The iterator returned by ``iter(loader)`` is a grain ``DatasetIterator`` with ``get_state()``
+(a JSON-serialisable dict) and ``set_state(state)``; grain's orbax handler
+(``grain.python.PyGrainCheckpointSave``) stores it next to the model checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import grain.python as grain
+import numpy as np
+from PIL import Image
+
+from hfa_jax.errors import ConfigError, DataError
+
+# Bucket lengths for the padded time axis. PHOENIX14T clips have 16-475 frames (median 112) and at
+# most 300 are kept (SPEC §1), so five buckets keep padding waste moderate with few recompiles.
+DEFAULT_BUCKETS: tuple[int, ...] = (64, 128, 192, 256, 300)
+
+FRAME_SELECTIONS = ("first", "random")
+
+# Keys produced by the batching step itself; ``example_fn`` may not use them.
+_RESERVED_KEYS = frozenset({"frames", "frame_mask", "index"})
+
+
+# --------------------------------------------------------------------------------------------
+# Source
+# --------------------------------------------------------------------------------------------
+
+
+def _find_builder_dir(dataset_dir: str) -> str:
+    """Returns the folder holding ``dataset_info.json`` at or (up to two levels) below dataset_dir.
+
+    tfds writes ``<data_dir>/<name>/<version>/``; users may point at any of these levels.
+    """
+    if not os.path.isdir(dataset_dir):
+        raise DataError(
+            f"dataset folder {dataset_dir!r} does not exist; run `python -m data_prep.build_dataset` "
+            "to create it or fix the path"
+        )
+    for pattern in ("", "*", os.path.join("*", "*")):
+        hits = sorted(glob.glob(os.path.join(dataset_dir, pattern, "dataset_info.json")))
+        if len(hits) == 1:
+            return os.path.dirname(hits[0])
+        if len(hits) > 1:
+            found = ", ".join(os.path.dirname(h) for h in hits)
+            raise DataError(
+                f"dataset folder {dataset_dir!r} holds several tfds datasets ({found}); "
+                "pass the one to use"
+            )
+    raise DataError(
+        f"no dataset_info.json in or below {dataset_dir!r}; it is not a tfds dataset folder written "
+        "by `python -m data_prep.build_dataset`"
+    )
+
+
+class ArrayRecordSplit:
+    """Random-access view of one split of a tfds ArrayRecord dataset, frames left encoded.
+
+    ``split[i]`` is a dict with the stored features: ``frames`` (list of encoded JPEG/PNG
+    ``bytes``), ``num_frames`` (int), text features as ``str`` (``name``, ``text``, ``gloss``,
+    ``signer``, ...), numeric features as NumPy arrays, plus ``index`` (= i). It implements grain's
+    ``RandomAccessDataSource`` protocol. The underlying reader is opened lazily in each process (the
+    object is pickled to grain's worker processes), and no TensorFlow is imported.
+    """
+
+    def __init__(self, builder_dir: str, split: str):
+        # Imported here so worker processes that never touch the source stay light.
+        import tensorflow_datasets as tfds
+
+        self.builder_dir = os.path.abspath(builder_dir)
+        self.split = split
+        builder = tfds.builder_from_directory(self.builder_dir)
+        splits = builder.info.splits
+        if split not in splits:
+            raise DataError(
+                f"split {split!r} not in dataset {self.builder_dir!r} (has: {sorted(splits.keys())}); "
+                "pick one of those or rebuild the dataset with that split"
+            )
+        self.features = builder.info.features
+        if "frames" not in self.features or "num_frames" not in self.features:
+            raise DataError(
+                f"dataset {self.builder_dir!r} has no `frames`/`num_frames` features "
+                f"(has: {sorted(self.features.keys())}); rebuild it with data_prep.build_dataset"
+            )
+        self._num_records = int(splits[split].num_examples)
+        self._text_keys = frozenset(
+            k for k, f in self.features.items() if isinstance(f, tfds.features.Text)
+        )
+        self._reader = None
+
+    # grain pickles the source into worker processes: drop the open reader and reopen there.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
+    def _open(self):
+        import tensorflow_datasets as tfds
+        from tensorflow_datasets.core import example_parser
+
+        builder = tfds.builder_from_directory(self.builder_dir)
+        raw = builder.as_data_source(
+            split=self.split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+        )
+        # Parse the serialized tf.train.Example with NumPy only; Image features stay as the
+        # encoded bytes (their serialized form), so nothing is decoded before frame selection.
+        parser = example_parser.ExampleParserNp(builder.info.features.get_serialized_info())
+        self._reader = (raw, parser)
+        return self._reader
+
+    def __len__(self) -> int:
+        return self._num_records
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not 0 <= index < self._num_records:
+            raise IndexError(f"index {index} out of range for {self!r}")
+        raw, parser = self._reader or self._open()
+        try:
+            parsed = parser.parse_example(raw[index])
+        except Exception as e:  # corrupt record: say where, not a protobuf traceback
+            raise DataError(
+                f"record {index} of split {self.split!r} in {self.builder_dir!r} cannot be parsed "
+                f"({type(e).__name__}: {e}); rebuild the dataset"
+            ) from None
+        example: dict[str, Any] = {}
+        for key, value in parsed.items():
+            if key in self._text_keys:
+                example[key] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            elif key == "frames":
+                example[key] = list(value)
+            else:
+                example[key] = value
+        example["num_frames"] = int(example["num_frames"])
+        example["index"] = index
+        return example
+
+    def __repr__(self) -> str:
+        # grain validates restored iterator states against repr(source): keep it stable.
+        return f"ArrayRecordSplit(builder_dir={self.builder_dir!r}, split={self.split!r})"
+
+
+def open_split(dataset_dir: str, split: str) -> ArrayRecordSplit:
+    """Opens ``split`` of the tfds ArrayRecord dataset in ``dataset_dir`` (no TensorFlow needed).
+
+    Args:
+      dataset_dir: the tfds folder holding ``dataset_info.json`` or a parent up to two levels
+        above it (``<data_dir>/<name>/<version>``).
+      split: "train" | "dev" | "test" (any split the dataset has).
+    """
+    return ArrayRecordSplit(_find_builder_dir(dataset_dir), split)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-example steps
+# --------------------------------------------------------------------------------------------
+
+
+def select_frames(
+    num_frames: int, max_frames: int, mode: str, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Indices of the frames to keep, sorted: ``[min(num_frames, max_frames)]`` int64.
+
+    "first": the first ``max_frames`` frames (HFA, elsobhano/MLLM `images[:max_length]`).
+    "random": a sorted uniform subsample without replacement when the clip is longer (GFSLT-VLP
+    `sorted(random.sample(range(n), k=max_length))`); all frames otherwise.
+    """
+    if num_frames <= max_frames:
+        return np.arange(num_frames)
+    if mode == "first":
+        return np.arange(max_frames)
+    if mode == "random":
+        if rng is None:
+            raise ValueError("frame selection 'random' needs an rng")
+        return np.sort(rng.choice(num_frames, size=max_frames, replace=False))
+    raise ConfigError(f"frame_selection={mode!r} is not one of {FRAME_SELECTIONS}")
+
+
+def decode_frames(blobs: Sequence[bytes]) -> np.ndarray:
+    """Decodes JPEG/PNG frame bytes into ``[N, H, W, 3] uint8`` (all frames must share H, W)."""
+    if len(blobs) == 0:
+        raise DataError("an example has no frames; rebuild the dataset (empty clips are invalid)")
+    out = None
+    for i, blob in enumerate(blobs):
+        with Image.open(io.BytesIO(blob)) as im:
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+        if out is None:
+            out = np.empty((len(blobs),) + arr.shape, np.uint8)
+        elif arr.shape != out.shape[1:]:
+            raise DataError(
+                f"frame {i} has shape {arr.shape}, frame 0 has {out.shape[1:]}; all frames of a "
+                "clip must have one size: rebuild the dataset"
+            )
+        out[i] = arr
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _PrepareExample:
+    """map_with_index step: select frames, decode them, run ``example_fn``.
+
+    ``position`` is the element's position in the (sharded, shuffled, repeated) stream, so
+    ``position // epoch_length`` is the epoch.
+    """
+
+    seed: int
+    epoch_length: int
+    frame_selection: str
+    max_frames: int
+    example_fn: Callable[[Mapping[str, Any]], Mapping[str, np.ndarray]] | None
+
+    def __call__(self, position: int, example: Mapping[str, Any]) -> dict[str, Any]:
+        index = int(example["index"])
+        frame_bytes = example["frames"]
+        num_frames = min(int(example["num_frames"]), len(frame_bytes))
+        rng = None
+        if self.frame_selection == "random":
+            epoch = position // self.epoch_length
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index]))
+        keep = select_frames(num_frames, self.max_frames, self.frame_selection, rng)
+        out: dict[str, Any] = {
+            "frames": decode_frames([frame_bytes[i] for i in keep]),
+            "index": np.int32(index),
+        }
+        if self.example_fn is not None:
+            extra = self.example_fn(example)
+            clash = _RESERVED_KEYS.intersection(extra)
+            if clash:
+                raise ConfigError(
+                    f"example_fn returned reserved keys {sorted(clash)}; rename them"
+                )
+            out.update({k: np.asarray(v) for k, v in extra.items()})
+        return out
+
+
+def bucket_length(num_frames: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket ``>= num_frames`` (buckets sorted ascending)."""
+    for b in buckets:
+        if b >= num_frames:
+            return b
+    raise DataError(f"clip of {num_frames} frames is longer than the largest bucket {buckets[-1]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _PadBatch:
+    """Batch function: stacks examples and pads time to a bucket, optionally filling up the batch.
+
+    With ``fill_batch`` a short last batch gets filler rows (``index`` -1, all-False mask, zeros
+    elsewhere) so every batch has exactly ``batch_size`` rows: shapes stay static for jit.
+    """
+
+    batch_size: int
+    buckets: tuple[int, ...]
+    fill_batch: bool
+
+    def __call__(self, elements: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        lengths = [e["frames"].shape[0] for e in elements]
+        t = bucket_length(max(lengths), self.buckets)
+        frame_shape = elements[0]["frames"].shape[1:]
+        b = self.batch_size if self.fill_batch else len(elements)
+        frames = np.zeros((b, t) + frame_shape, np.uint8)
+        mask = np.zeros((b, t), bool)
+        index = np.full((b,), -1, np.int32)
+        for row, (e, n) in enumerate(zip(elements, lengths)):
+            if e["frames"].shape[1:] != frame_shape:
+                raise DataError(
+                    f"example {int(e['index'])} has frames of shape {e['frames'].shape[1:]}, others "
+                    f"{frame_shape}; build the dataset with one frame size"
+                )
+            frames[row, :n] = e["frames"]
+            mask[row, :n] = True
+            index[row] = e["index"]
+        batch = {"frames": frames, "frame_mask": mask, "index": index}
+        for key in elements[0]:
+            if key in _RESERVED_KEYS:
+                continue
+            try:
+                stacked = np.stack([np.asarray(e[key]) for e in elements])
+            except ValueError:
+                shapes = sorted({np.shape(e[key]) for e in elements})
+                raise ConfigError(
+                    f"example_fn field {key!r} has varying shapes {shapes}; it must return one "
+                    "fixed shape per field (pad it)"
+                ) from None
+            if len(elements) < b:
+                filler = np.zeros((b - len(elements),) + stacked.shape[1:], stacked.dtype)
+                stacked = np.concatenate([stacked, filler])
+            batch[key] = stacked
+        return batch
+
+
+# --------------------------------------------------------------------------------------------
+# Loader
+# --------------------------------------------------------------------------------------------
+
+
+def make_loader(
+    source: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    num_epochs: int | None,
+    frame_selection: str = "first",
+    max_frames: int = 300,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    drop_remainder: bool,
+    worker_count: int = 0,
+    example_fn: Callable[[Mapping[str, Any]], Mapping[str, np.ndarray]] | None = None,
+    fill_last_batch: bool = True,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    read_threads: int = 1,
+    prefetch_batches: int = 2,
+) -> grain.IterDataset:
+    """Builds the grain pipeline over ``source`` (e.g. :func:`open_split`) yielding host batches.
+
+    Args:
+      source: random-access source of examples with ``frames`` (encoded bytes), ``num_frames``,
+        ``index``, as returned by :func:`open_split`.
+      batch_size: examples per batch *on this host* (per process).
+      seed: shuffling and random-frame-selection seed (non-negative, < 2**32).
+      shuffle: global shuffle, a different permutation every epoch.
+      num_epochs: number of passes; None repeats forever.
+      frame_selection: "first" (HFA) or "random" (GFSLT-VLP): which ``max_frames`` frames to keep.
+      max_frames: the most frames kept per clip (SPEC: 300).
+      buckets: allowed padded lengths T, ascending; the last must be >= max_frames.
+      drop_remainder: drop the last incomplete batch (training).
+      worker_count: grain worker processes decoding batches (0 = in this process).
+      example_fn: ``example -> {field: array}`` adding fixed-shape numeric fields per example
+        (the example dict is the source row: str fields, ``index``, encoded ``frames``). It runs in
+        the worker processes, so it must be picklable.
+      fill_last_batch: without ``drop_remainder``, pad the last batch to ``batch_size`` with filler
+        rows (``index`` -1, mask all False) so that every batch has the same shape.
+      shard_index, shard_count: this host's slice of the data; default
+        ``jax.process_index()``/``jax.process_count()`` (multi-host data parallelism).
+      read_threads: threads per process computing batches (decoding releases the GIL).
+      prefetch_batches: batches buffered per process (bounded: batches are large).
+
+    Returns:
+      A grain ``IterDataset``; ``it = iter(loader)`` yields batch dicts (see module docstring) and
+      supports ``it.get_state()`` / ``it.set_state(state)``. Restoring requires the same
+      arguments (grain checks ``worker_count``).
+    """
+    buckets = tuple(int(b) for b in buckets)
+    if frame_selection not in FRAME_SELECTIONS:
+        raise ConfigError(f"frame_selection={frame_selection!r} is not one of {FRAME_SELECTIONS}")
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size={batch_size} must be positive")
+    if max_frames <= 0:
+        raise ConfigError(f"max_frames={max_frames} must be positive")
+    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
+        raise ConfigError(f"buckets={buckets} must be strictly ascending positive lengths")
+    if buckets[-1] < max_frames:
+        raise ConfigError(
+            f"largest bucket {buckets[-1]} < max_frames={max_frames}; add a bucket >= max_frames"
+        )
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed} must be in [0, 2**32)")
+    if num_epochs is not None and num_epochs <= 0:
+        raise ConfigError(f"num_epochs={num_epochs} must be positive or None")
+    if shard_index is None or shard_count is None:
+        import jax  # only for the multi-host default
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if len(source) == 0:
+        raise DataError(f"source {source!r} is empty")
+
+    ds = grain.MapDataset.source(source)
+    if shard_count > 1:
+        # Every host reads a disjoint, equally long slice (drops at most shard_count-1 examples
+        # so that hosts stay in lockstep).
+        per_host = len(ds) // shard_count
+        ds = ds[shard_index : per_host * shard_count : shard_count]
+    epoch_length = len(ds)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)  # re-permuted every epoch once repeated (seed + epoch)
+    if num_epochs != 1:
+        ds = ds.repeat(num_epochs)
+    ds = ds.map_with_index(
+        _PrepareExample(
+            seed=seed,
+            epoch_length=epoch_length,
+            frame_selection=frame_selection,
+            max_frames=max_frames,
+            example_fn=example_fn,
+        )
+    )
+    ds = ds.batch(
+        batch_size,
+        drop_remainder=drop_remainder,
+        batch_fn=_PadBatch(batch_size, buckets, fill_batch=fill_last_batch and not drop_remainder),
+    )
+    ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+    )
+    if worker_count > 0:
+        _ensure_absl_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return ds
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside `absl.app.run` nobody parsed them."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int:
+    """Batches per epoch for ``num_examples`` examples (for progress bars and schedules)."""
+    if drop_remainder:
+        return num_examples // batch_size
+    return math.ceil(num_examples / batch_size)

@@ -1,0 +1,138 @@
+"""LoRA (Hu et al. 2021) as a drop-in replacement for ``flax.linen.Dense``.
+
+Design (after levanter's ``lora.py``): the frozen base weight keeps the parameter names of
+``nn.Dense`` (``kernel [in, out]``, ``bias [out]``), so weights imported from Hugging Face /
+torch-hub checkpoints load unchanged, and the adapter adds two parameters next to it:
+
+- ``lora_a [in, r]`` ~ N(0, 0.02)   (the HFA reference / peft "gaussian"-style init used by SPEC §2)
+- ``lora_b [r, out]`` = 0           (so an untrained adapter is the identity change)
+
+``y = x @ kernel + bias + (dropout(x) @ lora_a @ lora_b) * alpha / r``; dropout acts on the LoRA
+input only (peft convention). Freezing the base is done by the optimiser mask
+(:mod:`hfa_jax.train.freeze`), not here.
+
+For inference, :func:`merge_lora` folds ``scale * A @ B`` into ``kernel`` and deletes the adapter
+parameters; a ``LoRADense`` whose adapter parameters are absent from the variables simply runs
+as a plain dense layer, so the same module definition applies to merged and unmerged weights.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Array = jax.Array
+Dtype = Any
+
+__all__ = ["LoRADense", "merge_lora", "lora_scale"]
+
+
+def lora_scale(rank: int, alpha: float) -> float:
+    """The LoRA output multiplier ``alpha / rank`` (0 when rank is 0)."""
+    return float(alpha) / rank if rank > 0 else 0.0
+
+
+class LoRADense(nn.Module):
+    """Dense layer with an optional low-rank adapter.
+
+    Attributes:
+      features: output width.
+      rank: LoRA rank r; 0 gives a plain ``nn.Dense`` (same parameter names).
+      alpha: LoRA alpha (the update is scaled by alpha / r).
+      dropout: dropout rate on the LoRA branch input (needs the ``dropout`` rng when not
+        deterministic).
+      use_bias: whether the base layer has a bias.
+      kernel_init, bias_init: base initialisers (overwritten by imported weights in practice).
+      dtype: compute dtype (e.g. bf16); params stay in ``param_dtype``.
+    """
+
+    features: int
+    rank: int = 0
+    alpha: float = 1.0
+    dropout: float = 0.0
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+    lora_a_init: Callable = nn.initializers.normal(stddev=0.02)
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        """x: [..., in] -> [..., features]."""
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        dtype = self.dtype or jnp.result_type(x, kernel)
+        xc = x.astype(dtype)
+        y = jnp.einsum("...i,io->...o", xc, kernel.astype(dtype), precision=self.precision)
+        if bias is not None:
+            y = y + bias.astype(dtype)
+        # Merged weights (see merge_lora) carry no adapter: run as a plain dense layer then.
+        has_adapter = self.rank > 0 and (
+            self.is_initializing() or self.has_variable("params", "lora_a")
+        )
+        if has_adapter:
+            a = self.param("lora_a", self.lora_a_init, (in_features, self.rank), self.param_dtype)
+            b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features), self.param_dtype)
+            h = nn.Dropout(rate=self.dropout)(xc, deterministic=deterministic)
+            h = jnp.einsum("...i,ir->...r", h, a.astype(dtype), precision=self.precision)
+            h = jnp.einsum("...r,ro->...o", h, b.astype(dtype), precision=self.precision)
+            y = y + h * jnp.asarray(lora_scale(self.rank, self.alpha), dtype)
+        return y
+
+
+def _scale_for(path: str, scales: float | Sequence[tuple[str, float]]) -> float:
+    if isinstance(scales, (int, float)):
+        return float(scales)
+    for pattern, value in scales:
+        if re.search(pattern, path):
+            return float(value)
+    raise ValueError(f"merge_lora: no scale rule matches LoRA layer {path!r}; add a (regex, alpha/r) rule")
+
+
+def merge_lora(variables: Any, scales: float | Sequence[tuple[str, float]] = 1.0) -> Any:
+    """Fold every adapter into its base kernel: ``kernel + scale * lora_a @ lora_b``.
+
+    Args:
+      variables: a Flax variables dict (``{"params": ...}``) or a bare params tree.
+      scales: ``alpha / r`` for all layers (a float), or ``[(regex, scale), ...]`` matched with
+        ``re.search`` against the '/'-joined path of the layer (first match wins). HFA uses
+        different ranks for ViT (r4, a4 -> 1.0) and mBART (r16, a32 -> 2.0):
+        see :func:`hfa_jax.models.hfa.lora_scale_rules`.
+
+    Returns:
+      The same tree without ``lora_a``/``lora_b`` (the merged layers run as plain dense layers).
+      Computed in float32 at highest precision.
+    """
+
+    def walk(node: Any, path: str) -> Any:
+        if not isinstance(node, dict) and not hasattr(node, "items"):
+            return node
+        node = dict(node)
+        if "lora_a" in node and "lora_b" in node and "kernel" in node:
+            s = _scale_for(path, scales)
+            k = node["kernel"]
+            delta = jnp.matmul(
+                jnp.asarray(node["lora_a"], jnp.float32),
+                jnp.asarray(node["lora_b"], jnp.float32),
+                precision=jax.lax.Precision.HIGHEST,
+            )
+            node["kernel"] = (jnp.asarray(k, jnp.float32) + s * delta).astype(jnp.asarray(k).dtype)
+            del node["lora_a"], node["lora_b"]
+        return {key: walk(value, f"{path}/{key}" if path else key) for key, value in node.items()}
+
+    if isinstance(variables, dict) and "params" in variables:
+        out = dict(variables)
+        out["params"] = walk(variables["params"], "")
+        return out
+    return walk(variables, "")

@@ -1,0 +1,1084 @@
+"""mBART (Liu et al. 2020, mbart-large-cc25) in Flax linen, with LoRA, an ``inputs_embeds`` path for
+visual features, an explicit key/value cache for decoding, and a torch-free Hugging Face importer.
+
+Architecture (transformers' ``modeling_mbart.py`` is the reference; SPEC §2):
+
+- Pre-LN encoder and decoder layers (``x + Attn(LN(x))``, ``x + FFN(LN(x))``), exact-erf GELU,
+  LayerNorm eps 1e-5 (PyTorch default), final ``layer_norm`` after the last layer of each stack.
+- Token path: ``shared[ids] * sqrt(d)`` (``scale_embedding``); the ``inputs_embeds`` path (visual
+  features) is NOT scaled -- transformers applies ``embed_scale`` inside the token embedding only.
+  Both paths then add learned positions (row ``position + 2``: the fairseq offset kept by HF)
+  and apply ``layernorm_embedding``.
+- Output projection tied to ``shared`` plus ``final_logits_bias`` (a buffer in HF: it lives in the
+  ``buffers`` collection here, so it is never counted or trained as a parameter).
+- LoRA (:class:`hfa_jax.models.lora.LoRADense`) on the projections named in
+  ``MBartConfig.lora_targets`` (default: q and v of encoder self-attention, decoder self-attention
+  and decoder cross-attention; SPEC §2, r16 alpha32 dropout 0.1).
+
+Parameter tree of :class:`MBart` (names mirror the HF module names so the importer and the freezing
+regexes read naturally; '/'-joined)::
+
+    params/shared/embedding                                   [V, D]
+    params/encoder/embed_positions/embedding                  [P + 2, D]
+    params/encoder/layernorm_embedding/{scale,bias}
+    params/encoder/layers_{i}/self_attn/{q_proj,k_proj,v_proj,out_proj}/{kernel,bias[,lora_a,lora_b]}
+    params/encoder/layers_{i}/{self_attn_layer_norm,final_layer_norm}/{scale,bias}
+    params/encoder/layers_{i}/{fc1,fc2}/{kernel,bias}
+    params/encoder/layer_norm/{scale,bias}
+    params/decoder/...   (same, plus layers_{i}/encoder_attn/... and layers_{i}/encoder_attn_layer_norm)
+    buffers/final_logits_bias                                  [V]
+
+A standalone :class:`MBartEncoder` (the frozen text encoder / the LoRA video encoder of
+pretraining) owns its token embedding as ``params/embed_tokens/embedding``; everything else has
+the same names as under ``params/encoder``. :func:`encoder_variables` converts imported
+:class:`MBart` variables to that layout.
+
+Decoding cache (explicit pure pytree, see :meth:`MBart.init_cache`)::
+
+    {"index": int32 [],                     # number of decoder positions already written
+     "self":  {"layers_{i}": {"k": [N, T_max, H, Dh], "v": [N, T_max, H, Dh]}},
+     "cross": {"layers_{i}": {"k": [N, S, H, Dh],     "v": [N, S, H, Dh]}}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hfa_jax.errors import CheckpointError, ConfigError
+from hfa_jax.models import attention as attention_lib
+from hfa_jax.models.lora import LoRADense
+
+Array = jax.Array
+_log = logging.getLogger(__name__)
+
+__all__ = [
+    "MBartConfig",
+    "MBartAttention",
+    "MBartEncoderLayer",
+    "MBartDecoderLayer",
+    "MBartEncoder",
+    "MBartDecoder",
+    "MBart",
+    "DEFAULT_LORA_TARGETS",
+    "POSITION_OFFSET",
+    "reorder_cache",
+    "from_hf",
+    "encoder_from_hf",
+    "encoder_variables",
+    "load_hf_state",
+    "save_imported",
+    "load_imported",
+]
+
+# fairseq/HF learned positions start at row 2 (rows 0/1 were reserved for padding in fairseq).
+POSITION_OFFSET = 2
+
+# SPEC §2: LoRA on q and v of encoder self-attention, decoder self-attention and cross-attention.
+DEFAULT_LORA_TARGETS: tuple[str, ...] = (
+    "encoder.self_attn.q_proj",
+    "encoder.self_attn.v_proj",
+    "decoder.self_attn.q_proj",
+    "decoder.self_attn.v_proj",
+    "decoder.encoder_attn.q_proj",
+    "decoder.encoder_attn.v_proj",
+)
+
+_PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+_ATTN_IMPLS = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class MBartConfig:
+    """mBART hyper-parameters (defaults: mbart-large-cc25 with SPEC §2's translation LoRA).
+
+    Field names follow transformers' ``MBartConfig`` so a ``config.json`` maps one to one.
+    ``lora_rank=0`` disables LoRA (the frozen text encoder). ``dtype`` is the compute dtype
+    ("float32" or "bfloat16"); parameters are always float32.
+    ``attention_impl``: "xla" (plain masked softmax, float32 logits) or "cudnn" (fused cuDNN
+    kernel; GPU with bf16/fp16 only, falls back to "xla" elsewhere).
+    """
+
+    vocab_size: int = 250027
+    d_model: int = 1024
+    encoder_layers: int = 12
+    decoder_layers: int = 12
+    encoder_attention_heads: int = 16
+    decoder_attention_heads: int = 16
+    encoder_ffn_dim: int = 4096
+    decoder_ffn_dim: int = 4096
+    max_position_embeddings: int = 1024
+    scale_embedding: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation_function: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    decoder_start_token_id: int | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = 2
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    dtype: str = "float32"
+    attention_impl: str = "xla"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
+            raise ConfigError(
+                f"MBartConfig: d_model {self.d_model} is not divisible by the attention heads "
+                f"({self.encoder_attention_heads}/{self.decoder_attention_heads}); fix the model config"
+            )
+        if self.activation_function not in _ACTIVATIONS:
+            raise ConfigError(
+                f"MBartConfig.activation_function {self.activation_function!r} is not supported; "
+                f"use one of {sorted(_ACTIVATIONS)}"
+            )
+        if self.attention_impl not in _ATTN_IMPLS:
+            raise ConfigError(
+                f"MBartConfig.attention_impl {self.attention_impl!r} unknown; use one of {_ATTN_IMPLS}"
+            )
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"MBartConfig.dtype {self.dtype!r} unknown; use float32 or bfloat16")
+        for t in self.lora_targets:
+            parts = t.split(".")
+            ok = (
+                len(parts) == 3
+                and parts[0] in ("encoder", "decoder")
+                and parts[1] in ("self_attn", "encoder_attn", "mlp")
+                and parts[2] in _PROJ_NAMES
+            )
+            if not ok:
+                raise ConfigError(
+                    f"MBartConfig.lora_targets entry {t!r} is not '<encoder|decoder>.<self_attn|"
+                    f"encoder_attn|mlp>.<{'|'.join(_PROJ_NAMES)}>'"
+                )
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    def lora_rank_for(self, stack: str, block: str, proj: str) -> int:
+        """LoRA rank of one projection (0 = plain dense)."""
+        return self.lora_rank if f"{stack}.{block}.{proj}" in self.lora_targets else 0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MBartConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"MBartConfig: unknown fields {unknown}; valid fields are {sorted(names)}")
+        d = dict(d)
+        if "lora_targets" in d:
+            d["lora_targets"] = tuple(d["lora_targets"])
+        return cls(**d)
+
+
+_ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF "gelu" = exact erf GELU
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def _dense_init(cfg: MBartConfig):
+    return nn.initializers.normal(stddev=cfg.init_std)
+
+
+def _layer_norm(cfg: MBartConfig, name: str | None = None) -> nn.LayerNorm:
+    # PyTorch LayerNorm eps 1e-5 (flax's default 1e-6 would break parity); statistics in float32.
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)
+
+
+def _attend(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None,
+    *,
+    impl: str,
+    dropout_rate: float,
+    deterministic: bool,
+    dropout_rng: Array | None,
+) -> Array:
+    """Scaled dot-product attention. q: [B, T, H, Dh], k/v: [B, S, H, Dh], mask: bool
+    broadcastable to [B, H, T, S] (True = attend). Returns [B, T, H, Dh] in q's dtype."""
+    if dropout_rate > 0.0 and not deterministic:
+        # Dropout on the attention probabilities (HF ``attention_dropout``): explicit softmax.
+        scale = 1.0 / np.sqrt(q.shape[-1])
+        logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
+        return jnp.einsum("bnts,bsnh->btnh", probs, v)
+    if impl == "cudnn" and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn").astype(q.dtype)
+        except Exception as e:  # noqa: BLE001 - cuDNN rejects unsupported shapes at trace time
+            _warn_once(f"mBART: cuDNN attention unavailable ({type(e).__name__}: {e}); using 'xla'")
+    elif impl == "cudnn":
+        _warn_once("mBART: cuDNN attention needs a GPU and bf16/fp16 compute; using 'xla'")
+    return attention_lib.dot_product_attention(q, k, v, mask=mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(msg: str) -> None:
+    _log.warning(msg)
+
+
+class MBartAttention(nn.Module):
+    """Multi-head attention with q/k/v/out projections (each optionally LoRA).
+
+    ``stack``/``block`` name this attention for the LoRA target lookup
+    (e.g. "decoder", "encoder_attn").
+    """
+
+    cfg: MBartConfig
+    num_heads: int
+    stack: str
+    block: str
+
+    def setup(self):
+        cfg = self.cfg
+        d = cfg.d_model
+
+        def proj(name: str) -> LoRADense:
+            return LoRADense(
+                features=d,
+                rank=cfg.lora_rank_for(self.stack, self.block, name),
+                alpha=cfg.lora_alpha,
+                dropout=cfg.lora_dropout,
+                use_bias=True,
+                kernel_init=_dense_init(cfg),
+                dtype=cfg.compute_dtype,
+                param_dtype=jnp.float32,
+            )
+
+        self.q_proj = proj("q_proj")
+        self.k_proj = proj("k_proj")
+        self.v_proj = proj("v_proj")
+        self.out_proj = proj("out_proj")
+
+    def _split(self, x: Array) -> Array:
+        return x.reshape(*x.shape[:-1], self.num_heads, self.cfg.d_model // self.num_heads)
+
+    def query(self, x: Array, deterministic: bool = True) -> Array:
+        """x: [B, T, D] -> q: [B, T, H, Dh]."""
+        return self._split(self.q_proj(x, deterministic=deterministic))
+
+    def key_value(self, x: Array, deterministic: bool = True) -> tuple[Array, Array]:
+        """x: [B, S, D] -> (k, v): [B, S, H, Dh] each."""
+        return (
+            self._split(self.k_proj(x, deterministic=deterministic)),
+            self._split(self.v_proj(x, deterministic=deterministic)),
+        )
+
+    def attend(self, q: Array, k: Array, v: Array, mask: Array | None, deterministic: bool = True) -> Array:
+        """q: [B, T, H, Dh], k/v: [B, S, H, Dh], mask bool [B, 1|H, T, S] -> [B, T, D]."""
+        rate = self.cfg.attention_dropout
+        rng = self.make_rng("dropout") if (rate > 0.0 and not deterministic) else None
+        out = _attend(
+            q, k, v, mask, impl=self.cfg.attention_impl, dropout_rate=rate,
+            deterministic=deterministic, dropout_rng=rng,
+        )
+        out = out.reshape(*out.shape[:-2], self.cfg.d_model)
+        return self.out_proj(out, deterministic=deterministic)
+
+    def __call__(self, x: Array, kv_states: Array, mask: Array | None, deterministic: bool = True) -> Array:
+        """x: [B, T, D] queries, kv_states: [B, S, D] -> [B, T, D]."""
+        k, v = self.key_value(kv_states, deterministic)
+        return self.attend(self.query(x, deterministic), k, v, mask, deterministic)
+
+
+class MBartEncoderLayer(nn.Module):
+    """Pre-LN encoder layer. x: [B, S, D], mask: [B, 1, 1, S] bool -> [B, S, D]."""
+
+    cfg: MBartConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.self_attn = MBartAttention(cfg, cfg.encoder_attention_heads, "encoder", "self_attn")
+        self.self_attn_layer_norm = _layer_norm(cfg)
+        self.fc1 = _make_fc(cfg, "encoder", "fc1", cfg.encoder_ffn_dim)
+        self.fc2 = _make_fc(cfg, "encoder", "fc2", cfg.d_model)
+        self.final_layer_norm = _layer_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.act_drop = nn.Dropout(cfg.activation_dropout)
+
+    def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
+        h = self.self_attn_layer_norm(x)
+        h = self.self_attn(h, h, mask, deterministic)
+        x = x + self.drop(h, deterministic=deterministic)
+        h = self.final_layer_norm(x)
+        h = _ACTIVATIONS[self.cfg.activation_function](self.fc1(h, deterministic=deterministic))
+        h = self.act_drop(h, deterministic=deterministic)
+        h = self.fc2(h, deterministic=deterministic)
+        return x + self.drop(h, deterministic=deterministic)
+
+
+def _make_fc(cfg: MBartConfig, stack: str, name: str, features: int) -> LoRADense:
+    return LoRADense(
+        features=features,
+        rank=cfg.lora_rank_for(stack, "mlp", name),
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        use_bias=True,
+        kernel_init=_dense_init(cfg),
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32,
+    )
+
+
+class MBartDecoderLayer(nn.Module):
+    """Pre-LN decoder layer: causal self-attention, cross-attention, FFN.
+
+    Full mode (``cache is None``): x [B, L, D], self_mask [B, 1, L, L], cross k/v from
+    ``encoder_states`` [B, S, D]. Cache mode: x [B, Lq, D] at decoder positions
+    ``index .. index + Lq - 1``; self k/v are written into the cache and attention reads it.
+    """
+
+    cfg: MBartConfig
+
+    def setup(self):
+        cfg = self.cfg
+        heads = cfg.decoder_attention_heads
+        self.self_attn = MBartAttention(cfg, heads, "decoder", "self_attn")
+        self.self_attn_layer_norm = _layer_norm(cfg)
+        self.encoder_attn = MBartAttention(cfg, heads, "decoder", "encoder_attn")
+        self.encoder_attn_layer_norm = _layer_norm(cfg)
+        self.fc1 = _make_fc(cfg, "decoder", "fc1", cfg.decoder_ffn_dim)
+        self.fc2 = _make_fc(cfg, "decoder", "fc2", cfg.d_model)
+        self.final_layer_norm = _layer_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.act_drop = nn.Dropout(cfg.activation_dropout)
+
+    def cross_key_value(self, encoder_states: Array) -> dict[str, Array]:
+        """encoder_states [B, S, D] -> {"k", "v"}: [B, S, H, Dh] (decoding is deterministic)."""
+        k, v = self.encoder_attn.key_value(encoder_states, True)
+        return {"k": k, "v": v}
+
+    def __call__(
+        self,
+        x: Array,
+        self_mask: Array,
+        encoder_states: Array | None,
+        cross_mask: Array,
+        deterministic: bool = True,
+        self_cache: dict[str, Array] | None = None,
+        cross_cache: dict[str, Array] | None = None,
+        index: Array | None = None,
+    ) -> tuple[Array, dict[str, Array] | None]:
+        h = self.self_attn_layer_norm(x)
+        q = self.self_attn.query(h, deterministic)
+        k, v = self.self_attn.key_value(h, deterministic)
+        new_cache = None
+        if self_cache is not None:
+            # Write this step's keys/values at positions index.. and attend over the whole
+            # (static-length) cache; self_mask hides the unwritten/future slots.
+            zero = jnp.zeros((), jnp.int32)
+            k = jax.lax.dynamic_update_slice(self_cache["k"], k.astype(self_cache["k"].dtype), (zero, index, zero, zero))
+            v = jax.lax.dynamic_update_slice(self_cache["v"], v.astype(self_cache["v"].dtype), (zero, index, zero, zero))
+            new_cache = {"k": k, "v": v}
+        h = self.self_attn.attend(q, k, v, self_mask, deterministic)
+        x = x + self.drop(h, deterministic=deterministic)
+
+        h = self.encoder_attn_layer_norm(x)
+        q = self.encoder_attn.query(h, deterministic)
+        if cross_cache is not None:
+            ck, cv = cross_cache["k"], cross_cache["v"]
+        else:
+            ck, cv = self.encoder_attn.key_value(encoder_states, deterministic)
+        h = self.encoder_attn.attend(q, ck, cv, cross_mask, deterministic)
+        x = x + self.drop(h, deterministic=deterministic)
+
+        h = self.final_layer_norm(x)
+        h = _ACTIVATIONS[self.cfg.activation_function](self.fc1(h, deterministic=deterministic))
+        h = self.act_drop(h, deterministic=deterministic)
+        h = self.fc2(h, deterministic=deterministic)
+        return x + self.drop(h, deterministic=deterministic), new_cache
+
+
+def _embed(cfg: MBartConfig, num: int, name: str | None = None) -> nn.Embed:
+    return nn.Embed(
+        num_embeddings=num,
+        features=cfg.d_model,
+        embedding_init=nn.initializers.normal(stddev=cfg.init_std),
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def _layer_cls(cls, cfg: MBartConfig):
+    # Rematerialise each layer in training when asked (activations of 24 d=1024 layers add up);
+    # argument 3 (encoder) / 5 (decoder) is the static ``deterministic`` flag.
+    if not cfg.remat:
+        return cls
+    static = (3,) if cls is MBartEncoderLayer else (5,)
+    return nn.remat(cls, static_argnums=static)
+
+
+class MBartEncoder(nn.Module):
+    """mBART encoder stack.
+
+    ``shared_embedding``: the token embedding of the enclosing :class:`MBart`; when None (the
+    standalone encoder of pretraining) the encoder owns ``embed_tokens``.
+    """
+
+    cfg: MBartConfig
+    shared_embedding: nn.Module | None = None
+
+    def setup(self):
+        cfg = self.cfg
+        if self.shared_embedding is None:
+            self.embed_tokens = _embed(cfg, cfg.vocab_size)
+        self.embed_positions = _embed(cfg, cfg.max_position_embeddings + POSITION_OFFSET)
+        self.layernorm_embedding = _layer_norm(cfg)
+        cls = _layer_cls(MBartEncoderLayer, cfg)
+        self.layers = [cls(cfg) for _ in range(cfg.encoder_layers)]
+        self.layer_norm = _layer_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _tokens(self) -> nn.Module:
+        return self.shared_embedding if self.shared_embedding is not None else self.embed_tokens
+
+    def __call__(
+        self,
+        input_ids: Array | None,
+        attention_mask: Array | None,
+        *,
+        inputs_embeds: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """Encode tokens or precomputed embeddings.
+
+        input_ids: [B, S] int (ignored when ``inputs_embeds`` is given);
+        inputs_embeds: [B, S, D] float (visual features: no sqrt(d) scaling, SPEC §2);
+        attention_mask: [B, S] bool (True = valid; None = all valid).
+        Returns the final-layer-norm states [B, S, D] in the compute dtype.
+        """
+        cfg = self.cfg
+        dtype = cfg.compute_dtype
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("MBartEncoder: pass input_ids or inputs_embeds")
+            x = self._tokens()(input_ids)
+            if cfg.scale_embedding:
+                x = x * jnp.asarray(np.sqrt(cfg.d_model), x.dtype)
+        else:
+            x = inputs_embeds.astype(dtype)
+        b, s = x.shape[:2]
+        if s > cfg.max_position_embeddings:
+            raise ValueError(f"MBartEncoder: sequence length {s} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        pos = self.embed_positions(jnp.arange(s) + POSITION_OFFSET)
+        x = self.layernorm_embedding(x + pos[None])
+        x = self.drop(x, deterministic=deterministic)
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, s), bool)
+        mask = attention_mask.astype(bool)[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, mask, deterministic)
+        return self.layer_norm(x)
+
+
+class MBartDecoder(nn.Module):
+    """mBART decoder stack (always uses the enclosing model's shared token embedding)."""
+
+    cfg: MBartConfig
+    shared_embedding: nn.Module
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed_positions = _embed(cfg, cfg.max_position_embeddings + POSITION_OFFSET)
+        self.layernorm_embedding = _layer_norm(cfg)
+        cls = _layer_cls(MBartDecoderLayer, cfg)
+        self.layers = [cls(cfg) for _ in range(cfg.decoder_layers)]
+        self.layer_norm = _layer_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def cross_cache(self, encoder_states: Array) -> dict[str, dict[str, Array]]:
+        """Per-layer cross-attention keys/values of the encoder states [N, S, D]."""
+        return {f"layers_{i}": layer.cross_key_value(encoder_states) for i, layer in enumerate(self.layers)}
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None,
+        encoder_states: Array | None,
+        encoder_mask: Array | None,
+        *,
+        deterministic: bool = True,
+        cache: dict | None = None,
+    ) -> tuple[Array, dict | None]:
+        """input_ids: [B, L]; attention_mask: [B, L] bool or None; encoder_states: [B, S, D];
+        encoder_mask: [B, S] bool. Returns (final-norm states [B, L, D], updated cache or None).
+
+        With ``cache`` (from :meth:`MBart.init_cache`) the L tokens sit at positions
+        ``cache["index"] ..``; ``attention_mask``/``encoder_states`` are then unused (keys come
+        from the cache; decoder inputs are never padded while decoding).
+        """
+        cfg = self.cfg
+        b, l = input_ids.shape
+        x = self.shared_embedding(input_ids)
+        if cfg.scale_embedding:
+            x = x * jnp.asarray(np.sqrt(cfg.d_model), x.dtype)
+        start = jnp.zeros((), jnp.int32) if cache is None else cache["index"]
+        positions = start + jnp.arange(l, dtype=jnp.int32)
+        x = x + self.embed_positions(positions + POSITION_OFFSET)[None]
+        x = self.layernorm_embedding(x)
+        x = self.drop(x, deterministic=deterministic)
+
+        if cache is None:
+            causal = jnp.tril(jnp.ones((l, l), bool))[None, None]
+            if attention_mask is not None:
+                causal = causal & attention_mask.astype(bool)[:, None, None, :]
+            self_mask = causal
+        else:
+            t_max = next(iter(cache["self"].values()))["k"].shape[1]
+            self_mask = (jnp.arange(t_max)[None, :] <= positions[:, None])[None, None]  # [1,1,L,T]
+        if encoder_mask is None:
+            s = encoder_states.shape[1] if cache is None else next(iter(cache["cross"].values()))["k"].shape[1]
+            encoder_mask = jnp.ones((b, s), bool)
+        cross_mask = encoder_mask.astype(bool)[:, None, None, :]
+
+        new_self = {}
+        for i, layer in enumerate(self.layers):
+            name = f"layers_{i}"
+            x, nc = layer(
+                x, self_mask, encoder_states, cross_mask, deterministic,
+                None if cache is None else cache["self"][name],
+                None if cache is None else cache["cross"][name],
+                None if cache is None else start,
+            )
+            new_self[name] = nc
+        x = self.layer_norm(x)
+        if cache is None:
+            return x, None
+        return x, {"index": start + l, "self": new_self, "cross": cache["cross"]}
+
+
+class MBart(nn.Module):
+    """mBART encoder-decoder with the tied LM head (``MBartForConditionalGeneration``).
+
+    ``apply(variables, input_ids, attention_mask, decoder_input_ids)`` -> logits [B, L, V] float32.
+    """
+
+    cfg: MBartConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.shared = _embed(cfg, cfg.vocab_size)
+        self.encoder = MBartEncoder(cfg, shared_embedding=self.shared)
+        self.decoder = MBartDecoder(cfg, shared_embedding=self.shared)
+        # HF registers final_logits_bias as a buffer: not a parameter, never trained/counted.
+        self.final_logits_bias = self.variable(
+            "buffers", "final_logits_bias", lambda: jnp.zeros((cfg.vocab_size,), jnp.float32)
+        )
+
+    def encode(
+        self,
+        input_ids: Array | None,
+        attention_mask: Array | None,
+        *,
+        inputs_embeds: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """input_ids: [B, S] (or inputs_embeds [B, S, D], unscaled), attention_mask: [B, S] bool
+        -> encoder states [B, S, D]."""
+        return self.encoder(input_ids, attention_mask, inputs_embeds=inputs_embeds, deterministic=deterministic)
+
+    def lm_head(self, h: Array) -> Array:
+        """h: [B, L, D] -> logits [B, L, V] float32 (tied embedding + final_logits_bias)."""
+        emb = self.shared.embedding.astype(h.dtype)
+        logits = jnp.einsum("bld,vd->blv", h, emb, preferred_element_type=jnp.float32)
+        return logits + self.final_logits_bias.value.astype(jnp.float32)
+
+    def decode_full(
+        self,
+        decoder_input_ids: Array,
+        encoder_states: Array,
+        encoder_mask: Array | None,
+        decoder_attention_mask: Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> Array:
+        """Teacher-forced decoder: decoder_input_ids [B, L], encoder_states [B, S, D] -> logits [B, L, V]."""
+        h, _ = self.decoder(
+            decoder_input_ids, decoder_attention_mask, encoder_states, encoder_mask, deterministic=deterministic
+        )
+        return self.lm_head(h)
+
+    def __call__(
+        self,
+        input_ids: Array | None,
+        attention_mask: Array | None,
+        decoder_input_ids: Array,
+        decoder_attention_mask: Array | None = None,
+        *,
+        inputs_embeds: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """input_ids: [B, S] (or inputs_embeds [B, S, D]), attention_mask: [B, S] bool,
+        decoder_input_ids: [B, L], decoder_attention_mask: [B, L] bool -> logits [B, L, V] f32."""
+        states = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds, deterministic=deterministic)
+        return self.decode_full(
+            decoder_input_ids, states, attention_mask, decoder_attention_mask, deterministic=deterministic
+        )
+
+    def init_cache(self, encoder_states: Array, max_length: int) -> dict:
+        """Decoding cache for encoder states [N, S, D] and at most ``max_length`` decoder positions
+        (static). Cross-attention keys/values are computed once here."""
+        cfg = self.cfg
+        n = encoder_states.shape[0]
+        heads = cfg.decoder_attention_heads
+        shape = (n, max_length, heads, cfg.d_model // heads)
+        dtype = cfg.compute_dtype
+        self_cache = {
+            f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for i in range(cfg.decoder_layers)
+        }
+        return {
+            "index": jnp.zeros((), jnp.int32),
+            "self": self_cache,
+            "cross": self.decoder.cross_cache(encoder_states),
+        }
+
+    def decode(self, decoder_input_ids: Array, cache: dict, encoder_mask: Array | None) -> tuple[Array, dict]:
+        """One (or a few) cached decoding steps.
+
+        decoder_input_ids: [N, Lq] tokens at positions ``cache["index"] ..``;
+        encoder_mask: [N, S] bool. Returns (logits [N, Lq, V] float32, new cache).
+        """
+        h, cache = self.decoder(decoder_input_ids, None, None, encoder_mask, deterministic=True, cache=cache)
+        return self.lm_head(h), cache
+
+
+def reorder_cache(cache: dict, indices: Array) -> dict:
+    """Gather the self-attention cache rows [N, ...] by ``indices`` [N] (beam reordering).
+
+    Cross-attention entries are left alone: beams are only ever reordered within one batch item,
+    whose rows hold identical encoder keys/values.
+    """
+    return {
+        "index": cache["index"],
+        "self": jax.tree.map(lambda x: jnp.take(x, indices, axis=0), cache["self"]),
+        "cross": cache["cross"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face import (torch-free)
+# ----------------------------------------------------------------------------------------------
+
+_HF_REQUIRED = ("d_model", "encoder_layers", "decoder_layers", "vocab_size")
+_HF_FIELD_MAP = {  # HF config.json key -> MBartConfig field
+    "vocab_size": "vocab_size",
+    "d_model": "d_model",
+    "encoder_layers": "encoder_layers",
+    "decoder_layers": "decoder_layers",
+    "encoder_attention_heads": "encoder_attention_heads",
+    "decoder_attention_heads": "decoder_attention_heads",
+    "encoder_ffn_dim": "encoder_ffn_dim",
+    "decoder_ffn_dim": "decoder_ffn_dim",
+    "max_position_embeddings": "max_position_embeddings",
+    "scale_embedding": "scale_embedding",
+    "dropout": "dropout",
+    "attention_dropout": "attention_dropout",
+    "activation_dropout": "activation_dropout",
+    "activation_function": "activation_function",
+    "init_std": "init_std",
+    "pad_token_id": "pad_token_id",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+    "decoder_start_token_id": "decoder_start_token_id",
+    "forced_bos_token_id": "forced_bos_token_id",
+    "forced_eos_token_id": "forced_eos_token_id",
+}
+_SPECIAL_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+                   "forced_bos_token_id", "forced_eos_token_id")
+
+
+def _config_from_hf(path: str, overrides: Mapping[str, Any]) -> tuple[MBartConfig, dict]:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(f"{path}: no config.json; pass a Hugging Face mBART folder (config.json + model.safetensors)")
+    try:
+        with open(cfg_path) as f:
+            hf = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: cannot read JSON ({e}); re-download or re-save the checkpoint") from e
+    if hf.get("model_type") != "mbart":
+        raise CheckpointError(
+            f"{cfg_path}: model_type is {hf.get('model_type')!r}, not 'mbart'; pass an mBART checkpoint folder"
+        )
+    missing = [k for k in _HF_REQUIRED if k not in hf]
+    if missing:
+        raise CheckpointError(f"{cfg_path}: missing config fields {missing}; the folder is not a complete mBART checkpoint")
+    # Architecture switches this implementation hard-codes (mBART = pre-LN with final norms).
+    for key, want in (("normalize_before", True), ("add_final_layer_norm", True), ("normalize_embedding", True),
+                      ("tie_word_embeddings", True), ("static_position_embeddings", False),
+                      ("add_bias_logits", False)):
+        if key in hf and hf[key] != want:
+            raise CheckpointError(f"{cfg_path}: {key}={hf[key]!r} is not supported (mBART needs {want!r})")
+    for key in ("encoder_layerdrop", "decoder_layerdrop"):
+        if float(hf.get(key, 0.0) or 0.0) != 0.0:
+            _log.warning("%s: %s=%s ignored (LayerDrop is not implemented)", cfg_path, key, hf[key])
+    fields = {}
+    for hk, field in _HF_FIELD_MAP.items():
+        if hk in hf:
+            val = hf[hk]
+            if field in ("eos_token_id", "forced_eos_token_id") and isinstance(val, list):
+                if len(val) != 1:
+                    raise CheckpointError(f"{cfg_path}: {hk}={val} (several EOS ids) is not supported")
+                val = val[0]
+            fields[field] = val
+    for k in ("dropout", "attention_dropout", "activation_dropout", "init_std"):
+        if k in fields:
+            fields[k] = float(fields[k])
+    names = {f.name for f in dataclasses.fields(MBartConfig)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ConfigError(f"from_hf: unknown MBartConfig overrides {bad}")
+    fields.update(overrides)
+    return fields, hf
+
+
+def _read_safetensors(files: Sequence[str]) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file  # numpy-only reader: no torch
+
+    out: dict[str, np.ndarray] = {}
+    for fn in files:
+        try:
+            out.update(load_file(fn))
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types on corrupt files
+            # bf16 tensors cannot be represented in numpy by safetensors' numpy loader.
+            try:
+                out.update(_read_safetensors_raw(fn))
+            except Exception:  # noqa: BLE001
+                raise CheckpointError(f"{fn}: cannot read safetensors file ({e}); re-save it with save_pretrained") from e
+    return out
+
+
+def _read_safetensors_raw(fn: str) -> dict[str, np.ndarray]:
+    """Minimal safetensors reader (header JSON + raw little-endian buffers), with bf16 support."""
+    import ml_dtypes
+
+    dtypes = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+              "I64": np.int64, "I32": np.int32}
+    with open(fn, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        base = 8 + n
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            f.seek(base + start)
+            buf = f.read(end - start)
+            out[name] = np.frombuffer(buf, dtype=dtypes[info["dtype"]]).reshape(info["shape"]).astype(np.float32)
+    return out
+
+
+def load_hf_state(path: str) -> dict[str, np.ndarray]:
+    """Read the tensors of a Hugging Face folder without torch: ``model.safetensors`` or a sharded
+    ``model.safetensors.index.json``. Keys keep their HF names."""
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return _read_safetensors([single])
+    if os.path.isfile(index):
+        with open(index) as f:
+            shard_names = sorted(set(json.load(f)["weight_map"].values()))
+        return _read_safetensors([os.path.join(path, s) for s in shard_names])
+    if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        raise CheckpointError(
+            f"{path}: only pytorch_model.bin found (a torch pickle, not read without torch for safety); convert it "
+            "once with `python -c \"from transformers import MBartForConditionalGeneration as M; "
+            f"M.from_pretrained('{path}').save_pretrained('{path}', safe_serialization=True)\"` (needs torch)"
+        )
+    raise CheckpointError(f"{path}: no model.safetensors (or sharded index) found; pass a Hugging Face mBART folder")
+
+
+def _load_vocab_map(vocab_map: Any, old_vocab: int) -> np.ndarray:
+    where = "vocab_map"
+    if isinstance(vocab_map, (str, os.PathLike)):
+        where = str(vocab_map)
+        try:
+            with open(vocab_map) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{where}: cannot read vocabulary map JSON ({e})") from e
+        if isinstance(data, dict):
+            lists = [k for k in ("old_ids", "vocab_map", "map", "ids", "kept_ids") if isinstance(data.get(k), list)]
+            if not lists:
+                raise CheckpointError(
+                    f"{where}: JSON object has no 'old_ids' list; expected a list of old token ids in new-id order"
+                )
+            data = data[lists[0]]
+        vocab_map = data
+    arr = np.asarray(vocab_map)
+    if arr.ndim != 1 or arr.size == 0:
+        raise CheckpointError(f"{where}: vocabulary map must be a non-empty 1-D list of old ids, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise CheckpointError(f"{where}: vocabulary map entries must be integer token ids (dtype {arr.dtype})")
+    bad = np.nonzero((arr < 0) | (arr >= old_vocab))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise CheckpointError(
+            f"{where}: entry [{i}] = {int(arr[i])} is outside the checkpoint vocabulary [0, {old_vocab}); "
+            "the map does not belong to this checkpoint"
+        )
+    return arr.astype(np.int64)
+
+
+def _hf_linear(state: Mapping[str, np.ndarray], key: str, d_in: int, d_out: int) -> dict[str, np.ndarray]:
+    w = _get(state, key + ".weight", (d_out, d_in))
+    b = _get(state, key + ".bias", (d_out,))
+    return {"kernel": np.ascontiguousarray(w.T), "bias": b}
+
+
+def _hf_ln(state: Mapping[str, np.ndarray], key: str, d: int) -> dict[str, np.ndarray]:
+    return {"scale": _get(state, key + ".weight", (d,)), "bias": _get(state, key + ".bias", (d,))}
+
+
+def _get(state: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    if key not in state:
+        raise CheckpointError(f"checkpoint tensor {key!r} is missing; the folder is not a complete mBART checkpoint")
+    arr = np.asarray(state[key])
+    if tuple(arr.shape) != tuple(shape):
+        raise CheckpointError(f"checkpoint tensor {key!r} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
+    return arr.astype(np.float32)
+
+
+def _normalise_keys(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Strip the ``model.`` prefix of ``MBartForConditionalGeneration`` (``MBartModel`` has none)."""
+    out = {}
+    for k, v in state.items():
+        out[k[len("model."):] if k.startswith("model.") else k] = v
+    return out
+
+
+def _stack_params(state, prefix: str, cfg: MBartConfig, decoder: bool) -> dict:
+    d = cfg.d_model
+    ffn = cfg.decoder_ffn_dim if decoder else cfg.encoder_ffn_dim
+    n = cfg.decoder_layers if decoder else cfg.encoder_layers
+    p: dict[str, Any] = {
+        "embed_positions": {"embedding": _get(state, f"{prefix}.embed_positions.weight",
+                                              (cfg.max_position_embeddings + POSITION_OFFSET, d))},
+        "layernorm_embedding": _hf_ln(state, f"{prefix}.layernorm_embedding", d),
+        "layer_norm": _hf_ln(state, f"{prefix}.layer_norm", d),
+    }
+    attn_blocks = ("self_attn", "encoder_attn") if decoder else ("self_attn",)
+    for i in range(n):
+        lp = f"{prefix}.layers.{i}"
+        layer: dict[str, Any] = {}
+        for blk in attn_blocks:
+            layer[blk] = {proj: _hf_linear(state, f"{lp}.{blk}.{proj}", d, d) for proj in
+                          ("q_proj", "k_proj", "v_proj", "out_proj")}
+            layer[f"{blk}_layer_norm"] = _hf_ln(state, f"{lp}.{blk}_layer_norm", d)
+        layer["fc1"] = _hf_linear(state, f"{lp}.fc1", d, ffn)
+        layer["fc2"] = _hf_linear(state, f"{lp}.fc2", ffn, d)
+        layer["final_layer_norm"] = _hf_ln(state, f"{lp}.final_layer_norm", d)
+        p[f"layers_{i}"] = layer
+    extra = sorted(k for k in state if k.startswith(f"{prefix}.layers.") and int(k.split(".")[2]) >= n)
+    if extra:
+        raise CheckpointError(f"checkpoint tensor {extra[0]!r} belongs to a layer beyond {prefix}_layers={n} in config.json")
+    return p
+
+
+def _fill_missing(module: nn.Module, imported: dict, rng: Array, sample_args: tuple, method=None) -> dict:
+    """Add freshly initialised LoRA adapters (absent from HF checkpoints) to imported params,
+    checking every imported tensor against the module's own shapes."""
+    kw = {} if method is None else {"method": method}
+    shapes = jax.eval_shape(lambda r: module.init(r, *sample_args, **kw), rng)["params"]
+    flat_shapes = _flatten(shapes)
+    flat_imp = _flatten(imported)
+    for k, arr in flat_imp.items():
+        if k not in flat_shapes:
+            raise CheckpointError(f"internal: imported tensor {k} has no place in the module")
+        if tuple(flat_shapes[k].shape) != tuple(arr.shape):
+            raise CheckpointError(f"imported tensor {k} has shape {arr.shape}, module expects {flat_shapes[k].shape}")
+    missing = sorted(k for k in flat_shapes if k not in flat_imp)
+    if missing:
+        not_lora = [k for k in missing if not k.endswith(("/lora_a", "/lora_b"))]
+        if not_lora:
+            raise CheckpointError(f"checkpoint provides no tensor for parameter {not_lora[0]}")
+
+        def init_missing(r):  # jit + returning only the adapters lets XLA drop the rest of init
+            full = _flatten(module.init(r, *sample_args, **kw)["params"])
+            return {k: full[k] for k in missing}
+
+        fresh = jax.jit(init_missing)(rng)
+        flat_imp.update({k: np.asarray(v) for k, v in fresh.items()})
+    return _unflatten(flat_imp)
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        p = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, p))
+        else:
+            out[p] = v
+    return out
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for k, v in flat.items():
+        node = out
+        parts = k.split("/")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+def _import(path: str, vocab_map, overrides) -> tuple[MBartConfig, dict, dict, np.ndarray]:
+    fields, _ = _config_from_hf(path, overrides)
+    state = _normalise_keys(load_hf_state(path))
+    old_v, d = int(fields["vocab_size"]), int(fields["d_model"])
+    emb_key = "shared.weight" if "shared.weight" in state else "encoder.embed_tokens.weight"
+    shared = _get(state, emb_key, (old_v, d))
+    if "final_logits_bias" in state:
+        bias = _get(state, "final_logits_bias", (1, old_v))[0]
+    else:  # transformers re-creates it as zeros when absent (_keys_to_ignore_on_load_missing)
+        bias = np.zeros((old_v,), np.float32)
+    if vocab_map is not None:
+        ids = _load_vocab_map(vocab_map, old_v)
+        shared, bias = shared[ids], bias[ids]
+        fields["vocab_size"] = int(ids.size)
+        pos = {int(o): n for n, o in reversed(list(enumerate(ids.tolist())))}
+        for k in _SPECIAL_FIELDS:
+            if k in overrides or fields.get(k) is None:
+                continue
+            if int(fields[k]) not in pos:
+                raise CheckpointError(
+                    f"vocab_map does not keep special token {k}={fields[k]}; the trimmed vocabulary must keep all specials"
+                )
+            fields[k] = pos[int(fields[k])]
+    cfg = MBartConfig(**fields)
+    state_params = {
+        "shared": {"embedding": shared},
+        "encoder": _stack_params(state, "encoder", cfg, decoder=False),
+        "decoder": _stack_params(state, "decoder", cfg, decoder=True),
+    }
+    return cfg, state_params, state, bias
+
+
+def from_hf(path: str, vocab_map: Any = None, *, rng: Array | None = None, **overrides) -> tuple[MBart, dict]:
+    """Import a Hugging Face mBART folder (``config.json`` + ``model.safetensors``), no torch.
+
+    Args:
+      path: folder written by ``save_pretrained`` (``MBartForConditionalGeneration`` or ``MBartModel``).
+      vocab_map: optional trimming map: old token ids in new-id order (list / int array), or the
+        path of a JSON file holding such a list (or ``{"old_ids": [...]}``). Embedding rows and
+        ``final_logits_bias`` are sliced; the special token ids of the config are remapped.
+      rng: key for the fresh LoRA adapters (A ~ N(0, 0.02), B = 0); default PRNGKey(0).
+      **overrides: :class:`MBartConfig` fields to override (``lora_rank=0``, ``dtype="bfloat16"``,
+        ``dropout=0.3`` ...).
+
+    Returns:
+      ``(module, variables)`` with ``variables = {"params": ..., "buffers": {"final_logits_bias"}}``;
+      ``module.apply(variables, input_ids, attention_mask, decoder_input_ids)`` -> logits [B, L, V].
+
+    Raises:
+      CheckpointError: not an mBART folder, missing or mis-shaped tensors, a vocab map that does not fit.
+    """
+    cfg, params, _, bias = _import(path, vocab_map, overrides)
+    module = MBart(cfg)
+    sample = (jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool), jnp.zeros((1, 2), jnp.int32))
+    params = _fill_missing(module, params, jax.random.PRNGKey(0) if rng is None else rng, sample)
+    return module, {"params": params, "buffers": {"final_logits_bias": bias}}
+
+
+def encoder_variables(variables: Mapping[str, Any]) -> dict:
+    """Map :class:`MBart` variables to a standalone :class:`MBartEncoder`'s
+    (``shared`` -> ``embed_tokens``; the decoder and ``final_logits_bias`` are dropped)."""
+    p = variables["params"]
+    return {"params": {"embed_tokens": p["shared"], **p["encoder"]}}
+
+
+def encoder_from_hf(path: str, vocab_map: Any = None, *, rng: Array | None = None, **overrides) -> tuple[MBartEncoder, dict]:
+    """Import only the encoder of a Hugging Face mBART folder as a standalone :class:`MBartEncoder`
+    (the frozen text encoder / the LoRA video encoder of pretraining). Same arguments as
+    :func:`from_hf`; ``apply(vars, input_ids, attention_mask)`` -> [B, S, D]."""
+    cfg, params, _, _ = _import(path, vocab_map, overrides)
+    module = MBartEncoder(cfg)
+    enc = encoder_variables({"params": params})["params"]
+    sample = (jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool))
+    enc = _fill_missing(module, enc, jax.random.PRNGKey(0) if rng is None else rng, sample)
+    return module, {"params": enc}
+
+
+# ----------------------------------------------------------------------------------------------
+# Imported weights as a small orbax checkpoint
+# ----------------------------------------------------------------------------------------------
+
+_CONFIG_FILE = "mbart_config.json"
+
+
+def save_imported(variables: Mapping[str, Any], out_dir: str, cfg: MBartConfig | None = None) -> str:
+    """Store imported variables (and the config, when given) as an orbax checkpoint under
+    ``out_dir`` (``out_dir/variables`` + ``out_dir/mbart_config.json``). Returns ``out_dir``."""
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    target = os.path.join(out_dir, "variables")
+    if os.path.exists(target):
+        raise CheckpointError(f"{target} already exists; choose an empty output folder")
+    tree = jax.tree.map(np.asarray, dict(variables))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(target, tree)
+    if cfg is not None:
+        with open(os.path.join(out_dir, _CONFIG_FILE), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=1)
+    return out_dir
+
+
+def load_imported(out_dir: str) -> tuple[MBartConfig | None, dict]:
+    """Load what :func:`save_imported` wrote: ``(config or None, variables)`` (numpy arrays)."""
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    target = os.path.join(out_dir, "variables")
+    if not os.path.isdir(target):
+        raise CheckpointError(f"{out_dir}: no 'variables' checkpoint inside; write one with save_imported")
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(target)
+    cfg = None
+    cfg_file = os.path.join(out_dir, _CONFIG_FILE)
+    if os.path.isfile(cfg_file):
+        with open(cfg_file) as f:
+            cfg = MBartConfig.from_dict(json.load(f))
+    return cfg, tree

@@ -1,0 +1,160 @@
+"""Device mesh and shardings: one code path for data parallelism on one host and FSDP on a pod.
+
+The mesh has two axes, ``data`` and ``fsdp`` (maxtext / big_vision convention). The batch is
+split over both axes (every device sees a different slice of examples); parameters are sharded
+over ``fsdp`` either from their logical axis names (``nn.with_logical_partitioning`` in the
+models, resolved with the config's rules through ``nn.logical_to_mesh_sharding``) or, for
+parameters without logical names, by big_vision's ``fsdp`` heuristic: the largest dimension
+divisible by the ``fsdp`` size is sharded, small arrays stay replicated. With ``fsdp=1`` all
+parameters are replicated, i.e. plain data parallelism.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hfa_jax.errors import ConfigError
+
+PyTree = Any
+BATCH_AXES = ("data", "fsdp")
+
+# Default logical -> mesh axis rules (maxtext style). Models may annotate parameters with these
+# logical names; activations constrained to "batch" follow the data split.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", None),
+    ("heads", None),
+    ("kv", None),
+    ("vocab", None),
+    ("length", None),
+)
+
+
+def maybe_initialize_distributed(mesh_cfg) -> None:
+    """``jax.distributed.initialize()`` for multi-host runs (TPU pods, multi-node GPU) when
+    ``config.mesh.distributed`` is true. Coordinator address etc. come from the environment
+    (SLURM / TPU metadata / ``JAX_COORDINATOR_ADDRESS``), as JAX documents."""
+    if bool(mesh_cfg.get("distributed", False)):
+        jax.distributed.initialize()
+
+
+def make_mesh(mesh_cfg) -> Mesh:
+    """Mesh of shape ``(data, fsdp)`` over all (global) devices.
+
+    ``mesh_cfg.data = -1`` takes every device not used by ``fsdp``.
+    """
+    n = jax.device_count()
+    fsdp = int(mesh_cfg.get("fsdp", 1))
+    data = int(mesh_cfg.get("data", -1))
+    if fsdp < 1 or n % fsdp:
+        raise ConfigError(f"config.mesh.fsdp={fsdp} does not divide the {n} devices; choose a divisor of {n}")
+    if data == -1:
+        data = n // fsdp
+    if data * fsdp != n:
+        raise ConfigError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != {n} devices; set data=-1")
+    devices = np.asarray(jax.devices()).reshape(data, fsdp)
+    return Mesh(devices, BATCH_AXES)
+
+
+def rules_from_config(mesh_cfg) -> tuple[tuple[str, Any], ...]:
+    rules = mesh_cfg.get("rules", None)
+    if rules is None:
+        return DEFAULT_RULES
+    return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over ``data`` x ``fsdp``."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def _auto_fsdp_spec(shape: Sequence[int], fsdp: int, min_size: int) -> P:
+    """big_vision's ``fsdp`` strategy: shard the largest divisible dimension over ``fsdp``."""
+    if fsdp <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    order = sorted(range(len(shape)), key=lambda i: -shape[i])
+    for i in order:
+        if shape[i] % fsdp == 0:
+            spec = [None] * len(shape)
+            spec[i] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+def _keystr(path) -> tuple[str, ...]:
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(str(getattr(k, attr)))
+                break
+        else:
+            out.append(str(k))
+    return tuple(out)
+
+
+def variable_shardings(boxed_abstract: PyTree, mesh: Mesh, rules, *, auto_fsdp: bool = True,
+                       min_size: int = 2 ** 14) -> PyTree:
+    """Shardings for a (possibly logically-boxed) abstract variables tree, unboxed structure.
+
+    Leaves annotated with logical names use ``nn.logical_to_mesh_sharding``; the others the
+    ``fsdp`` heuristic (if ``auto_fsdp``) or replication.
+    """
+    fsdp = mesh.shape["fsdp"]
+    logical = nn.get_partition_spec(boxed_abstract)  # P() for unannotated leaves
+    mesh_sh = nn.logical_to_mesh_sharding(logical, mesh, rules)
+    annotated = jax.tree.map(lambda x: isinstance(x, nn.meta.AxisMetadata), boxed_abstract,
+                             is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    unboxed = nn.meta.unbox(boxed_abstract)
+
+    def pick(x, sh, ann):
+        if ann:
+            return sh
+        spec = _auto_fsdp_spec(x.shape, fsdp, min_size) if auto_fsdp else P()
+        return NamedSharding(mesh, spec)
+
+    return jax.tree.map(pick, unboxed, mesh_sh, annotated)
+
+
+def state_shardings(abstract_state: PyTree, param_shardings_by_path: dict, mesh: Mesh, *,
+                    auto_fsdp: bool = True, min_size: int = 2 ** 14) -> PyTree:
+    """Shardings for a whole train state (params, optimiser moments, step, rng ...).
+
+    A leaf whose key path ends with a parameter's path (e.g. ``opt_state/.../mu/<param path>``)
+    and has its shape takes that parameter's sharding, so Adam moments live where their parameter
+    lives; anything else uses the heuristic / replication.
+    """
+    fsdp = mesh.shape["fsdp"]
+
+    def pick(path, x):
+        keys = _keystr(path)
+        for start in range(len(keys)):
+            sh = param_shardings_by_path.get(keys[start:])
+            if sh is not None and sh[1] == tuple(x.shape):
+                return sh[0]
+        if not hasattr(x, "shape") or len(x.shape) == 0:
+            return replicated(mesh)
+        spec = _auto_fsdp_spec(x.shape, fsdp, min_size) if auto_fsdp else P()
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_state)
+
+
+def shardings_by_path(abstract_params: PyTree, shardings: PyTree) -> dict:
+    """``{path tuple: (sharding, shape)}`` for :func:`state_shardings`."""
+    out = {}
+    flat_p = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    for (path, x), s in zip(flat_p, flat_s):
+        out[_keystr(path)] = (s, tuple(x.shape))
+    return out

@@ -1,0 +1,180 @@
+"""Tests for hfa_jax.data.augment against PIL, NumPy and jax.scipy references."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy import ndimage
+from PIL import Image
+
+from hfa_jax.data import augment as A
+
+H = W = 64
+CROP = 56
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def smooth_image(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
+    """A smooth RGB test pattern (bilinear interpolation is well-conditioned on it)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ph = np.random.default_rng(seed).uniform(0, 6, 3)
+    img = np.stack(
+        [
+            127 + 100 * np.sin(xx / 5.0 + ph[0]),
+            127 + 100 * np.cos(yy / 7.0 + ph[1]),
+            127 + 60 * np.sin((xx + 2 * yy) / 9.0 + ph[2]),
+        ],
+        -1,
+    )
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def params(**kw) -> A.AffineParams:
+    p = A.identity_params(1, H, W, CROP)
+    return p._replace(**{k: jnp.asarray([v], getattr(p, k).dtype) for k, v in kw.items()})
+
+
+def interior_mask(p: A.AffineParams, margin: float = 1.5) -> np.ndarray:
+    """Output pixels whose source lies at least `margin` px inside the frame, or clearly outside
+    (where every implementation gives black): excludes only the one-pixel seam at the border."""
+    sy, sx = (np.asarray(a)[0] for a in A.source_coords(p, height=H, width=W, crop_size=CROP))
+    inside = (sy >= margin) & (sy <= H - 1 - margin) & (sx >= margin) & (sx <= W - 1 - margin)
+    outside = (sy < -margin) | (sy > H - 1 + margin) | (sx < -margin) | (sx > W - 1 + margin)
+    return inside | outside
+
+
+def test_identity_params_reproduce_crops_exactly():
+    img = smooth_image()
+    out = np.asarray(A.warp(jnp.asarray(img)[None, None], params(), crop_size=CROP))[0, 0]
+    o = (H - CROP) // 2
+    np.testing.assert_array_equal(out, img[o : o + CROP, o : o + CROP].astype(np.float32))
+    # Any crop offset with no rotation/scale/shift is an exact slice.
+    out = np.asarray(A.warp(jnp.asarray(img)[None, None], params(crop_y=0, crop_x=8), crop_size=CROP))
+    np.testing.assert_array_equal(out[0, 0], img[0:CROP, 8 : 8 + CROP].astype(np.float32))
+
+
+@pytest.mark.parametrize("angle", [20.0, -13.0])
+def test_rotation_matches_pil_rotate(angle):
+    img = smooth_image(1)
+    p = params(angle_deg=angle)
+    out = np.asarray(A.warp(jnp.asarray(img)[None, None], p, crop_size=CROP))[0, 0]
+    # PIL rotates counter-clockwise about the image centre, bilinear, black fill (vidaug's op).
+    ref = np.asarray(Image.fromarray(img).rotate(angle, resample=Image.BILINEAR), np.float32)
+    o = (H - CROP) // 2
+    ref = ref[o : o + CROP, o : o + CROP]
+    m = interior_mask(p)
+    assert m.mean() > 0.9
+    # PIL rounds to uint8: at most one grey level apart.
+    np.testing.assert_allclose(out[m], ref[m], atol=1.01)
+
+
+def test_integer_translation_is_an_exact_shift():
+    img = smooth_image(2)
+    p = params(shift_y=3.0, shift_x=-5.0, crop_y=4, crop_x=4)
+    out = np.asarray(A.warp(jnp.asarray(img)[None, None], p, crop_size=CROP))[0, 0]
+    # Content moves down 3 and left 5: out[r, c] = img[4 + r - 3, 4 + c + 5], black outside.
+    ref = np.zeros((CROP, CROP, 3), np.float32)
+    for r in range(CROP):
+        for c in range(CROP):
+            y, x = 4 + r - 3, 4 + c + 5
+            if 0 <= y < H and 0 <= x < W:
+                ref[r, c] = img[y, x]
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_scale_rotation_translation_match_pil_affine():
+    img = smooth_image(3)
+    angle, scale, ty, tx, oy, ox = 17.0, 1.15, -4.0, 6.0, 2, 5
+    p = params(angle_deg=angle, scale=scale, shift_y=ty, shift_x=tx, crop_y=oy, crop_x=ox)
+    out = np.asarray(A.warp(jnp.asarray(img)[None, None], p, crop_size=CROP))[0, 0]
+    # Reference: PIL's affine resampler with the inverse map written in PIL's continuous
+    # coordinates (pixel i covers [i, i+1]); forward map = rotate CCW by `angle`, zoom `scale`
+    # about the centre, then shift (tx, ty).
+    t = np.deg2rad(angle)
+    c = W / 2.0  # centre in PIL coordinates (H == W)
+    # inverse: X_in = c + (cos*(X-tx-c) - sin*(Y-ty-c))/s ; Y_in = c + (sin*(X-tx-c) + cos*(Y-ty-c))/s
+    a, b = np.cos(t) / scale, -np.sin(t) / scale
+    d, e = np.sin(t) / scale, np.cos(t) / scale
+    cc = c - a * (tx + c) - b * (ty + c)
+    f = c - d * (tx + c) - e * (ty + c)
+    ref_full = Image.fromarray(img).transform(
+        (W, H), Image.AFFINE, (a, b, cc, d, e, f), resample=Image.BILINEAR, fillcolor=0
+    )
+    ref = np.asarray(ref_full, np.float32)[oy : oy + CROP, ox : ox + CROP]
+    m = interior_mask(p)
+    assert m.mean() > 0.8
+    np.testing.assert_allclose(out[m], ref[m], atol=1.01)
+
+
+def test_matches_jax_scipy_map_coordinates_including_borders():
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (2, 3, H, W, 3), dtype=np.uint8)
+    p = A.sample_params(jax.random.key(7), 2, height=H, width=W, crop_size=CROP, p=1.0)
+    out = np.asarray(A.warp(jnp.asarray(frames), p, crop_size=CROP))
+    sy, sx = A.source_coords(p, height=H, width=W, crop_size=CROP)
+    for b in range(2):
+        for t in range(3):
+            for ch in range(3):
+                ref = ndimage.map_coordinates(
+                    jnp.asarray(frames[b, t, :, :, ch], jnp.float32),
+                    [sy[b], sx[b]],
+                    order=1,
+                    mode="constant",
+                    cval=0.0,
+                )
+                np.testing.assert_allclose(out[b, t, :, :, ch], np.asarray(ref), atol=2e-3)
+
+
+def test_one_draw_per_clip():
+    # Clips whose frames are all the same image: every output frame of a clip must be identical
+    # (same transform for the whole clip), while different clips get different transforms.
+    img = smooth_image(5)
+    frames = jnp.asarray(np.broadcast_to(img, (6, 4, H, W, 3)))
+    out = np.asarray(A.augment(jax.random.key(0), frames, train=True, crop_size=CROP))
+    assert out.shape == (6, 4, CROP, CROP, 3) and out.dtype == np.float32
+    for t in range(1, 4):
+        np.testing.assert_array_equal(out[:, t], out[:, 0])
+    distinct = {out[b, 0].tobytes() for b in range(6)}
+    assert len(distinct) == 6
+
+
+def test_eval_is_deterministic_centre_crop_normalised():
+    rng = np.random.default_rng(6)
+    frames = rng.integers(0, 256, (2, 3, H, W, 3), dtype=np.uint8)
+    a = np.asarray(A.augment(jax.random.key(0), jnp.asarray(frames), train=False, crop_size=CROP))
+    b = np.asarray(A.augment(jax.random.key(1), jnp.asarray(frames), train=False, crop_size=CROP))
+    np.testing.assert_array_equal(a, b)
+    o = (H - CROP) // 2
+    ref = (frames[:, :, o : o + CROP, o : o + CROP].astype(np.float32) / 255.0 - MEAN) / STD
+    np.testing.assert_allclose(a, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_train_with_p0_is_a_random_crop():
+    frames = np.random.default_rng(8).integers(0, 256, (4, 2, H, W, 3), dtype=np.uint8)
+    key = jax.random.key(3)
+    out = np.asarray(A.augment(key, jnp.asarray(frames), train=True, crop_size=CROP, p=0.0))
+    p = A.sample_params(key, 4, height=H, width=W, crop_size=CROP, p=0.0)
+    for b in range(4):
+        y, x = int(p.crop_y[b]), int(p.crop_x[b])
+        ref = (frames[b, :, y : y + CROP, x : x + CROP].astype(np.float32) / 255.0 - MEAN) / STD
+        np.testing.assert_allclose(out[b], ref, rtol=1e-6, atol=1e-6)
+
+
+def test_parameter_distribution():
+    n = 4000
+    p = A.sample_params(jax.random.key(11), n, height=256, width=256, crop_size=224)
+    angle, scale = np.asarray(p.angle_deg), np.asarray(p.scale)
+    sy, sx = np.asarray(p.shift_y), np.asarray(p.shift_x)
+    cy, cx = np.asarray(p.crop_y), np.asarray(p.crop_x)
+    for applied in (angle != 0, scale != 1, (sy != 0) | (sx != 0)):
+        # p = 0.5 each (a drawn shift of exactly (0, 0) is rare: 1/441).
+        assert abs(applied.mean() - 0.5) < 0.04
+    assert np.abs(angle).max() <= 30 and np.abs(angle).max() > 29
+    assert scale.min() >= 0.8 - 1e-6 and scale.max() <= 1.2 + 1e-6
+    assert np.all(sy == np.round(sy)) and np.abs(sy).max() == 10 and np.abs(sx).max() == 10
+    assert cy.min() == 0 and cy.max() == 32 and cx.min() == 0 and cx.max() == 32
+    # Independent draws: rotation and rescale co-occur about a quarter of the time.
+    assert abs(((angle != 0) & (scale != 1)).mean() - 0.25) < 0.04
