@@ -42,14 +42,14 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from hfa_jax.data import records as records_lib
 from hfa_jax.data.records import BadVideo, VideoRecord
-from hfa_jax.errors import DataError, UserError, cli_main
+from hfa_jax.errors import ConfigError, DataError, cli_main
 
 DEFAULT_VERSION = "1.0.0"
 FILE_FORMAT = "array_record"
@@ -81,11 +81,11 @@ class EncodeOptions:
 
     def __post_init__(self):
         if self.image_format not in IMAGE_FORMATS:
-            raise DataError(f"image_format {self.image_format!r} unknown; use jpeg or png")
+            raise ConfigError(f"image_format {self.image_format!r} unknown; use jpeg or png")
         if not 8 <= self.size <= 4096:
-            raise DataError(f"size {self.size} out of range; use e.g. --size 256")
+            raise ConfigError(f"size {self.size} out of range; use e.g. --size 256")
         if not 1 <= self.jpeg_quality <= 100:
-            raise DataError(f"jpeg_quality {self.jpeg_quality} out of range 1..100")
+            raise ConfigError(f"jpeg_quality {self.jpeg_quality} out of range 1..100")
 
 
 def make_features(opts: EncodeOptions):
@@ -110,10 +110,10 @@ def make_features(opts: EncodeOptions):
 
 def encode_image(frame: np.ndarray, opts: EncodeOptions) -> bytes:
     """uint8 [H, W, 3] -> encoded size x size image bytes (resized with bicubic if needed)."""
-    img = Image.fromarray(np.ascontiguousarray(frame), mode="RGB") if frame.ndim == 3 else None
-    if img is None:
-        raise DataError(f"frame has shape {frame.shape}, expected [H, W, 3] uint8")
-    return _encode_pil(img, opts)
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise DataError(f"frame is {frame.dtype} {list(frame.shape)}, expected uint8 [H, W, 3]")
+    return _encode_pil(Image.fromarray(np.ascontiguousarray(frame)), opts)
 
 
 def _encode_pil(img: Image.Image, opts: EncodeOptions) -> bytes:
@@ -349,6 +349,8 @@ def write_examples(
       The dataset folder (argument of `tfds.builder_from_directory`).
     """
     tfds = _tfds()
+    if examples_per_shard < 1:
+        raise ConfigError("examples_per_shard must be >= 1")
     ds_dir = dataset_dir(out_dir, name, version)
     work = _work_dir(out_dir, name)
     os.makedirs(ds_dir, exist_ok=True)
@@ -388,8 +390,9 @@ def write_examples(
                     raise DataError(f"{where}: frames {raw.dtype} {list(raw.shape)}, expected uint8 "
                                     "[T>0, H, W, 3]")
                 frames = [encode_image(fr, opts) for fr in raw]
-            else:
-                frames = [_check_encoded(bytes(b), opts, where) for b in raw]
+            else:  # a list of encoded frames (or of uint8 [H, W, 3] arrays)
+                frames = [encode_image(b, opts) if isinstance(b, np.ndarray)
+                          else _check_encoded(bytes(b), opts, where) for b in raw]
                 if not frames:
                     raise DataError(f"{where}: no frames")
             extra_vals = None
@@ -470,7 +473,10 @@ def _init_worker(opts: EncodeOptions) -> None:
     _WORKER["features"] = make_features(opts)
 
 
-def _convert_one(task: tuple[int, VideoRecord, str | None]) -> tuple[int, bytes | None, BadVideo | None, int]:
+def _convert_one(
+    task: tuple[tuple[int, int], VideoRecord, str | None],
+) -> tuple[tuple[int, int], bytes | None, BadVideo | None, int]:
+    """(key=(shard, video), record, extras) -> (key, serialized example | None, BadVideo | None, T)."""
     key, record, extras_path = task
     example, bad = load_video(record, _WORKER["opts"], extras_path)
     if bad is not None:
@@ -478,7 +484,8 @@ def _convert_one(task: tuple[int, VideoRecord, str | None]) -> tuple[int, bytes 
     return key, _WORKER["features"].serialize_example(example), None, record.num_frames
 
 
-def _plan(records: list[VideoRecord], settings: dict, plan_path: str) -> None:
+def _plan(records: list[VideoRecord], settings: dict, plan_path: str, *, write: bool) -> None:
+    """Checks `records` + `settings` against a saved plan; saves it (write=True) if none."""
     plan = {"plan_version": _PLAN_VERSION, "settings": settings,
             "names": [r.name for r in records]}
     if os.path.isfile(plan_path):
@@ -492,7 +499,8 @@ def _plan(records: list[VideoRecord], settings: dict, plan_path: str) -> None:
             raise DataError(f"{plan_path}: this output was started with different input ({what}); "
                             "rerun with the original flags, or use a new --out")
         return
-    _write_json(plan_path, plan)
+    if write:
+        _write_json(plan_path, plan)
 
 
 def _read_sidecar(path: str) -> dict | None:
@@ -513,6 +521,8 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
     "seconds", "frames_per_second"}. Raises DataError on the first bad video unless skip_bad.
     """
     start = time.time()
+    if videos_per_shard < 1 or (workers is not None and workers < 1):
+        raise ConfigError("--videos_per_shard and --workers must be >= 1")
     name = name or _DEFAULT_NAMES.get(fmt, fmt)
     workers = max(1, workers or os.cpu_count() or 1)
     ds_dir = dataset_dir(out, name)
@@ -530,18 +540,22 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
     opts = EncodeOptions(size=size, image_format=image_format, jpeg_quality=jpeg_quality,
                          extras=extras_dir is not None)
     features = make_features(opts)
-    os.makedirs(ds_dir, exist_ok=True)
-    os.makedirs(work, exist_ok=True)
-    _check_features(ds_dir, features)
     settings = {"format": fmt, "size": size, "image_format": image_format,
                 "jpeg_quality": jpeg_quality if image_format == "jpeg" else None,
                 "extras": opts.extras, "videos_per_shard": videos_per_shard}
+    # A rerun must have the inputs and settings of the run it resumes (checked before writing).
+    plans = {split: os.path.join(work, f"{split}.plan.json") for split in per_split}
+    for split, recs in per_split.items():
+        _plan(recs, settings, plans[split], write=False)
+    os.makedirs(ds_dir, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    _check_features(ds_dir, features)
 
     # 2. Deterministic shard plan per split; completed shards (file + sidecar) are skipped.
     shards: list[_Shard] = []
     done: list[dict] = []
     for split, recs in per_split.items():
-        _plan(recs, settings, os.path.join(work, f"{split}.plan.json"))
+        _plan(recs, settings, plans[split], write=True)
         n = max(1, -(-len(recs) // videos_per_shard))
         for i in range(n):
             path = shard_path(ds_dir, name, split, i, n)
@@ -623,6 +637,7 @@ def _run_tasks(tasks: list, shards: list[_Shard], opts: EncodeOptions, workers: 
         if shard.pending == 0:
             finish(shard)
 
+    ok = False
     try:
         if workers == 1:
             _init_worker(opts)
@@ -634,7 +649,10 @@ def _run_tasks(tasks: list, shards: list[_Shard], opts: EncodeOptions, workers: 
             with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
                 for result in pool.imap_unordered(_convert_one, tasks, chunksize=1):
                     handle(result)
+        ok = True
     finally:
+        if not ok:
+            bar.leave = False  # clear the bar so the error stays the only line printed
         bar.close()
 
 

@@ -9,7 +9,8 @@ PHOENIX14T annotation conventions are honoured so that the complex train annotat
 dev/test `orth` share signs (glosses as in the shipped corpus, see corpus.py):
 - `X-PLUSPLUS`: the sign of `X`, movement repeated (twice).
 - `loc-X` / `cl-X`: the sign of `X`; `loc-` performs it displaced to the signer's side.
-- `neg-X`: the sign of `X` with a head shake (negation is non-manual in DGS).
+- `neg-X`: the sign of `X` with a head shake (negation is non-manual in DGS). Prefixes combine
+  (`neg-cl-KOMMEN`); other prefixes (`poss-`, `negalp-`) are part of the gloss: their own sign.
 - `__ON__` / `__OFF__`: hands rise from / drop to the rest position (kind "rest").
 - any other `__...__` marker (`__EMP__`, `__HOLD__`, `__PU__`, `__LEFTHAND__`, `__??X__`): a short hold.
 
@@ -20,6 +21,7 @@ right hand is the dominant one and appears on the image's left half (the signer 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 # Handshape ids are part of the on-disk format (extras `handshape`): append only, never reorder.
@@ -77,7 +79,7 @@ LOCATION_WORDS: dict[str, str] = {
 
 MOVEMENTS: tuple[str, ...] = ("straight", "arc", "circle", "zigzag", "tap")
 HANDS: tuple[str, ...] = ("one", "one", "both", "base")  # one-handed signs are the most common
-ORIENTATIONS: tuple[float, ...] = (0.0, -45.0, 45.0, 90.0)  # degrees; 0 = fingers up, + = towards image right
+ORIENTATIONS: tuple[float, ...] = (0.0, -45.0, 45.0, 90.0, -90.0, 135.0)  # degrees; 0 = fingers up, + = clockwise
 
 _DIGEST_SALT = b"synthsign/v1:"  # changing it changes every sign: bump only with a format version
 
@@ -120,14 +122,16 @@ def split_token(token: str) -> tuple[str, bool, bool, bool]:
     repeat = key.endswith("-PLUSPLUS")
     if repeat:
         key = key[: -len("-PLUSPLUS")]
-    loc_shift = key.startswith("loc-")
-    if loc_shift:
-        key = key[len("loc-") :]
-    elif key.startswith("cl-"):
-        key = key[len("cl-") :]
-    headshake = key.startswith("neg-") and len(key) > len("neg-")
-    if headshake:
-        key = key[len("neg-") :]
+    loc_shift = headshake = False
+    while True:  # prefixes combine, e.g. `neg-cl-KOMMEN`
+        if key.startswith("loc-") and len(key) > 4:
+            key, loc_shift = key[4:], True
+        elif key.startswith("cl-") and len(key) > 3:
+            key = key[3:]
+        elif key.startswith("neg-") and len(key) > 4:
+            key, headshake = key[4:], True
+        else:
+            break
     return key, repeat, loc_shift, headshake
 
 
@@ -136,8 +140,9 @@ def is_marker(token: str) -> bool:
     return len(token) > 4 and token.startswith("__") and token.endswith("__")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def sign_for(token: str) -> Sign:
-    """The sign of one gloss token; a pure function of the string."""
+    """The sign of one gloss token; a pure function of the string (cached: Sign is immutable)."""
     if is_marker(token):
         kind = "rest" if token in ("__ON__", "__OFF__") else "hold"
         return Sign(token=token, key=token, kind=kind)

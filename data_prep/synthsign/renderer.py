@@ -32,8 +32,8 @@ HEAD_R = (23.0, 29.0)
 SHOULDERS = {LEFT: (144.0, 120.0), RIGHT: (66.0, 120.0)}
 REST = {LEFT: (130.0, 236.0), RIGHT: (80.0, 236.0)}
 BASE_LEFT = (122.0, 166.0)  # where the passive hand of "base" signs is held
-UPPER_ARM, FOREARM = 64.0, 62.0
-PALM_R = 6.5
+UPPER_ARM, FOREARM = 56.0, 54.0
+PALM_R = 8.0
 AMPLITUDE = 14.0  # px of movement amplitude at size 1
 BOTH_MIN_GAP = 16.0  # two-handed symmetric signs keep the hands this far from the midline
 
@@ -345,6 +345,51 @@ def _shade(c: tuple[int, int, int], f: float) -> tuple[int, int, int]:
     return tuple(int(max(0, min(255, round(v * f)))) for v in c)  # type: ignore[return-value]
 
 
+def draw_body(appearance: Appearance, head_dx: float, sway: np.ndarray) -> Image.Image:
+    """Background, torso, neck and head (everything but arms and hands) of one frame."""
+    a = appearance
+    s = a.scale
+    img = Image.new("RGB", (W, H), a.background)
+    d = ImageDraw.Draw(img)
+
+    def P(x: float, y: float) -> np.ndarray:
+        return to_image(np.array([x, y]), a) + sway
+
+    sl, sr = P(*SHOULDERS[LEFT]), P(*SHOULDERS[RIGHT])
+    d.polygon([tuple(sr + (-4 * s, 0)), tuple(sl + (4 * s, 0)), tuple(P(160, 262)), tuple(P(50, 262))], fill=a.clothes)
+    _disc(d, sl, 12 * s, a.clothes)
+    _disc(d, sr, 12 * s, a.clothes)
+    _stroke(d, P(105, 84), P(105, 112), 18 * s, a.skin)
+    d.polygon([tuple(P(92, 112)), tuple(P(118, 112)), tuple(P(105, 128))], fill=a.skin)  # collar opening
+    hc = P(HEAD_C[0] + head_dx, HEAD_C[1])
+    rx, ry = HEAD_R[0] * s, HEAD_R[1] * s
+    d.ellipse([hc[0] - rx, hc[1] - ry, hc[0] + rx, hc[1] + ry], fill=a.skin)
+    d.chord([hc[0] - rx - 1, hc[1] - ry - 2, hc[0] + rx + 1, hc[1] + ry * 0.6], 180, 360, fill=a.hair)
+    for ex in (-8.5, 8.5):
+        _disc(d, hc + np.array([ex * s, 1.0 * s]), 2.2 * s, (30, 30, 30))
+    d.line([hc[0] - 6 * s, hc[1] + 15 * s, hc[0] + 6 * s, hc[1] + 15 * s], fill=_shade(a.skin, 0.6),
+           width=max(1, int(round(2 * s))))
+    return img
+
+
+def draw_arms(img: Image.Image, appearance: Appearance, hands: np.ndarray, shapes: np.ndarray, orient: np.ndarray,
+              sway: np.ndarray) -> None:
+    """Arms and hands onto `img` (in place); the dominant (right) side last, so it is in front."""
+    a = appearance
+    s = a.scale
+    d = ImageDraw.Draw(img)
+    sleeve = tuple(int(0.55 * c + 0.45 * 150) for c in a.clothes)  # lighter than the torso: arms stay visible
+    outline = _shade(a.skin, 0.45)
+    for h in (LEFT, RIGHT):
+        sh = to_image(np.array(SHOULDERS[h]), a) + sway
+        hand = hands[h]
+        el = _elbow(sh, hand, UPPER_ARM * s, FOREARM * s, outward=1.0 if h == LEFT else -1.0)
+        _stroke(d, sh, el, 15 * s, sleeve)
+        _stroke(d, el, hand, 12 * s, sleeve)
+        _hand(d, hand, float(orient[h]), int(shapes[h]), s, outline, grow=1.2)
+        _hand(d, hand, float(orient[h]), int(shapes[h]), s, a.skin, grow=0.0)
+
+
 def draw_frame(
     appearance: Appearance,
     hands: np.ndarray,
@@ -354,50 +399,28 @@ def draw_frame(
     sway: np.ndarray,
 ) -> Image.Image:
     """One RGB 210x260 frame. `hands [2, 2]` image px (left, right), `shapes [2]`, `orient [2]` deg."""
-    a = appearance
-    s = a.scale
-    img = Image.new("RGB", (W, H), a.background)
-    d = ImageDraw.Draw(img)
-
-    def P(x: float, y: float) -> np.ndarray:
-        return to_image(np.array([x, y]), a) + sway
-
-    sleeve = _shade(a.clothes, 1.35)
-    outline = _shade(a.skin, 0.45)
-    # Torso (trapezoid with rounded shoulders) and neck.
-    sl, sr = P(*SHOULDERS[LEFT]), P(*SHOULDERS[RIGHT])
-    d.polygon([tuple(sr + (-4 * s, 0)), tuple(sl + (4 * s, 0)), tuple(P(160, 262)), tuple(P(50, 262))], fill=a.clothes)
-    _disc(d, sl, 12 * s, a.clothes)
-    _disc(d, sr, 12 * s, a.clothes)
-    n0, n1 = P(105, 84), P(105, 112)
-    _stroke(d, n0, n1, 18 * s, a.skin)
-    d.polygon([tuple(P(92, 112)), tuple(P(118, 112)), tuple(P(105, 128))], fill=a.skin)  # collar opening
-    # Head with hair and a minimal face.
-    hc = P(HEAD_C[0] + head_dx, HEAD_C[1])
-    rx, ry = HEAD_R[0] * s, HEAD_R[1] * s
-    d.ellipse([hc[0] - rx, hc[1] - ry, hc[0] + rx, hc[1] + ry], fill=a.skin)
-    d.chord([hc[0] - rx - 1, hc[1] - ry - 2, hc[0] + rx + 1, hc[1] + ry * 0.6], 180, 360, fill=a.hair)
-    for ex in (-8.5, 8.5):
-        _disc(d, hc + np.array([ex * s, 1.0 * s]), 2.2 * s, (30, 30, 30))
-    d.line([hc[0] - 6 * s, hc[1] + 15 * s, hc[0] + 6 * s, hc[1] + 15 * s], fill=_shade(a.skin, 0.6),
-           width=max(1, int(round(2 * s))))
-    # Arms then hands; the dominant (right) side is drawn last so it is in front.
-    for h in (LEFT, RIGHT):
-        sh = sl if h == LEFT else sr
-        hand = hands[h]
-        el = _elbow(sh, hand, UPPER_ARM * s, FOREARM * s, outward=1.0 if h == LEFT else -1.0)
-        _stroke(d, sh, el, 15 * s, sleeve)
-        _stroke(d, el, hand, 12 * s, sleeve)
-        _hand(d, hand, float(orient[h]), int(shapes[h]), s, outline, grow=1.2)
-        _hand(d, hand, float(orient[h]), int(shapes[h]), s, a.skin, grow=0.0)
+    img = draw_body(appearance, head_dx, sway)
+    draw_arms(img, appearance, hands, shapes, orient, sway)
     return img
 
 
 def render_plan(plan: Plan, appearance: Appearance, rng: np.random.Generator) -> tuple[list[Image.Image], np.ndarray]:
-    """Draw every frame of a plan. Returns (frames, hands `[T, 2, 2]` image px of the drawn hand centres)."""
+    """Draw every frame of a plan. Returns (frames, hands `[T, 2, 2]` image px of the drawn hand centres).
+
+    The body moves by whole pixels (sway rounded), so its drawing is cached and reused across frames;
+    hands keep their sub-pixel positions.
+    """
     hands, sway = hand_positions(plan, appearance, rng)
     m = plan.motion
-    frames = [
-        draw_frame(appearance, hands[t], m.shape[t], m.orient[t], float(m.head[t]), sway[t]) for t in range(len(m))
-    ]
+    body_sway = np.round(sway)
+    cache: dict[tuple[float, float, float], Image.Image] = {}
+    frames = []
+    for t in range(len(m)):
+        key = (float(body_sway[t, 0]), float(body_sway[t, 1]), round(float(m.head[t]), 3))
+        body = cache.get(key)
+        if body is None:
+            body = cache[key] = draw_body(appearance, key[2], body_sway[t])
+        img = body.copy()
+        draw_arms(img, appearance, hands[t], m.shape[t], m.orient[t], body_sway[t])
+        frames.append(img)
     return frames, hands

@@ -149,7 +149,10 @@ def _bilinear_clip(frames: jax.Array, sy: jax.Array, sx: jax.Array) -> jax.Array
         idx = (jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)).reshape(-1)
         weight = jnp.where(inside, weight, 0.0).reshape(1, -1, 1)
         # Gather uint8 (cheaper), convert after: positions are shared by all frames of the clip.
-        out = out + jnp.take(flat, idx, axis=1).astype(jnp.float32) * weight
+        # idx is already clipped; mode="clip" spares jnp.take's default out-of-bounds fill
+        # masking (about 2x faster on CPU).
+        pix = jnp.take(flat, idx, axis=1, mode="clip")
+        out = out + pix.astype(jnp.float32) * weight
     return out.reshape(t, sy.shape[0], sy.shape[1], c)
 
 

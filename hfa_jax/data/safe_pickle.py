@@ -5,8 +5,9 @@ GFSLT-VLP and the HFA authors ship their labels as gzip-compressed pickles (SPEC
 so label files are read with an unpickler whose `find_class` admits no global except:
 
 * always: `builtins.set` / `builtins.frozenset` (protocol <= 3 pickles spell a set as a call
-  to its constructor) and `_codecs.encode` (protocol <= 2 spells bytes that way); dicts, lists, tuples, str, bytes, int, float, bool and None need no
-  global at all — they have their own opcodes;
+  to its constructor) and `_codecs.encode` (protocol <= 2 spells bytes that way); dicts, lists,
+  tuples, str, bytes, int, float, bool and None need no global at all — they have their own
+  opcodes;
 * with `allow_numpy=True`: exactly the globals numpy's own `ndarray.__reduce__` /
   `__reduce_ex__` emit (array and dtype reconstruction, scalars, protocol-5 `_frombuffer`),
   for the BeyondGloss feature files.

@@ -130,14 +130,16 @@ class Tokenizer:
 
     # ---------------------------------------------------------------- decoding
     def decode(self, ids) -> list[str]:
-        """ids: [N, L] ints (array or list of lists) -> N sentences.
+        """ids: [N, L] ints (NumPy/JAX array or list of lists) -> N sentences.
 
         Each row is cut at its first `</s>` after position 0 (generated rows start with the
         decoder start token and end in `</s>` + padding), then every special id (`<s>`, `<pad>`,
         `</s>`, `<unk>`, language codes, `<mask>`) is dropped, as
         `batch_decode(skip_special_tokens=True)` does in the reference code.
         """
-        rows = [list(map(int, r)) for r in (ids.tolist() if isinstance(ids, np.ndarray) else ids)]
+        if not isinstance(ids, (list, tuple)):
+            ids = np.asarray(ids).tolist()  # NumPy / JAX arrays
+        rows = [list(map(int, r)) for r in ids]
         out = []
         for row in rows:
             kept: list[int] = []

@@ -106,7 +106,8 @@ def merge_lora(variables: Any, scales: float | Sequence[tuple[str, float]] = 1.0
     Args:
       variables: a Flax variables dict (``{"params": ...}``) or a bare params tree.
       scales: ``alpha / r`` for all layers (a float), or ``[(regex, scale), ...]`` matched with
-        ``re.search`` against the '/'-joined path of the layer (first match wins). HFA uses
+        ``re.search`` against the '/'-joined path of the layer's kernel, e.g.
+        ``frame_encoder/block_9/attn/qkv/kernel`` (first match wins). HFA uses
         different ranks for ViT (r4, a4 -> 1.0) and mBART (r16, a32 -> 2.0):
         see :func:`hfa_jax.models.hfa.lora_scale_rules`.
 
@@ -120,7 +121,7 @@ def merge_lora(variables: Any, scales: float | Sequence[tuple[str, float]] = 1.0
             return node
         node = dict(node)
         if "lora_a" in node and "lora_b" in node and "kernel" in node:
-            s = _scale_for(path, scales)
+            s = _scale_for(f"{path}/kernel" if path else "kernel", scales)
             k = node["kernel"]
             delta = jnp.matmul(
                 jnp.asarray(node["lora_a"], jnp.float32),

@@ -833,14 +833,13 @@ def _load_vocab_map(vocab_map: Any, old_vocab: int) -> np.ndarray:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{where}: cannot read vocabulary map JSON ({e})") from e
-        if isinstance(data, dict):
-            lists = [k for k in ("old_ids", "vocab_map", "map", "ids", "kept_ids") if isinstance(data.get(k), list)]
-            if not lists:
-                raise CheckpointError(
-                    f"{where}: JSON object has no 'old_ids' list; expected a list of old token ids in new-id order"
-                )
-            data = data[lists[0]]
         vocab_map = data
+    if isinstance(vocab_map, Mapping):  # data_prep.trim_vocab's vocab_map.json: {"old_ids": [...], ...}
+        if not isinstance(vocab_map.get("old_ids"), list):
+            raise CheckpointError(
+                f"{where}: mapping has no 'old_ids' list; expected old token ids in new-id order"
+            )
+        vocab_map = vocab_map["old_ids"]
     arr = np.asarray(vocab_map)
     if arr.ndim != 1 or arr.size == 0:
         raise CheckpointError(f"{where}: vocabulary map must be a non-empty 1-D list of old ids, got shape {arr.shape}")

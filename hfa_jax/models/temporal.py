@@ -53,8 +53,12 @@ class TemporalConfig:
     ln_eps: float = 1e-5  # torch nn.LayerNorm default, as in the reference
     attention: str = "xla"  # "xla" | "chunked" | "cudnn" | "naive"
     chunk_size: int = 64
-    dtype: Any = None  # compute dtype (None = float32); params are float32
+    dtype: str | None = None  # compute dtype ("float32", "bfloat16"; None = float32); params float32
     remat: bool = False
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype) if self.dtype else None
 
     @property
     def num_blocks(self) -> int:
@@ -117,7 +121,7 @@ class TemporalBlock(nn.Module):
             feats,
             kernel_init=nn.initializers.normal(std),
             bias_init=nn.initializers.zeros,
-            dtype=cfg.dtype,
+            dtype=cfg.compute_dtype,
             name=name,
         )
         qkv = dense(3 * d, 0.02, "qkv")(x).reshape(b, t, 3, nh, hd)
@@ -136,7 +140,7 @@ class TemporalBlock(nn.Module):
         h = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path1")(
             h, deterministic=deterministic
         )
-        x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.dtype, name="norm1")(x + h)
+        x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm1")(x + h)
 
         h = dense(cfg.mlp_dim, 0.02, "fc1")(x)
         h = nn.gelu(h, approximate=False)
@@ -146,7 +150,7 @@ class TemporalBlock(nn.Module):
         h = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path2")(
             h, deterministic=deterministic
         )
-        return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.dtype, name="norm2")(x + h)
+        return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm2")(x + h)
 
 
 class TemporalEncoder(nn.Module):
@@ -161,8 +165,8 @@ class TemporalEncoder(nn.Module):
         mask = mask.astype(bool)
         t = x.shape[1]
         x = x + jnp.asarray(sinusoidal_embedding(t, x.shape[-1]), x.dtype)[None]
-        if cfg.dtype is not None:
-            x = x.astype(cfg.dtype)
+        if cfg.compute_dtype is not None:
+            x = x.astype(cfg.compute_dtype)
         block_cls = (
             nn.remat(TemporalBlock, static_argnums=(3,)) if cfg.remat else TemporalBlock
         )
@@ -175,7 +179,7 @@ class TemporalEncoder(nn.Module):
             cfg.out_dim,
             kernel_init=nn.initializers.normal(0.02),
             bias_init=nn.initializers.zeros,
-            dtype=cfg.dtype,
+            dtype=cfg.compute_dtype,
             name="out_proj",
         )(x)
         return y, mask

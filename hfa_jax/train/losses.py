@@ -25,6 +25,7 @@ def pseudo_gloss_loss(
     *,
     mode: str = "bce_with_logits_on_probs",
     eps: float = PG_CLAMP_EPS,
+    example_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Pseudo-gloss (multi-label) loss, mean over all ``B * (V+1)`` entries.
 
@@ -36,6 +37,7 @@ def pseudo_gloss_loss(
         the clamped *probabilities* into ``BCEWithLogitsLoss``, i.e. a sigmoid is applied on top of
         p. ``"bce"``: plain binary cross-entropy on the clamped p (what the paper describes).
       eps: clamp margin (reference: 1e-8; note 1 - 1e-8 rounds to 1 in float32, as in PyTorch).
+      example_mask: optional ``[B]`` bool, False rows (batch filler) are left out of the mean.
 
     Returns:
       scalar float32 loss.
@@ -52,18 +54,34 @@ def pseudo_gloss_loss(
         per = -(y * log_p + (1.0 - y) * log_1mp)
     else:
         raise ValueError(f"pseudo_gloss_loss: unknown mode {mode!r}; expected one of {PG_LOSS_MODES}")
-    return jnp.mean(per)
+    if example_mask is None:
+        return jnp.mean(per)
+    m = example_mask.astype(jnp.float32)[:, None]
+    return jnp.sum(per * m) / jnp.maximum(jnp.sum(m) * per.shape[1], 1.0)
 
 
-def _kl_to_soft_identity(logits: jax.Array, target_scale: float) -> jax.Array:
+def _kl_to_soft_identity(logits: jax.Array, target_scale: float,
+                         example_mask: jax.Array | None = None) -> jax.Array:
     """``KLDivLoss(log_softmax(logits, 1), softmax(target_scale * I, 1))`` with legacy
     ``size_average=True`` (mean over all B*B entries) times B, as the reference ``KLLoss``:
-    i.e. the per-row KL summed and divided by B."""
+    i.e. the per-row KL summed and divided by B.
+
+    With ``example_mask`` [B] the loss is that of the sub-batch of valid rows (filler rows and
+    columns removed), computed without changing shapes."""
     b = logits.shape[0]
-    target = jax.nn.softmax(target_scale * jnp.eye(b, dtype=jnp.float32), axis=1)
-    log_q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=1)
-    kl = target * (jnp.log(target) - log_q)  # target > 0 everywhere (softmax), no 0*log0 case
-    return jnp.sum(kl) / b
+    logits = logits.astype(jnp.float32)
+    eye = jnp.eye(b, dtype=jnp.float32)
+    if example_mask is None:
+        valid = jnp.ones((b,), bool)
+    else:
+        valid = example_mask.astype(bool)
+    pair = valid[:, None] & valid[None, :]
+    neg = jnp.float32(-1e30)
+    target = jax.nn.softmax(jnp.where(pair, target_scale * eye, neg), axis=1)
+    log_q = jax.nn.log_softmax(jnp.where(pair, logits, neg), axis=1)
+    # target > 0 on valid pairs (softmax), exactly 0 elsewhere: xlogy-style guard.
+    kl = jnp.where(pair, target * (jnp.log(jnp.where(pair, target, 1.0)) - log_q), 0.0)
+    return jnp.sum(kl) / jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
 
 
 def alignment_logits(video_vec: jax.Array, text_vec: jax.Array, logit_scale: jax.Array
@@ -81,6 +99,7 @@ def alignment_loss(
     logit_scale: jax.Array,
     *,
     target_scale: float = 10.0,
+    example_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Video–text alignment loss of the reference (``KLLoss`` on both directions, averaged).
 
@@ -92,9 +111,11 @@ def alignment_loss(
       text_vec: ``[B, D]`` L2-normalised text vectors.
       logit_scale: scalar, already exponentiated (exp(s)).
       target_scale: the 10 in ``softmax(10 * I)``.
+      example_mask: optional ``[B]`` bool; the loss is then that of the valid rows only.
     """
     lpv, lpt = alignment_logits(video_vec, text_vec, logit_scale)
-    return 0.5 * (_kl_to_soft_identity(lpv, target_scale) + _kl_to_soft_identity(lpt, target_scale))
+    return 0.5 * (_kl_to_soft_identity(lpv, target_scale, example_mask)
+                  + _kl_to_soft_identity(lpt, target_scale, example_mask))
 
 
 def translation_loss(
@@ -126,20 +147,21 @@ def translation_loss(
 
 
 def pretrain_loss(outputs: dict, pg_targets: jax.Array, *, pg_weight: float = 1.0,
-                  pg_mode: str = "bce_with_logits_on_probs", target_scale: float = 10.0
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  pg_mode: str = "bce_with_logits_on_probs", target_scale: float = 10.0,
+                  example_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total pretraining loss ``L_align + lambda * L_pgp`` (SPEC §2, lambda = 1.0).
 
     Args:
       outputs: the dict returned by ``HFAPretrain``: ``pg_scores [B, V+1]``, ``video_vec [B, D]``,
         ``text_vec [B, D]``, ``logit_scale`` (scalar, exp(s)).
       pg_targets: ``[B, V+1]`` multi-hot.
+      example_mask: optional ``[B]`` bool (evaluation batches padded with filler rows).
 
     Returns:
       ``(total, {"loss", "align_loss", "pg_loss"})``.
     """
     align = alignment_loss(outputs["video_vec"], outputs["text_vec"], outputs["logit_scale"],
-                           target_scale=target_scale)
-    pg = pseudo_gloss_loss(outputs["pg_scores"], pg_targets, mode=pg_mode)
+                           target_scale=target_scale, example_mask=example_mask)
+    pg = pseudo_gloss_loss(outputs["pg_scores"], pg_targets, mode=pg_mode, example_mask=example_mask)
     total = align + pg_weight * pg
     return total, {"loss": total, "align_loss": align, "pg_loss": pg}

@@ -113,3 +113,19 @@ def test_truncated_gzip(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_gzip_pickle(tmp_path / "nope")
+
+
+class _ObjectArrayFromRawMemory:
+    """An object-dtype array whose state is raw bytes: would turn bytes into object pointers."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (2,), np.dtype("O"), False, b"\x10" * 16))
+
+
+def test_object_array_from_raw_bytes_is_rejected():
+    blob = pickle.dumps(_ObjectArrayFromRawMemory(), protocol=2)
+    with pytest.raises(DataError, match="not a readable pickle"):
+        restricted_load(io.BytesIO(blob), allow_numpy=True, source="x.pkl")

@@ -89,3 +89,19 @@ def test_pretrain_loss_combines_with_lambda():
     y = (r.uniform(size=(b, c)) < 0.5).astype(np.float32)
     total, parts = losses.pretrain_loss(out, y, pg_weight=0.5)
     np.testing.assert_allclose(float(total), float(parts["align_loss"]) + 0.5 * float(parts["pg_loss"]), rtol=1e-6)
+
+
+def test_example_mask_equals_loss_of_the_valid_subbatch():
+    r = _rng(5)
+    b, d, c = 5, 8, 6
+    v = r.normal(size=(b, d)).astype(np.float32)
+    t = r.normal(size=(b, d)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    p = r.uniform(size=(b, c)).astype(np.float32)
+    y = (r.uniform(size=(b, c)) < 0.4).astype(np.float32)
+    m = np.array([True, False, True, True, False])
+    np.testing.assert_allclose(float(losses.alignment_loss(v, t, 10.0, example_mask=m)),
+                               float(losses.alignment_loss(v[m], t[m], 10.0)), rtol=1e-5)
+    np.testing.assert_allclose(float(losses.pseudo_gloss_loss(p, y, example_mask=m)),
+                               float(losses.pseudo_gloss_loss(p[m], y[m])), rtol=1e-6)

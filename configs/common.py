@@ -1,0 +1,145 @@
+"""Model fields and freezing rules shared by the pretraining / fine-tuning / demo configs.
+
+``model_config(variant)`` returns the ``config.model`` subtree (read by
+``hfa_jax.models.hfa.HFAConfig.from_config``); ``trainable_rules(stage)`` returns the
+``config.train.trainable`` table of ``(regex, trainable)`` rules, matched with ``re.search``
+against '/'-joined parameter paths, first match wins, every parameter must match
+(``hfa_jax.train.freeze.trainable_mask``).
+
+Variants:
+  - "paper": SPEC §2 exactly (ViT-S/14 + LoRA r4 on blocks 9-11, temporal 512/8 heads/2+2
+    blocks, mBART-large-cc25 with the trimmed 2172-token vocabulary and LoRA r16/alpha 32,
+    2322 pseudo-gloss prototypes). ``python -m hfa_jax.params`` reproduces the paper's counts.
+  - "tiny" (alias "demo"): the same architecture at toy widths for CPU smoke runs and tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+__all__ = ["model_config", "trainable_rules", "STAGES"]
+
+STAGES = ("pretrain", "finetune1", "finetune2")
+
+
+def _mbart(**kw) -> dict:
+    d = dict(
+        vocab_size=2172,  # trimmed PHOENIX14T vocabulary (SPEC §1)
+        d_model=1024,
+        encoder_layers=12,
+        decoder_layers=12,
+        encoder_attention_heads=16,
+        decoder_attention_heads=16,
+        encoder_ffn_dim=4096,
+        decoder_ffn_dim=4096,
+        max_position_embeddings=1024,
+        scale_embedding=True,
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        lora_rank=16,
+        lora_alpha=32.0,
+        lora_dropout=0.1,
+        # Special ids of the trimmed vocabulary are set from the tokenizer by the training config.
+        decoder_start_token_id=None,
+    )
+    d.update(kw)
+    return d
+
+
+def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
+    """The ``config.model`` subtree for ``variant`` in {"paper", "tiny", "demo"}."""
+    if variant == "paper":
+        c = dict(
+            vit=dict(
+                patch_size=14, width=384, depth=12, num_heads=6, mlp_dim=1536, ln_eps=1e-6,
+                pos_grid=37, num_registers=0, layerscale_init=1.0,
+                pos_resample="hub",  # the reference loads torch-hub DINOv2 (scale-factor + 0.1 offset)
+                lora_blocks=(9, 10, 11), lora_rank=4, lora_alpha=4.0, lora_dropout=0.1,
+            ),
+            temporal=dict(
+                width=512, num_heads=8, mlp_dim=2048, blocks_before=2, blocks_after=2, out_dim=1024,
+                window=3, rope_base=10000.0, dropout=0.1, drop_path_rate=0.1, layerscale_init=1e-5,
+                attention="xla", chunk_size=64,
+            ),
+            mbart=_mbart(),
+            frame_dim=512,
+            num_pseudo_glosses=2322,
+        )
+    elif variant in ("tiny", "demo"):
+        c = dict(
+            vit=dict(
+                patch_size=14, width=32, depth=3, num_heads=2, mlp_dim=64, ln_eps=1e-6,
+                pos_grid=4, num_registers=0, layerscale_init=1.0, pos_resample="hub",
+                lora_blocks=(2,), lora_rank=2, lora_alpha=2.0, lora_dropout=0.1,
+            ),
+            temporal=dict(
+                width=32, num_heads=4, mlp_dim=64, blocks_before=1, blocks_after=1, out_dim=32,
+                window=3, rope_base=10000.0, dropout=0.1, drop_path_rate=0.1, layerscale_init=1e-5,
+                attention="xla", chunk_size=16,
+            ),
+            mbart=_mbart(
+                d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                max_position_embeddings=256, lora_rank=4, lora_alpha=8.0,
+            ),
+            frame_dim=32,
+            num_pseudo_glosses=2322,
+        )
+    else:
+        raise ValueError(f"unknown model variant {variant!r}; use 'paper', 'tiny' or 'demo'")
+    c.update(
+        proto_dim=300,
+        pg_dropout=0.2,
+        tau_class=0.1,
+        tau_time=0.1,
+        learnable_tau=False,  # paper: learnable; reference code: fixed 0.1
+        masked_mean=False,  # reference: video/text means include padding
+        logit_scale_init=math.log(1 / 0.07),
+        bn_momentum=0.1,
+        bn_eps=1e-5,
+        dtype="float32",  # "bfloat16" on GPU/TPU (params stay float32)
+        remat=False,
+    )
+    return ml_collections.ConfigDict(c)
+
+
+_LORA = r"/lora_[ab]$"
+
+
+def trainable_rules(stage: str) -> list[tuple[str, bool]]:
+    """Freezing table for ``stage`` in {"pretrain", "finetune1", "finetune2"} (SPEC §2-3).
+
+    pretrain: ViT LoRA, Linear+BN, temporal, pseudo-gloss head, prototypes, CLS, logit scale and
+      the video encoder's LoRA train; the ViT, the video encoder's mBART weights and the text
+      encoder are frozen.
+    finetune1: only the mapper and the decoder LoRA train.
+    finetune2: everything trainable: ViT LoRA, Linear+BN, temporal, mapper, encoder + decoder LoRA.
+    """
+    if stage == "pretrain":
+        return [
+            (r"^frame_encoder/.*" + _LORA, True),
+            (r"^frame_encoder/", False),
+            (r"^(frame_proj|frame_bn|temporal|pg_head)/", True),
+            (r"^(prototypes|cls_token|logit_scale)$", True),
+            (r"^video_encoder/.*" + _LORA, True),
+            (r"^video_encoder/", False),
+            (r"^text_encoder/", False),
+        ]
+    if stage == "finetune1":
+        return [
+            (r"^mapper/", True),
+            (r"^mbart/decoder/.*" + _LORA, True),
+            (r"^(frame_encoder|frame_proj|frame_bn|temporal|mbart)/", False),
+        ]
+    if stage == "finetune2":
+        return [
+            (r"^frame_encoder/.*" + _LORA, True),
+            (r"^frame_encoder/", False),
+            (r"^(frame_proj|frame_bn|temporal|mapper)/", True),
+            (r"^mbart/.*" + _LORA, True),
+            (r"^mbart/", False),
+        ]
+    raise ValueError(f"unknown training stage {stage!r}; use one of {STAGES}")

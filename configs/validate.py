@@ -1,0 +1,176 @@
+"""The config schema (every field with its default) and start-up validation.
+
+``base()`` is the one place that lists every non-model field; the stage configs
+(``configs/pretrain.py``, ``configs/finetune.py``, ``configs/demo.py``) start from it. The model
+fields come from ``configs/common.py`` and are checked by the models' own config class.
+
+``validate(config)`` fails with ONE line (a :class:`hfa_jax.errors.ConfigError`) naming the field
+when a config names an unknown field, has a bad value, or points at a data / weight path that does
+not exist.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+from hfa_jax.errors import ConfigError
+
+STAGES = ("pretrain", "finetune1", "finetune2")
+PG_LOSSES = ("bce_with_logits_on_probs", "bce")
+PROTOCOLS = ("hfa", "plain", "char")
+
+
+def base() -> ml_collections.ConfigDict:
+    """Every non-model field with the paper defaults (SPEC §1, §3, §4)."""
+    c = ml_collections.ConfigDict()
+    c.name = "hfa"
+    c.job = "train"  # "train": one stage (hfa_jax.train.loop.run); "demo": hfa_jax.demo.run
+    c.seed = 0  # root of all model randomness (init, dropout, augmentation)
+
+    c.data = ml_collections.ConfigDict(dict(
+        dataset_dir="",        # tfds ArrayRecord folder written by data_prep.build_dataset
+        tokenizer_dir="",      # mBART tokenizer folder (data_prep.trim_vocab output)
+        pseudo_glosses="",     # pseudo-gloss JSON (data_prep.pseudo_glosses); pretraining only
+        prototypes="",         # protos.npy [V+1, 300] (data_prep.prototypes); pretraining only
+        lang="de_DE",
+        train_split="train",
+        frame_selection="first",   # HFA keeps the first 300 frames; "random": GFSLT subsample
+        max_frames=300,
+        buckets=(64, 128, 192, 256, 300),
+        crop_size=224,
+        max_text_len=64,
+        worker_count=0,        # grain worker processes for the training loader
+        eval_worker_count=0,
+        seed=0,                # shuffling seed (and, for the demo, the SynthSign seed)
+        augment=ml_collections.ConfigDict(dict(p=0.5, max_rotate_deg=30.0, max_scale=0.2,
+                                               max_translate_px=10)),
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        stage="pretrain",
+        batch_size=16,         # global batch (all devices, all hosts)
+        epochs=100.0,
+        num_steps=0,           # > 0 overrides epochs
+        lr=3e-4,               # peak of the one-cycle schedule
+        weight_decay=0.01,
+        clip_norm=1.0,
+        warmup_pct=0.05,       # HFA code: 5% of the steps
+        warmup_epochs=0.0,     # > 0: the paper's "5 epochs" warm-up instead
+        cycle_momentum=True,   # OneCycleLR's β1 cycle 0.95 -> 0.85 -> 0.95
+        trainable=(),          # ((regex, bool), ...): first match wins; every param must match
+        init_from="",          # previous stage's workdir (its best checkpoint)
+        pg_loss="bce_with_logits_on_probs",  # reference quirk; "bce" = plain BCE (paper)
+        pg_weight=1.0,         # lambda in L_align + lambda * L_pgp
+        label_smoothing=0.2,
+        log_every_steps=50,
+        checkpoint_every_steps=1000,
+        keep_checkpoints=2,
+        async_checkpoints=True,
+        progress_bar=True,
+        tensorboard=True,
+        debug_nan_at_step=-1,        # test hook: poison the loss at this step
+        debug_crash_after_step=-1,   # test hook: raise after this step (simulates a kill)
+    ))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        splits=("dev", "test"),  # the first one selects the best checkpoint
+        every_epochs=5.0,
+        every_steps=0,           # > 0 overrides every_epochs
+        batch_size=16,
+        num_beams=4,
+        max_new_tokens=150,
+        length_penalty=1.0,
+        protocol="hfa",          # SPEC §4: sacrebleu 13a with " ." appended
+        video_blind=False,       # also score the video-blind control (hyps shuffled)
+        final_on_best=True,      # after training, evaluate the best checkpoint on every split
+    ))
+
+    # Pretrained weights (paper runs; empty = random init, as the demo): a DINOv2 HF folder or
+    # torch-hub .pth, an mBART HF folder or a folder written by hfa_jax.models.mbart.save_imported,
+    # and the trimmed vocabulary map written by data_prep.trim_vocab (vocab_map.json).
+    c.weights = ml_collections.ConfigDict(dict(vit="", mbart="", vocab_map=""))
+
+    c.mesh = ml_collections.ConfigDict(dict(
+        data=-1,             # -1: every device not used by fsdp
+        fsdp=1,
+        distributed=False,   # jax.distributed.initialize() (multi-host)
+        auto_fsdp=True,      # shard unannotated params over fsdp (largest divisible dim)
+        rules=ml_collections.FieldReference(None, field_type=object),  # logical -> mesh axis rules
+    ))
+    return c
+
+
+def _unknown(cfg: Any, ref: Any, prefix: str) -> str | None:
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        return None
+    for k in cfg.keys():
+        if k not in ref:
+            return f"{prefix}{k}"
+        if isinstance(ref[k], ml_collections.ConfigDict):
+            hit = _unknown(cfg[k], ref[k], f"{prefix}{k}.")
+            if hit:
+                return hit
+    return None
+
+
+def _need(path: str, field: str, hint: str) -> None:
+    if not path:
+        raise ConfigError(f"config.{field} is empty; {hint}")
+    if not os.path.exists(path):
+        raise ConfigError(f"config.{field}={path!r} does not exist; {hint}")
+
+
+def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> None:
+    """Raises ConfigError (one line, naming the field) for unknown fields, bad values, missing paths."""
+    ref = base()
+    for section in ("data", "train", "eval", "mesh", "weights"):
+        if section not in config:
+            raise ConfigError(f"config.{section} is missing; start configs from configs.validate.base()")
+    for k in config.keys():
+        if k not in ref and k not in ("model", "demo"):
+            raise ConfigError(f"config.{k} is not a known field; remove it or fix its name")
+    hit = _unknown(config, ref, "config.")
+    if hit and not hit.startswith(("config.model", "config.demo")):
+        raise ConfigError(f"{hit} is not a known field; remove it or fix its name (see configs/validate.py)")
+    t = config.train
+    if t.stage not in STAGES:
+        raise ConfigError(f"config.train.stage={t.stage!r} is not one of {STAGES}")
+    if t.pg_loss not in PG_LOSSES:
+        raise ConfigError(f"config.train.pg_loss={t.pg_loss!r} is not one of {PG_LOSSES}")
+    if config.eval.protocol not in PROTOCOLS:
+        raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is not one of {PROTOCOLS}")
+    if config.data.frame_selection not in ("first", "random"):
+        raise ConfigError(f"config.data.frame_selection={config.data.frame_selection!r} is not first|random")
+    for field in ("train.batch_size", "eval.batch_size", "data.max_frames", "data.crop_size",
+                  "data.max_text_len", "eval.num_beams", "eval.max_new_tokens"):
+        sec, key = field.split(".")
+        if int(config[sec][key]) <= 0:
+            raise ConfigError(f"config.{field}={config[sec][key]} must be positive")
+    if float(t.lr) <= 0:
+        raise ConfigError(f"config.train.lr={t.lr} must be positive")
+    if not t.trainable:
+        raise ConfigError("config.train.trainable is empty; use configs.common.trainable_rules(stage)")
+    for i, rule in enumerate(t.trainable):
+        if len(rule) != 2 or not isinstance(rule[0], str) or not isinstance(rule[1], bool):
+            raise ConfigError(f"config.train.trainable[{i}]={rule!r} is not a (regex, bool) pair")
+    if config.get("model") is None:
+        raise ConfigError("config.model is missing; use configs.common.model_config(variant)")
+    if not check_paths:
+        return
+    d = config.data
+    _need(d.dataset_dir, "data.dataset_dir", "build it with `python -m data_prep.build_dataset` or fix the path")
+    _need(d.tokenizer_dir, "data.tokenizer_dir", "write it with `python -m data_prep.trim_vocab` or fix the path")
+    if t.stage == "pretrain":
+        _need(d.pseudo_glosses, "data.pseudo_glosses", "write it with `python -m data_prep.pseudo_glosses`")
+        if d.prototypes:
+            _need(d.prototypes, "data.prototypes", "write it with `python -m data_prep.prototypes`")
+    if t.init_from:
+        _need(t.init_from, "train.init_from", "train the previous stage into that workdir first")
+    for k, v in config.weights.items():
+        if v:
+            _need(v, f"weights.{k}", "download / import the weights (README: weight import) or leave it empty")
+    if config.model.get("dtype", "float32") not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.model.dtype={config.model.dtype!r} is not float32|bfloat16")

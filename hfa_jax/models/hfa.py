@@ -1,0 +1,354 @@
+"""The composed HFA models (SPEC §2): pretraining (pseudo-gloss + video-text alignment) and
+translation.
+
+Shared visual trunk (``pixels [B, T, H, W, 3]`` normalised float32, ``frame_mask [B, T]`` bool)::
+
+    frame_encoder (DINOv2 ViT, LoRA on blocks 9-11) -> final-norm CLS [B, T, 384]
+    -> frame_proj Linear(384 -> 512) -> frame_bn (BatchNorm over valid frames only)
+    -> temporal (post-LN local RoPE transformer, /2 downsampling) -> y [B, T', 1024], mask' [B, T']
+
+:class:`HFAPretrain` adds the pseudo-gloss head (on ``y`` with the ``prototypes``), prepends
+``cls_token`` to ``y`` and runs the LoRA mBART ``video_encoder`` on it (``inputs_embeds``: no
+sqrt(d) scaling), pools it to ``video_vec``; the frozen ``text_encoder`` pools the target tokens
+to ``text_vec``. :class:`HFATranslate` maps ``y`` with the ``mapper`` into ``mbart``'s encoder
+and decodes.
+
+Top-level parameter names (the freezing regexes in ``configs/common.py`` rely on them):
+``frame_encoder``, ``frame_proj``, ``frame_bn``, ``temporal``, ``pg_head``, ``prototypes``
+(``[V, 300]``: the fixed zero row 0 is not a parameter, it is prepended in the forward pass),
+``cls_token``, ``logit_scale``, ``video_encoder``, ``text_encoder``, ``mapper``, ``mbart``.
+BatchNorm running statistics live in ``batch_stats/frame_bn``; mBART's ``final_logits_bias``
+in ``buffers``. ``deterministic=False`` means training: dropout on (needs the ``dropout``
+rng) and batch statistics used and updated (apply with ``mutable=["batch_stats"]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+from hfa_jax.errors import CheckpointError, ConfigError
+from hfa_jax.models.heads import MaskedBatchNorm, Mapper, PseudoGlossHead, torch_dense
+from hfa_jax.models.lora import lora_scale
+from hfa_jax.models.mbart import MBart, MBartConfig, MBartEncoder
+from hfa_jax.models.temporal import TemporalConfig, TemporalEncoder
+from hfa_jax.models.vit import ViT, ViTConfig
+
+Array = jax.Array
+
+__all__ = [
+    "HFAConfig",
+    "HFAPretrain",
+    "HFATranslate",
+    "lora_scale_rules",
+    "build_model",
+    "init_shapes",
+    "graft",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class HFAConfig:
+    """Everything that shapes the HFA models. Build from a config tree with :meth:`from_config`."""
+
+    vit: ViTConfig = ViTConfig()
+    temporal: TemporalConfig = TemporalConfig()
+    mbart: MBartConfig = MBartConfig(vocab_size=2172)
+    frame_dim: int = 512
+    num_pseudo_glosses: int = 2322  # V: prototype rows 1..V (row 0 is the fixed zero vector)
+    proto_dim: int = 300
+    pg_dropout: float = 0.2
+    tau_class: float = 0.1
+    tau_time: float = 0.1
+    learnable_tau: bool = False
+    masked_mean: bool = False  # reference: video/text means include padding positions
+    logit_scale_init: float = float(np.log(1 / 0.07))
+    bn_momentum: float = 0.1  # PyTorch convention (weight of the new batch)
+    bn_eps: float = 1e-5
+    dtype: str = "float32"  # compute dtype for every submodule; params stay float32
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.temporal.width != self.frame_dim:
+            raise ConfigError(f"model.temporal.width ({self.temporal.width}) must equal model.frame_dim ({self.frame_dim})")
+        if self.temporal.out_dim != self.mbart.d_model:
+            raise ConfigError(
+                f"model.temporal.out_dim ({self.temporal.out_dim}) must equal model.mbart.d_model ({self.mbart.d_model})"
+            )
+
+    @classmethod
+    def from_config(cls, c: Mapping[str, Any]) -> "HFAConfig":
+        """From a (ConfigDict / dict) model config as made by ``configs.common.model_config``.
+
+        ``dtype`` and ``remat`` at the top level are pushed into every submodule config.
+        Unknown fields raise ConfigError naming them.
+        """
+        c = dict(c.to_dict() if hasattr(c, "to_dict") else c)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(c) - known)
+        if unknown:
+            raise ConfigError(f"model config: unknown field(s) {unknown}; valid: {sorted(known)}")
+        dtype = c.get("dtype", "float32")
+        remat = bool(c.get("remat", False))
+
+        def sub(kind, fields_cls, values, **forced):
+            values = dict(values or {})
+            names = {f.name for f in dataclasses.fields(fields_cls)}
+            bad = sorted(set(values) - names)
+            if bad:
+                raise ConfigError(f"model config: unknown field(s) model.{kind}.{bad}; valid: {sorted(names)}")
+            values.update(forced)
+            for k, v in list(values.items()):
+                if isinstance(v, list):
+                    values[k] = tuple(v)
+            return fields_cls(**values)
+
+        out = dict(c)
+        out["vit"] = sub("vit", ViTConfig, c.get("vit"), dtype=dtype, remat=remat)
+        out["temporal"] = sub("temporal", TemporalConfig, c.get("temporal"), dtype=dtype, remat=remat)
+        out["mbart"] = sub("mbart", MBartConfig, c.get("mbart"), dtype=dtype, remat=remat)
+        return cls(**out)
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def text_encoder_cfg(self) -> MBartConfig:
+        """The frozen text encoder: same mBART encoder shape, no LoRA, no dropout."""
+        return dataclasses.replace(self.mbart, lora_rank=0, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+
+def lora_scale_rules(cfg: HFAConfig) -> list[tuple[str, float]]:
+    """``(regex, alpha / r)`` rules for :func:`hfa_jax.models.lora.merge_lora` on HFA params."""
+    return [
+        (r"^frame_encoder/", lora_scale(cfg.vit.lora_rank, cfg.vit.lora_alpha)),
+        (r"^(mbart|video_encoder|text_encoder)/", lora_scale(cfg.mbart.lora_rank, cfg.mbart.lora_alpha)),
+    ]
+
+
+class _VisualTrunk(nn.Module):
+    """Frames -> temporal features; inherited by both models so the parameter names are top level."""
+
+    cfg: HFAConfig
+
+    def _visual_setup(self):
+        cfg = self.cfg
+        self.frame_encoder = ViT(cfg.vit)
+        self.frame_proj = torch_dense(cfg.frame_dim, cfg.vit.width, cfg.compute_dtype)
+        self.frame_bn = MaskedBatchNorm(momentum=cfg.bn_momentum, epsilon=cfg.bn_eps, dtype=cfg.compute_dtype)
+        self.temporal = TemporalEncoder(cfg.temporal)
+
+    def encode_frames(self, pixels: Array, frame_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+        """pixels: [B, T, H, W, 3] f32, frame_mask: [B, T] bool ->
+        (y [B, T', 1024], temporal_mask [B, T'] bool), T' = ceil(T / 2)."""
+        b, t = pixels.shape[:2]
+        tokens = self.frame_encoder(pixels.reshape(b * t, *pixels.shape[2:]), deterministic)
+        x = tokens[:, 0].reshape(b, t, -1)  # final-norm CLS per frame
+        x = self.frame_proj(x)
+        x = self.frame_bn(x, frame_mask, use_running_average=deterministic)
+        return self.temporal(x, frame_mask.astype(bool), deterministic)
+
+
+def _mean(x: Array, mask: Array, masked: bool) -> Array:
+    """x: [B, S, D], mask: [B, S] -> [B, D] float32 (plain mean over all S, or masked mean)."""
+    xf = x.astype(jnp.float32)
+    if not masked:
+        return xf.mean(axis=1)
+    m = mask.astype(jnp.float32)[..., None]
+    return (xf * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+
+def _l2n(x: Array) -> Array:
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class HFAPretrain(_VisualTrunk):
+    """Pretraining model.
+
+    ``apply(vars, pixels [B,T,H,W,3], frame_mask [B,T] bool, text_ids [B,L] int32,
+    text_mask [B,L] bool, deterministic=True)`` -> dict with
+    ``pg_scores [B, V+1]`` (per-class score p), ``pg_sim [B, T', V+1]`` (cosine similarities),
+    ``video_vec [B, 1024]``, ``text_vec [B, 1024]`` (L2-normalised, float32),
+    ``logit_scale []`` (= exp(s)), ``temporal_mask [B, T']`` bool.
+    """
+
+    def setup(self):
+        cfg = self.cfg
+        self._visual_setup()
+        self.pg_head = PseudoGlossHead(
+            proto_dim=cfg.proto_dim,
+            dropout=cfg.pg_dropout,
+            tau_class=cfg.tau_class,
+            tau_time=cfg.tau_time,
+            learnable_tau=cfg.learnable_tau,
+            dtype=cfg.compute_dtype,
+        )
+        # Trainable prototypes 1..V (fastText vectors in practice); row 0 is prepended as zeros.
+        self.prototypes = self.param(
+            "prototypes", nn.initializers.normal(1.0), (cfg.num_pseudo_glosses, cfg.proto_dim)
+        )
+        d = cfg.mbart.d_model
+        self.cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, d))
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.logit_scale_init), ())
+        self.video_encoder = MBartEncoder(cfg.mbart)
+        self.text_encoder = MBartEncoder(cfg.text_encoder_cfg)
+
+    def __call__(
+        self,
+        pixels: Array,
+        frame_mask: Array,
+        text_ids: Array,
+        text_mask: Array,
+        deterministic: bool = True,
+    ) -> dict[str, Array]:
+        cfg = self.cfg
+        y, tmask = self.encode_frames(pixels, frame_mask, deterministic)
+        protos = jnp.concatenate([jnp.zeros((1, cfg.proto_dim), self.prototypes.dtype), self.prototypes], 0)
+        pg_scores, pg_sim = self.pg_head(y, tmask, protos, deterministic)
+
+        b = y.shape[0]
+        cls = jnp.broadcast_to(self.cls_token.astype(y.dtype), (b, 1, y.shape[-1]))
+        vin = jnp.concatenate([cls, y], axis=1)
+        vmask = jnp.concatenate([jnp.ones((b, 1), bool), tmask], axis=1)
+        if self.is_initializing():
+            # The video encoder only sees inputs_embeds, but it is a full mBART encoder (its token
+            # embedding is part of the checkpoint and of SPEC's parameter count): create it.
+            _ = self.video_encoder(text_ids[:, :1], None, deterministic=True)
+        vstates = self.video_encoder(None, vmask, inputs_embeds=vin, deterministic=deterministic)
+        video_vec = _l2n(_mean(vstates, vmask, cfg.masked_mean))
+
+        # Fully frozen text encoder: no dropout, no gradient.
+        tstates = self.text_encoder(text_ids, text_mask, deterministic=True)
+        text_vec = jax.lax.stop_gradient(_l2n(_mean(tstates, text_mask, cfg.masked_mean)))
+        return {
+            "pg_scores": pg_scores,
+            "pg_sim": pg_sim,
+            "video_vec": video_vec,
+            "text_vec": text_vec,
+            "logit_scale": jnp.exp(self.logit_scale),
+            "temporal_mask": tmask,
+        }
+
+
+class HFATranslate(_VisualTrunk):
+    """Translation model.
+
+    ``apply(vars, pixels [B,T,H,W,3], frame_mask [B,T] bool, decoder_input_ids [B,L] int32,
+    decoder_mask [B,L] bool | None, deterministic=True)`` -> logits [B, L, V] float32.
+    ``apply(vars, pixels, frame_mask, method=HFATranslate.encode)`` -> (states [B,T',1024], mask [B,T']).
+    Beam search: :meth:`generate`.
+    """
+
+    def setup(self):
+        cfg = self.cfg
+        self._visual_setup()
+        self.mapper = Mapper(cfg.mbart.d_model, dtype=cfg.compute_dtype)
+        self.mbart = MBart(cfg.mbart)
+
+    def encode(self, pixels: Array, frame_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+        """pixels, frame_mask -> (mBART encoder states [B, T', D], encoder mask [B, T'] bool)."""
+        y, tmask = self.encode_frames(pixels, frame_mask, deterministic)
+        h = self.mapper(y)
+        states = self.mbart.encode(None, tmask, inputs_embeds=h, deterministic=deterministic)
+        return states, tmask
+
+    def __call__(
+        self,
+        pixels: Array,
+        frame_mask: Array,
+        decoder_input_ids: Array,
+        decoder_mask: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        states, tmask = self.encode(pixels, frame_mask, deterministic)
+        return self.mbart.decode_full(decoder_input_ids, states, tmask, decoder_mask, deterministic=deterministic)
+
+    @nn.nowrap
+    def generate(
+        self,
+        variables: Any,
+        pixels: Array,
+        frame_mask: Array,
+        *,
+        num_beams: int = 4,
+        max_new_tokens: int = 150,
+        length_penalty: float = 1.0,
+        early_stopping: Any = False,
+        decoder_start_token_id: int | None = None,
+        forced_bos_token_id: int | None = None,
+        forced_eos_token_id: int | None = -1,
+    ):
+        """Beam-search translation (call on the unbound module: ``model.generate(vars, ...)``;
+        jit it with the keywords static). Returns :class:`hfa_jax.models.decode.BeamSearchOutput`
+        (``sequences [B, 1 + max_new_tokens]`` starting with the start token).
+
+        ``decoder_start_token_id`` defaults to ``cfg.mbart.decoder_start_token_id`` (de_DE);
+        ``forced_eos_token_id=-1`` means the mBART config's value, None disables it.
+        """
+        from hfa_jax.models import decode as decode_lib
+
+        mcfg = self.cfg.mbart
+        start = mcfg.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
+        if start is None:
+            raise ConfigError("HFATranslate.generate: set model.mbart.decoder_start_token_id (the de_DE id)")
+        feos = mcfg.forced_eos_token_id if forced_eos_token_id == -1 else forced_eos_token_id
+        fbos = mcfg.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
+        states, mask = self.apply(variables, pixels, frame_mask, method=HFATranslate.encode)
+        init_fn, dec_fn = decode_lib.mbart_step_fns(self, variables, method_owner=lambda m: m.mbart)
+        return decode_lib.generate(
+            init_fn, dec_fn, states, mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
+            decoder_start_token_id=start, eos_token_id=mcfg.eos_token_id, pad_token_id=mcfg.pad_token_id,
+            length_penalty=length_penalty, early_stopping=early_stopping,
+            forced_bos_token_id=fbos, forced_eos_token_id=feos,
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+def build_model(cfg: HFAConfig, kind: str) -> nn.Module:
+    """kind: "pretrain" -> HFAPretrain, "translate" -> HFATranslate."""
+    if kind == "pretrain":
+        return HFAPretrain(cfg)
+    if kind == "translate":
+        return HFATranslate(cfg)
+    raise ConfigError(f"unknown model kind {kind!r}; use 'pretrain' or 'translate'")
+
+
+def sample_inputs(kind: str, batch: int = 1, frames: int = 2, image: int = 224, text_len: int = 4) -> tuple:
+    """Dummy inputs for init / eval_shape (shapes only matter)."""
+    pixels = jnp.zeros((batch, frames, image, image, 3), jnp.float32)
+    fmask = jnp.ones((batch, frames), bool)
+    ids = jnp.zeros((batch, text_len), jnp.int32)
+    tmask = jnp.ones((batch, text_len), bool)
+    return (pixels, fmask, ids, tmask)
+
+
+def init_shapes(cfg: HFAConfig, kind: str, image: int = 224) -> dict:
+    """``jax.eval_shape`` of ``model.init``: the variables tree as ShapeDtypeStructs (no FLOPs)."""
+    model = build_model(cfg, kind)
+    args = sample_inputs(kind, image=image)
+    return jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, *args), jax.random.key(0))
+
+
+def graft(variables: Mapping[str, Any], subtree: Mapping[str, Any], at: str, collection: str = "params") -> dict:
+    """Replace ``variables[collection][at]`` by ``subtree`` (e.g. imported ViT / mBART params),
+    checking that every leaf exists with the same shape. Leaves of the target missing from
+    ``subtree`` (e.g. fresh LoRA adapters) are kept. Returns a new variables dict."""
+    target = variables[collection][at]
+    flat_t = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+    flat_s = dict(jax.tree_util.tree_flatten_with_path(subtree)[0])
+    for path, leaf in flat_s.items():
+        name = f"{collection}/{at}/" + "/".join(str(getattr(k, "key", k)) for k in path)
+        if path not in flat_t:
+            raise CheckpointError(f"graft: {name} does not exist in the model")
+        if tuple(np.shape(leaf)) != tuple(np.shape(flat_t[path])):
+            raise CheckpointError(f"graft: {name} has shape {np.shape(leaf)}, model expects {np.shape(flat_t[path])}")
+    merged = jax.tree_util.tree_map_with_path(lambda p, x: flat_s.get(p, x), target)
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in variables.items()}
+    out[collection][at] = merged
+    return out

@@ -1,0 +1,80 @@
+"""LoRADense against its definition and nn.Dense; merge_lora parity."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hfa_jax.models.lora import LoRADense, merge_lora
+
+
+def _x(shape=(3, 5, 16), seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def test_rank0_is_dense_with_same_names():
+    x = _x()
+    v = LoRADense(8).init(jax.random.key(0), x)
+    assert set(v["params"]) == {"kernel", "bias"}
+    ref = nn.Dense(8).apply(v, x)  # nn.Dense reads the very same tree
+    np.testing.assert_allclose(LoRADense(8).apply(v, x), ref, atol=1e-6)
+
+
+def test_init_and_forward_match_definition():
+    x = _x()
+    m = LoRADense(24, rank=4, alpha=8.0, dropout=0.1)
+    v = m.init(jax.random.key(1), x)
+    p = v["params"]
+    assert p["lora_a"].shape == (16, 4) and p["lora_b"].shape == (4, 24)
+    assert np.all(np.asarray(p["lora_b"]) == 0)
+    big = LoRADense(512, rank=64).init(jax.random.key(2), jnp.zeros((1, 512)))["params"]["lora_a"]
+    assert abs(float(jnp.std(big)) - 0.02) < 1e-3 and abs(float(jnp.mean(big))) < 1e-3
+    # untrained adapter: identical to the base layer
+    base = np.asarray(x) @ np.asarray(p["kernel"]) + np.asarray(p["bias"])
+    np.testing.assert_allclose(m.apply(v, x), base, atol=1e-5)
+    # trained adapter: x W + b + (x A B) * alpha / r
+    b = np.random.default_rng(3).standard_normal((4, 24)).astype(np.float32)
+    v2 = {"params": {**p, "lora_b": jnp.asarray(b)}}
+    ref = base + (np.asarray(x) @ np.asarray(p["lora_a"]) @ b) * (8.0 / 4)
+    np.testing.assert_allclose(m.apply(v2, x), ref, atol=1e-5)
+
+
+def test_dropout_only_on_lora_branch():
+    x = _x()
+    m = LoRADense(24, rank=4, alpha=4.0, dropout=1.0)
+    p = m.init(jax.random.key(1), x)["params"]
+    p = {**p, "lora_b": jnp.ones((4, 24))}
+    base = np.asarray(x) @ np.asarray(p["kernel"]) + np.asarray(p["bias"])
+    # dropout 1.0 kills the whole LoRA input, never the base path
+    y = m.apply({"params": p}, x, deterministic=False, rngs={"dropout": jax.random.key(5)})
+    np.testing.assert_allclose(y, base, atol=1e-5)
+    y_det = m.apply({"params": p}, x, deterministic=True)
+    assert np.abs(np.asarray(y_det) - base).max() > 1e-2
+
+
+class _Two(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = LoRADense(32, rank=4, alpha=4.0, name="a")(x)
+        return LoRADense(8, rank=16, alpha=32.0, name="b")(jax.nn.gelu(h))
+
+
+def test_merge_matches_unmerged():
+    x = _x()
+    m = _Two()
+    v = m.init(jax.random.key(0), x)
+    rng = np.random.default_rng(1)
+    v = jax.tree_util.tree_map_with_path(
+        lambda path, a: jnp.asarray(rng.standard_normal(a.shape) * 0.1, jnp.float32)
+        if "lora_b" in jax.tree_util.keystr(path) else a, v)
+    rules = [(r"^a/", 1.0), (r"^b/", 2.0)]
+    merged = merge_lora(v, rules)
+    flat = jax.tree_util.keystr(merged)
+    assert "lora_a" not in flat and "lora_b" not in flat
+    y, ym = m.apply(v, x), m.apply(merged, x)  # the same module runs the merged weights
+    err = float(jnp.abs(y - ym).max())
+    assert err < 1e-5, err
+    assert float(jnp.abs(y - m.apply(merge_lora(v, 1.0), x)).max()) > 1e-3  # wrong scale differs
+    with pytest.raises(ValueError, match="no scale rule"):
+        merge_lora(v, [(r"^a/", 1.0)])

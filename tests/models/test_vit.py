@@ -1,0 +1,248 @@
+"""DINOv2 ViT: parity with transformers' PyTorch Dinov2Model, position resampling vs torch's
+interpolate, the torch-free checkpoint readers, LoRA/stop-gradient, and bad checkpoints."""
+
+import json
+import os
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file, save_file
+
+from hfa_jax.errors import CheckpointError
+from hfa_jax.models.vit import ViT, ViTConfig, bicubic_matrix, from_hf, read_torch_zip
+
+
+def _randomise(model, seed=0):
+    """Non-trivial LayerScale / positions / CLS (their HF inits are constant or tiny)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lambda1" in name or "position" in name or "cls_token" in name or "register" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+def _hf_small(tmp_path, registers=0, name="hf"):
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(1)
+    kw = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=56)
+    if registers:
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **kw))
+    else:
+        model = Dinov2Model(Dinov2Config(**kw))
+    _randomise(model)
+    path = str(tmp_path / name)
+    model.save_pretrained(path)
+    return model, path
+
+
+def _torch_tokens(model, x_nhwc):
+    with torch.no_grad():
+        return model(pixel_values=torch.from_numpy(np.asarray(x_nhwc).transpose(0, 3, 1, 2))).last_hidden_state.numpy()
+
+
+def _pixels(n, h, w, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, h, w, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("out", [16, 20, 9, 40])
+def test_bicubic_matrix_matches_torch_interpolate(out):
+    g = np.random.default_rng(0).standard_normal((1, 3, 37, 37)).astype(np.float32)
+    t = torch.from_numpy(g)
+
+    def apply(m):
+        return np.einsum("hi,cij,wj->chw", m, g[0], m)
+
+    sf = (out + 0.1) / 37  # torch-hub DINOv2: scale_factor with the 0.1 offset
+    cases = {
+        "hf": (F.interpolate(t, size=(out, out), mode="bicubic", align_corners=False), bicubic_matrix(37, out)),
+        "hub": (F.interpolate(t, scale_factor=(sf, sf), mode="bicubic"), bicubic_matrix(37, out, sf)),
+        "aa": (
+            F.interpolate(t, size=(out, out), mode="bicubic", align_corners=False, antialias=True),
+            bicubic_matrix(37, out, antialias=True),
+        ),
+    }
+    for name, (ref, m) in cases.items():
+        assert ref.shape[-1] == out
+        err = np.abs(apply(m) - ref[0].numpy()).max()
+        assert err < 2e-5, (name, err)
+    # the methods really differ: the test would catch using the wrong one
+    assert np.abs(apply(cases["hub"][1]) - apply(cases["hf"][1])).max() > 1e-3
+    assert np.abs(apply(cases["aa"][1]) - apply(cases["hf"][1])).max() > 1e-3
+
+
+def test_parity_with_hf_dinov2_vits14(tmp_path):
+    """Real ViT-S/14 shape (image_size 518 -> 37x37 grid), random weights, 224x224 inputs."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    cfg = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
+                       patch_size=14, image_size=518)
+    model = _randomise(Dinov2Model(cfg))
+    model.save_pretrained(str(tmp_path / "vits14"))
+    module, variables = from_hf(str(tmp_path / "vits14"))
+    assert module.cfg.pos_grid == 37 and module.cfg.pos_resample == "hf"
+    n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables))
+    assert n == 22_056_576 + 73_728  # SPEC §2: ViT incl. mask token + LoRA r4 on blocks 9-11
+    x = _pixels(2, 224, 224)
+    ours = np.asarray(jax.jit(module.apply)(variables, jnp.asarray(x)))
+    ref = _torch_tokens(model, x)
+    assert ours.shape == ref.shape == (2, 257, 384)
+    err = float(np.abs(ours - ref).max())
+    print(f"ViT-S/14 parity max abs error: {err:.3g}")
+    assert err < 1e-4
+
+
+def test_safetensors_bin_and_hub_pth_readers(tmp_path):
+    model, path = _hf_small(tmp_path)
+    x = _pixels(2, 42, 56)  # non-square grid 3x4 from the 4x4 table
+    ref = _torch_tokens(model, x)
+    m1, v1 = from_hf(path, lora_rank=0)
+    y1 = np.asarray(m1.apply(v1, jnp.asarray(x)))
+    assert np.abs(y1 - ref).max() < 1e-4
+    # pytorch_model.bin (torch zip pickle) read without torch; in-memory (transformers 5) names
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, str(bin_dir / "pytorch_model.bin"))
+    m2, v2 = from_hf(str(bin_dir), lora_rank=0)
+    np.testing.assert_array_equal(np.asarray(m2.apply(v2, jnp.asarray(x))), y1)
+    # torch-hub layout (fused qkv, ls*.gamma, ...) as dinov2_vits14_pretrain.pth
+    sd = {k: torch.from_numpy(v) for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
+    hub = {"cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
+           "mask_token": sd["embeddings.mask_token"],
+           "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": sd["layernorm.weight"], "norm.bias": sd["layernorm.bias"]}
+    for i in range(2):
+        p, q = f"encoder.layer.{i}.", f"blocks.{i}."
+        for s in ("weight", "bias"):
+            hub[q + f"attn.qkv.{s}"] = torch.cat([sd[p + f"attention.attention.{n}.{s}"] for n in ("query", "key", "value")])
+            hub[q + f"attn.proj.{s}"] = sd[p + f"attention.output.dense.{s}"]
+            for n in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+                hub[q + f"{n}.{s}"] = sd[p + f"{n}.{s}"]
+        hub[q + "ls1.gamma"] = sd[p + "layer_scale1.lambda1"]
+        hub[q + "ls2.gamma"] = sd[p + "layer_scale2.lambda1"]
+    pth = str(tmp_path / "dinov2_vits14_pretrain.pth")
+    torch.save(hub, pth)
+    m3, v3 = from_hf(pth, lora_rank=0)
+    assert m3.cfg.pos_resample == "hub" and m3.cfg.num_heads == 2 and m3.cfg.depth == 2
+    y3 = np.asarray(m3.apply(v3, jnp.asarray(x)))
+    # same weights, hub resampling: equal to the HF-folder import run with pos_resample="hub"
+    m4, v4 = from_hf(path, lora_rank=0, pos_resample="hub")
+    np.testing.assert_allclose(y3, np.asarray(m4.apply(v4, jnp.asarray(x))), atol=1e-6)
+    assert np.abs(y3 - ref).max() > 1e-4  # the hub's offset quirk really changes the positions
+    m5, v5 = from_hf(pth, lora_rank=0, pos_resample="hf")
+    assert np.abs(np.asarray(m5.apply(v5, jnp.asarray(x))) - ref).max() < 1e-4
+
+
+def test_register_tokens_parity(tmp_path):
+    model, path = _hf_small(tmp_path, registers=4)
+    module, variables = from_hf(path)
+    assert module.cfg.num_registers == 4 and module.cfg.pos_resample == "aa"
+    x = _pixels(2, 28, 42)
+    ours = np.asarray(module.apply(variables, jnp.asarray(x)))
+    ref = _torch_tokens(model, x)
+    assert ours.shape == ref.shape == (2, 1 + 4 + 6, 128)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_lora_blocks_and_stop_gradient():
+    cfg = ViTConfig(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(2,), lora_rank=2, lora_alpha=2.0)
+    m = ViT(cfg)
+    x = jnp.asarray(_pixels(2, 28, 28))
+    v = m.init(jax.random.key(0), x)
+    p = v["params"]
+    assert set(p["block_2"]["attn"]["qkv"]) == {"kernel", "bias", "lora_a", "lora_b"}
+    assert set(p["block_1"]["attn"]["qkv"]) == {"kernel", "bias"}
+    p = jax.tree_util.tree_map_with_path(
+        lambda path, a: a + 0.1 if "lora_b" in jax.tree_util.keystr(path) else a, p)
+
+    def loss(params):
+        y = m.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+        return jnp.sum(y**2)
+
+    g = jax.grad(loss)(p)
+    for name in ("block_0", "block_1", "patch_embed", "pos_embed", "cls_token"):
+        assert all(float(jnp.abs(a).max()) == 0.0 for a in jax.tree.leaves(g[name])), name
+    assert float(jnp.abs(g["block_2"]["attn"]["qkv"]["lora_a"]).max()) > 0
+    assert float(jnp.abs(g["block_2"]["mlp"]["fc2"]["lora_b"]).max()) > 0
+    # blocks under stop_gradient keep no activations for the backward pass
+    full = _saved_residual_size(ViT(ViTConfig(**{**cfg.__dict__, "lora_blocks": (0, 1, 2)})), p, x)
+    assert _saved_residual_size(m, p, x) < 0.45 * full
+    # bf16 compute, fp32 params
+    mb = ViT(ViTConfig(**{**cfg.__dict__, "dtype": "bfloat16"}))
+    yb = mb.apply({"params": p}, x)
+    assert yb.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(m.apply({"params": p}, x)), atol=0.15)
+
+
+def _saved_residual_size(module, params, x):
+    """Elements of the batch-sized residuals that reverse-mode AD saves (traced, not run)."""
+    import contextlib
+    import io
+    import re
+
+    import jax.ad_checkpoint
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        jax.ad_checkpoint.print_saved_residuals(lambda q: module.apply({"params": q}, x), params)
+    total = 0
+    for line in buf.getvalue().splitlines():
+        m = re.match(r"\w+\[([\d,]+)\]", line.strip())
+        if m:
+            dims = [int(d) for d in m.group(1).split(",")]
+            if dims[0] == x.shape[0]:
+                total += int(np.prod(dims))
+    assert total > 0
+    return total
+
+
+def _write_folder(tmp_path, config, tensors, name="bad"):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    if tensors is not None:
+        save_file(tensors, str(d / "model.safetensors"))
+    return str(d)
+
+
+def test_bad_checkpoints(tmp_path):
+    model, path = _hf_small(tmp_path)
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    sd = load_file(os.path.join(path, "model.safetensors"))
+    with pytest.raises(CheckpointError, match="config.json"):
+        from_hf(str(tmp_path))
+    with pytest.raises(CheckpointError, match="model_type"):
+        from_hf(_write_folder(tmp_path, {**cfg, "model_type": "bert"}, sd, "bert"))
+    with pytest.raises(CheckpointError, match="neither model.safetensors"):
+        from_hf(_write_folder(tmp_path, cfg, None, "empty"))
+    missing = {k: v for k, v in sd.items() if k != "encoder.layer.1.mlp.fc2.weight"}
+    with pytest.raises(CheckpointError, match=r"missing tensor 'encoder.layer.1.mlp.fc2.weight'"):
+        from_hf(_write_folder(tmp_path, cfg, missing, "missing"))
+    bad = dict(sd, **{"embeddings.position_embeddings": np.zeros((1, 10, 128), np.float32)})
+    with pytest.raises(CheckpointError, match=r"'embeddings.position_embeddings' has shape \(1, 10, 128\)"):
+        from_hf(_write_folder(tmp_path, cfg, bad, "shape"))
+    with pytest.raises(CheckpointError, match="no such file"):
+        from_hf(str(tmp_path / "nowhere"))
+    # a pickle that smuggles a non-tensor global is refused, never executed
+    evil = str(tmp_path / "evil.pth")
+    torch.save({"w": torch.zeros(2), "obj": __import__("collections").Counter("ab")}, evil)
+    with pytest.raises(CheckpointError, match="refusing to unpickle collections.Counter"):
+        read_torch_zip(evil)
+    legacy = str(tmp_path / "legacy.pth")
+    with open(legacy, "wb") as f:
+        f.write(b"\x80\x02not a zip")
+    with pytest.raises(CheckpointError, match="not a torch zip archive"):
+        from_hf(legacy)
+    assert zipfile.is_zipfile(evil)
+    with pytest.raises(CheckpointError, match="pos_embed"):
+        torch.save({"w": torch.zeros(2)}, str(tmp_path / "other.pth"))
+        from_hf(str(tmp_path / "other.pth"))
