@@ -157,7 +157,7 @@ def test_lora_blocks_and_stop_gradient():
     cfg = ViTConfig(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(2,), lora_rank=2, lora_alpha=2.0)
     m = ViT(cfg)
     x = jnp.asarray(_pixels(2, 28, 28))
-    v = m.init(jax.random.key(0), x)
+    v = jax.jit(m.init)(jax.random.key(0), x)
     p = v["params"]
     assert set(p["block_2"]["attn"]["qkv"]) == {"kernel", "bias", "lora_a", "lora_b"}
     assert set(p["block_1"]["attn"]["qkv"]) == {"kernel", "bias"}
@@ -168,7 +168,7 @@ def test_lora_blocks_and_stop_gradient():
         y = m.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
         return jnp.sum(y**2)
 
-    g = jax.grad(loss)(p)
+    g = jax.jit(jax.grad(loss))(p)
     for name in ("block_0", "block_1", "patch_embed", "pos_embed", "cls_token"):
         assert all(float(jnp.abs(a).max()) == 0.0 for a in jax.tree.leaves(g[name])), name
     assert float(jnp.abs(g["block_2"]["attn"]["qkv"]["lora_a"]).max()) > 0
@@ -178,9 +178,9 @@ def test_lora_blocks_and_stop_gradient():
     assert _saved_residual_size(m, p, x) < 0.45 * full
     # bf16 compute, fp32 params
     mb = ViT(ViTConfig(**{**cfg.__dict__, "dtype": "bfloat16"}))
-    yb = mb.apply({"params": p}, x)
+    yb = jax.jit(mb.apply)({"params": p}, x)
     assert yb.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(m.apply({"params": p}, x)), atol=0.15)
+    np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(jax.jit(m.apply)({"params": p}, x)), atol=0.15)
 
 
 def _saved_residual_size(module, params, x):

@@ -1,0 +1,90 @@
+"""The CPU demo on an embedded default: SynthSign -> dataset -> tokenizer -> pseudo-glosses ->
+prototypes -> pretrain -> fine-tune (stages 1 and 2) -> test + video-blind control.
+
+    python -m hfa_jax.main --config=configs/demo.py --workdir=runs/demo [--config.data.seed=1]
+
+Everything is generated locally (no downloads) and the models are tiny and randomly initialised,
+so the freezing tables differ from the paper's (there are no pretrained weights to keep frozen):
+pretraining trains everything but the text encoder, stage 1 trains the mapper and the decoder,
+stage 2 trains everything. ``:smoke`` shrinks it further (the test suite's reduced run).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common, validate
+
+
+def demo_model() -> ml_collections.ConfigDict:
+    """Tiny HFA: ViT 64 px / patch 8 / width 64 / 2 blocks, temporal d128 1+1 blocks, mBART d128 2+2."""
+    m = common.model_config("tiny")
+    m.vit.update(dict(patch_size=8, pos_grid=8, width=64, depth=2, num_heads=2, mlp_dim=128,
+                      lora_blocks=(1,), lora_rank=4, lora_alpha=4.0))
+    m.temporal.update(dict(width=128, num_heads=4, mlp_dim=256, blocks_before=1, blocks_after=1,
+                           out_dim=128, drop_path_rate=0.0))
+    m.mbart.update(dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                        max_position_embeddings=128, lora_rank=4, lora_alpha=8.0))
+    m.frame_dim = 128
+    m.proto_dim = 32
+    return m
+
+
+DEMO_RULES = {
+    # Random init: nothing pretrained to protect, so train all but the (fixed) text encoder.
+    "pretrain": ((r"^text_encoder/", False), (r".*", True)),
+    "finetune1": ((r"^mapper/", True), (r"^mbart/(decoder|shared)/", True), (r".*", False)),
+    "finetune2": ((r".*", True),),
+}
+
+
+def get_config(arg: str | None = None):
+    variant = arg or "default"
+    c = validate.base()
+    c.name = "demo" if variant == "default" else f"demo_{variant}"
+    c.job = "demo"
+    c.model = demo_model()
+    # Stage fields (train.*) are filled per stage by hfa_jax.demo from config.demo.
+    c.train.trainable = DEMO_RULES["pretrain"]
+    c.train.batch_size = 8
+    c.train.log_every_steps = 10
+    c.train.checkpoint_every_steps = 200
+    c.train.keep_checkpoints = 1
+    c.data.crop_size = 64
+    c.data.max_frames = 64
+    c.data.buckets = (64,)
+    c.data.max_text_len = 32
+    c.data.augment.update(dict(p=0.5, max_rotate_deg=10.0, max_scale=0.1, max_translate_px=3))
+    c.eval.batch_size = 16
+    c.eval.num_beams = 4
+    c.eval.max_new_tokens = 30
+    c.eval.every_epochs = 0.0
+    c.eval.every_steps = 0
+    c.eval.video_blind = True
+
+    c.demo = ml_collections.ConfigDict(dict(
+        num_train=600,        # SynthSign sentences per split (train); dev/test below
+        num_eval=60,
+        max_glosses=4,        # keep sentences of at most this many signs
+        max_words=10,
+        frame_size=72,        # stored frame size (random 64 crop in training, centre in eval)
+        tokenizer_vocab=1000,
+        pseudo_glosses="glosses",  # "glosses": SynthSign sign keys; "text": HanTa lemmas (SPEC recipe)
+        fasttext_dim=32,
+        workers=2,
+        pretrain_epochs=6.0, pretrain_lr=1e-3,
+        finetune1_epochs=4.0, finetune1_lr=1e-3,
+        finetune2_epochs=20.0, finetune2_lr=1e-3,
+        eval_every_epochs=10.0,   # dev BLEU during stage 2 (best checkpoint)
+    ))
+    if variant == "smoke":  # the test suite's reduced run
+        c.demo.update(dict(num_train=24, num_eval=8, max_glosses=3, pretrain_epochs=1.0,
+                           finetune1_epochs=1.0, finetune2_epochs=1.0, eval_every_epochs=0.0,
+                           tokenizer_vocab=200))
+        c.eval.max_new_tokens = 8
+        c.eval.num_beams = 2
+        c.train.progress_bar = False
+    elif variant != "default":
+        raise ValueError(f"unknown demo variant {variant!r}; use the default or ':smoke'")
+    return c

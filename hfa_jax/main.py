@@ -1,0 +1,60 @@
+"""Entry point: ``python -m hfa_jax.main --config=configs/pretrain.py [--workdir=DIR] [--config.x=...]``.
+
+Thin on purpose (flax ``examples/wmt/main.py`` layout): flags -> :func:`hfa_jax.train.loop.run`
+(one training stage) or :func:`hfa_jax.demo.run` (``config.job == "demo"``). ``--workdir``
+defaults to ``runs/<config.name>``. Variants: ``--config=configs/finetune.py:stage1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from hfa_jax.errors import ConfigError, UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py[:variant])",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (default: runs/<config name>)")
+
+
+def default_workdir(config) -> str:
+    return os.path.join("runs", str(config.get("name", "run")))
+
+
+def run(config, workdir: str | None = None) -> dict:
+    """What ``main`` does, callable from Python: dispatches on ``config.job``."""
+    workdir = workdir or default_workdir(config)
+    job = config.get("job", "train")
+    if job == "demo":
+        from hfa_jax import demo
+
+        return demo.run(config, workdir)
+    if job != "train":
+        raise ConfigError(f"config.job={job!r} is not 'train' or 'demo'")
+    from hfa_jax.train import loop
+
+    return loop.run(config, workdir)
+
+
+def _main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config=... --workdir=...")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+    try:
+        run(config, _WORKDIR.value)
+    except UserError as e:  # one line, no traceback (hfa_jax.errors.cli_main convention)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()
