@@ -238,6 +238,22 @@ def ours_rate(dataset_dir: str, *, workers: int, batch_size: int, seconds: float
     raise AssertionError("unreachable")
 
 
+def augment_only_rate(batch_size: int, length: int = 128, iters: int = 4) -> float:
+    """Frames/s (padding slots included) of jit augment(train) alone on a resident device batch:
+    the device-side cost of (b), for profiling."""
+    import jax
+
+    from hfa_jax.data.augment import augment
+
+    frames = jax.device_put(
+        np.random.default_rng(0).integers(0, 256, (batch_size, length, 256, 256, 3), np.uint8))
+    augment(jax.random.key(0), frames, train=True).block_until_ready()
+    start = time.perf_counter()
+    for i in range(iters):
+        augment(jax.random.key(i), frames, train=True).block_until_ready()
+    return iters * batch_size * length / (time.perf_counter() - start)
+
+
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
@@ -325,6 +341,7 @@ def main(argv=None) -> list[dict]:
         ref_eval.append(reference_rate(clips, train=False, workers=args.workers,
                                        batch_size=args.batch_size, seconds=seconds / 2)[0])
         steps.update()
+    augment_alone = augment_only_rate(args.batch_size)
     steps.close()
     med = lambda xs: float(np.median(xs))  # noqa: E731
 
@@ -333,7 +350,8 @@ def main(argv=None) -> list[dict]:
         "frames_in_tree": n_frames, "frame_size_src": "210x260 PNG",
         "stored": "256x256 JPEG q95", "seconds_per_measure": seconds, "repeats": repeats,
         "tree": source, "cpu": _cpu(), "buckets": list(DEFAULT_BUCKETS),
-        "padding_fraction_ours": round(float(np.mean(pad)), 3), "loadavg_start": [round(x, 2) for x in load_start],
+        "padding_fraction_ours": round(float(np.mean(pad)), 3),
+        "augment_alone_slots_per_s": round(augment_alone, 1), "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": _versions(), "jax_backend": __import__("jax").default_backend(),

@@ -85,6 +85,7 @@ def base() -> ml_collections.ConfigDict:
         length_penalty=1.0,
         protocol="hfa",          # SPEC §4: sacrebleu 13a with " ." appended
         video_blind=False,       # also score the video-blind control (hyps shuffled)
+        at_end=True,             # evaluate (and keep the best) after the last step
         final_on_best=True,      # after training, evaluate the best checkpoint on every split
     ))
 

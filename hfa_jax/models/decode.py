@@ -24,7 +24,6 @@ token), and the loop is a ``lax.while_loop`` that stops when every batch item is
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, Literal
 
@@ -36,7 +35,7 @@ import numpy as np
 Array = jax.Array
 EarlyStopping = bool | Literal["never"]
 
-__all__ = ["BeamSearchOutput", "beam_search", "generate", "mbart_step_fns"]
+__all__ = ["BeamSearchOutput", "beam_search", "generate", "mbart_step_fns", "mbart_generate"]
 
 _NEG = -1.0e9  # HF's "very large negative" for masked beams (not -inf: keeps arithmetic finite)
 
@@ -285,5 +284,3 @@ def mbart_generate(
         forced_bos_token_id=fbos, forced_eos_token_id=feos,
     )
 
-
-__all__.append("mbart_generate")

@@ -491,6 +491,10 @@ class MBartEncoder(nn.Module):
                 x = x * jnp.asarray(np.sqrt(cfg.d_model), x.dtype)
         else:
             x = inputs_embeds.astype(dtype)
+            if self.is_initializing():
+                # Materialise the token embedding even when init only sees visual features: it is
+                # part of the model (SPEC's parameter counts include it) and receives imported weights.
+                self._tokens()(jnp.zeros((1, 1), jnp.int32))
         b, s = x.shape[:2]
         if s > cfg.max_position_embeddings:
             raise ValueError(f"MBartEncoder: sequence length {s} exceeds max_position_embeddings {cfg.max_position_embeddings}")
@@ -722,7 +726,7 @@ _SPECIAL_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_star
                    "forced_bos_token_id", "forced_eos_token_id")
 
 
-def _config_from_hf(path: str, overrides: Mapping[str, Any]) -> tuple[MBartConfig, dict]:
+def _config_from_hf(path: str, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict]:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise CheckpointError(f"{path}: no config.json; pass a Hugging Face mBART folder (config.json + model.safetensors)")
@@ -805,8 +809,10 @@ def _read_safetensors_raw(fn: str) -> dict[str, np.ndarray]:
 
 
 def load_hf_state(path: str) -> dict[str, np.ndarray]:
-    """Read the tensors of a Hugging Face folder without torch: ``model.safetensors`` or a sharded
-    ``model.safetensors.index.json``. Keys keep their HF names."""
+    """Read the tensors of a Hugging Face folder without torch: ``model.safetensors``, a sharded
+    ``model.safetensors.index.json``, or a zip-format ``pytorch_model.bin`` (restricted unpickler:
+    plain tensors only; legacy pre-1.6 pickles are refused with a conversion hint). Keys keep
+    their HF names."""
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(single):
@@ -815,12 +821,12 @@ def load_hf_state(path: str) -> dict[str, np.ndarray]:
         with open(index) as f:
             shard_names = sorted(set(json.load(f)["weight_map"].values()))
         return _read_safetensors([os.path.join(path, s) for s in shard_names])
-    if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
-        raise CheckpointError(
-            f"{path}: only pytorch_model.bin found (a torch pickle, not read without torch for safety); convert it "
-            "once with `python -c \"from transformers import MBartForConditionalGeneration as M; "
-            f"M.from_pretrained('{path}').save_pretrained('{path}', safe_serialization=True)\"` (needs torch)"
-        )
+    bin_path = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(bin_path):
+        # torch zip archive read by a restricted unpickler (tensors/OrderedDict only, no torch).
+        from hfa_jax.models.vit import read_torch_zip
+
+        return read_torch_zip(bin_path)
     raise CheckpointError(f"{path}: no model.safetensors (or sharded index) found; pass a Hugging Face mBART folder")
 
 
@@ -998,7 +1004,8 @@ def from_hf(path: str, vocab_map: Any = None, *, rng: Array | None = None, **ove
     """Import a Hugging Face mBART folder (``config.json`` + ``model.safetensors``), no torch.
 
     Args:
-      path: folder written by ``save_pretrained`` (``MBartForConditionalGeneration`` or ``MBartModel``).
+      path: folder written by ``save_pretrained`` (``MBartForConditionalGeneration`` or ``MBartModel``):
+        ``config.json`` + ``model.safetensors`` (or shards, or a zip-format ``pytorch_model.bin``).
       vocab_map: optional trimming map: old token ids in new-id order (list / int array), or the
         path of a JSON file holding such a list (or ``{"old_ids": [...]}``). Embedding rows and
         ``final_logits_bias`` are sliced; the special token ids of the config are remapped.

@@ -846,7 +846,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     tr.ckpt.wait()
                     raise DebugCrash(f"debug crash after step {step}")
             # ---- 8. final eval + checkpoint ------------------------------------------------
-            final = do_eval(step)
+            final = do_eval(step) if bool(config.eval.at_end) else None
             tr.ckpt.save(step, state, meta_now(step))
             tr.ckpt.wait()
         finally:

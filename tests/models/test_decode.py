@@ -96,7 +96,7 @@ def test_beam_search_scores_follow_length_penalty(models):
     out = decode.mbart_generate(module, variables, jnp.asarray(ids[:4]), jnp.asarray(mask[:4]), num_beams=4,
                                 max_new_tokens=8, length_penalty=lp, decoder_start_token_id=START)
     seqs = np.asarray(out.sequences)
-    logits = module.apply(variables, jnp.asarray(ids[:4]), jnp.asarray(mask[:4]), jnp.asarray(seqs[:, :-1]))
+    logits = jax.jit(module.apply)(variables, jnp.asarray(ids[:4]), jnp.asarray(mask[:4]), jnp.asarray(seqs[:, :-1]))
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
     for i in range(4):
         row = seqs[i]

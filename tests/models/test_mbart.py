@@ -9,6 +9,7 @@ import os
 import re
 
 import jax
+import ml_dtypes
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -304,10 +305,21 @@ def test_bad_checkpoints_raise_checkpoint_error(tiny, tmp_path):
     bad["model.decoder.layers.0.self_attn.v_proj.weight"] = np.zeros((64, 32), np.float32)
     with pytest.raises(CheckpointError, match=r"decoder.layers.0.self_attn.v_proj.weight.*\(64, 32\)"):
         mbart.from_hf(folder("misshaped", hf_cfg, bad))
-    d = folder("bin", hf_cfg, None)
-    open(os.path.join(d, "pytorch_model.bin"), "wb").close()
-    with pytest.raises(CheckpointError, match="safe_serialization"):
+    d = folder("legacy_bin", hf_cfg, None)
+    with open(os.path.join(d, "pytorch_model.bin"), "wb") as f:
+        f.write(b"\x80\x02not a zip archive")
+    with pytest.raises(CheckpointError, match="safetensors"):
         mbart.from_hf(d)
+
+
+def test_pytorch_model_bin_is_read_without_torch_unpickling(tiny, tmp_path):
+    model, _, module, variables = tiny
+    d = tmp_path / "bin"
+    d.mkdir()
+    model.config.to_json_file(str(d / "config.json"))
+    torch.save(model.state_dict(), str(d / "pytorch_model.bin"))  # zip format, tied tensors shared
+    _, bin_vars = mbart.from_hf(str(d), lora_rank=0)
+    jax.tree.map(np.testing.assert_array_equal, bin_vars, jax.tree.map(np.asarray, variables))
 
 
 def test_parameter_counts_match_spec():
@@ -331,6 +343,20 @@ def test_parameter_counts_match_spec():
     assert count(p["shared"], False) == 2172 * 1024
     assert count(p["encoder"], True) == 786_432
     assert count(p["decoder"], True) == 1_572_864
+    # The pretraining video encoder only ever sees inputs_embeds; its token embedding still exists.
     enc = mbart.MBartEncoder(cfg)
-    enc_shapes = jax.eval_shape(lambda r: enc.init(r, *args[:2]), jax.random.PRNGKey(0))["params"]
-    assert count(enc_shapes, False) == 152_209_408 + 2172 * 1024
+    embeds = jnp.zeros((1, 4, 1024), jnp.float32)
+    enc_shapes = jax.eval_shape(lambda r: enc.init(r, None, args[1], inputs_embeds=embeds), jax.random.PRNGKey(0))
+    assert count(enc_shapes["params"], False) == 152_209_408 + 2172 * 1024
+    assert count(enc_shapes["params"], True) == 786_432
+
+
+def test_bfloat16_safetensors_checkpoint_is_read(tiny, tmp_path):
+    """Checkpoints stored in bf16 (numpy has no bf16) are read and upcast to float32."""
+    model, _, _, variables = tiny
+    path = str(tmp_path / "bf16")
+    model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
+    model.to(torch.float32)
+    _, bf_vars = mbart.from_hf(path, lora_rank=0)
+    ref = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32), variables)
+    jax.tree.map(np.testing.assert_array_equal, bf_vars, ref)

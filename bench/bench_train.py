@@ -1,0 +1,334 @@
+"""Training-step benchmarks: ``pretrain_step``, ``finetune_step`` (stage 2) and the
+``frames_<T>`` scaling rows, hfa_jax against the PyTorch reference (``bench/reference_torch.py``).
+
+Both sides get the same shapes (:class:`reference_torch.Shapes`), the same batch layout (one
+clip padded to 3/4 of the frames), the same trainable set (SPEC §2-3) and the same optimiser
+(clip 1.0 -> AdamW wd 0.01 with the one-cycle schedule). A step is forward + backward +
+optimiser update, on already-normalised pixels (the augmentation/input path is measured by
+``bench/bench_input.py``). Ours mirrors the trainer's ``train_step`` (``hfa_jax.train.loop``):
+only the trainable subtree is differentiated, the NaN/Inf guard (``isfinite`` of the loss and
+of each gradient group, select of the old state on failure) is included, and the state is
+donated.
+
+Each side runs in its own subprocess (``worker`` sub-command) so peak RSS is per side.
+
+    python bench/bench_train.py rows [--quick] [--only pretrain_step,frames_64]
+    python bench/bench_train.py worker --side ours|torch|torch_compile --kind pretrain|finetune \
+        --shapes '{"batch": 2, "frames": 16}' [--iters 5 --warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+from bench.common import Shapes  # noqa: E402  (torch is only imported by the reference worker)
+
+STAGE = {"pretrain": "pretrain", "finetune": "finetune2", "finetune2": "finetune2", "finetune1": "finetune1"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Ours
+# ----------------------------------------------------------------------------------------------
+
+
+def hfa_config(s: Shapes, *, dtype: str = "float32"):
+    """``HFAConfig`` for the benchmark shapes: SPEC's ViT-S/14 and temporal encoder, mBART with
+    the depth/width of ``s`` (paper: d 1024, 12+12 layers)."""
+    from configs.common import model_config
+    from hfa_jax.models.hfa import HFAConfig
+
+    c = model_config("paper").to_dict()
+    c["vit"].update(width=s.vit_width, depth=s.vit_depth, num_heads=s.vit_heads, mlp_dim=s.vit_mlp,
+                    lora_blocks=tuple(s.lora_blocks))
+    c["temporal"].update(width=s.t_width, num_heads=s.t_heads, mlp_dim=s.t_mlp, out_dim=s.d_model)
+    c["mbart"].update(vocab_size=s.vocab, d_model=s.d_model, encoder_layers=s.enc_layers,
+                      decoder_layers=s.dec_layers, encoder_attention_heads=s.m_heads,
+                      decoder_attention_heads=s.m_heads, encoder_ffn_dim=s.m_ffn, decoder_ffn_dim=s.m_ffn,
+                      max_position_embeddings=s.max_pos, decoder_start_token_id=3)
+    c["frame_dim"] = s.t_width
+    c["num_pseudo_glosses"] = s.num_pg
+    c["dtype"] = dtype
+    return HFAConfig.from_config(c)
+
+
+def abstract_batch(kind: str, s: Shapes) -> dict:
+    """ShapeDtypeStructs of one batch (pixels [B, T, H, W, 3] f32 normalised)."""
+    import jax
+    import jax.numpy as jnp
+
+    b, t, L = s.batch, s.frames, s.text_len
+    sd = jax.ShapeDtypeStruct
+    out = {"pixels": sd((b, t, s.image, s.image, 3), jnp.float32), "frame_mask": sd((b, t), jnp.bool_)}
+    if kind == "pretrain":
+        out.update(text_ids=sd((b, L), jnp.int32), text_mask=sd((b, L), jnp.bool_),
+                   pg_targets=sd((b, s.num_pg + 1), jnp.float32))
+    else:
+        out.update(decoder_input_ids=sd((b, L), jnp.int32), target_mask=sd((b, L), jnp.bool_),
+                   labels=sd((b, L), jnp.int32))
+    return out
+
+
+def concrete_batch(kind: str, s: Shapes, seed: int = 0) -> dict:
+    """A batch with the reference's layout (``reference_torch.make_batch``: the last clip 3/4
+    long, the last text half long) as numpy, channels-last pixels. Values are random."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b, t, L = s.batch, s.frames, s.text_len
+    fm = np.ones((b, t), bool)
+    tm = np.ones((b, L), bool)
+    if b > 1:
+        fm[-1, (3 * t) // 4:] = False
+    tm[-1, L // 2:] = False
+    ids = rng.integers(4, s.vocab, (b, L)).astype(np.int32)
+    out = {"pixels": rng.standard_normal((b, t, s.image, s.image, 3), np.float32), "frame_mask": fm}
+    if kind == "pretrain":
+        pg = np.zeros((b, s.num_pg + 1), np.float32)
+        pg[:, 1:6] = 1.0
+        out.update(text_ids=ids, text_mask=tm, pg_targets=pg)
+    else:
+        out.update(decoder_input_ids=ids, target_mask=tm, labels=ids)
+    return out
+
+
+def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int = 1000):
+    """-> (init_state(rng) -> state, step(state, batch) -> (state, loss)), both un-jitted and pure.
+
+    State: ``step``, ``trainable``, ``frozen``, ``batch_stats``, ``buffers``, ``opt_state``,
+    ``rng`` (the trainer's layout)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from configs.common import trainable_rules
+    from hfa_jax.models.hfa import build_model
+    from hfa_jax.train import freeze, losses
+    from hfa_jax.train import optim as optim_lib
+
+    cfg = hfa_config(s, dtype=dtype)
+    model = build_model(cfg, "pretrain" if kind == "pretrain" else "translate")
+    tx, schedule = optim_lib.make_optimizer(peak_lr=3e-4, total_steps=total_steps, pct_start=0.05,
+                                            weight_decay=0.01, clip_norm=1.0)
+    rules = trainable_rules(STAGE[kind])
+    small = dataclasses.replace(s, batch=1, frames=2)
+    dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(kind, small).items()}
+
+    def model_args(batch):
+        if kind == "pretrain":
+            return (batch["pixels"], batch["frame_mask"], batch["text_ids"], batch["text_mask"])
+        return (batch["pixels"], batch["frame_mask"], batch["decoder_input_ids"], batch["target_mask"])
+
+    def init_state(rng):
+        r1, r2 = jax.random.split(rng)
+        v = nn.meta.unbox(model.init({"params": r1, "dropout": r2}, *model_args(dummy), deterministic=True))
+        mask = freeze.trainable_mask(v["params"], rules)
+        tr, fr = optim_lib.split_params(v["params"], mask)
+        return {"step": jnp.zeros((), jnp.int32), "trainable": tr, "frozen": fr,
+                "batch_stats": v.get("batch_stats", {}),
+                "buffers": {k: x for k, x in v.items() if k not in ("params", "batch_stats")},
+                "opt_state": tx.init(tr), "rng": rng}
+
+    def step(state, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+
+        def loss_of(tr):
+            v = {"params": optim_lib.merge_params(tr, state["frozen"]), **state["buffers"],
+                 "batch_stats": state["batch_stats"]}
+            out, upd = model.apply(v, *model_args(batch), deterministic=False, rngs={"dropout": rng},
+                                   mutable=["batch_stats"])
+            if kind == "pretrain":
+                loss, _ = losses.pretrain_loss(out, batch["pg_targets"])
+            else:
+                loss = losses.translation_loss(out, batch["labels"], batch["target_mask"], label_smoothing=0.2)
+            return loss, upd["batch_stats"]
+
+        (loss, new_bs), grads = jax.value_and_grad(loss_of, has_aux=True)(state["trainable"])
+        updates, new_opt = tx.update(grads, state["opt_state"], state["trainable"])
+        new_tr = optax.apply_updates(state["trainable"], updates)
+        # The trainer's NaN/Inf guard: a bad step leaves the state untouched.
+        ok = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)  # noqa: E731
+        new_state = {**state, "step": state["step"] + ok.astype(jnp.int32), "trainable": keep(new_tr, state["trainable"]),
+                     "batch_stats": keep(new_bs, state["batch_stats"]), "opt_state": keep(new_opt, state["opt_state"])}
+        return new_state, loss
+
+    return init_state, step
+
+
+def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: float) -> dict:
+    import jax
+
+    init_state, step = make_step(kind, s)
+    state = jax.jit(init_state)(jax.random.PRNGKey(0))
+    batch = {k: jax.device_put(v) for k, v in concrete_batch(kind, s).items()}
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    box = {"state": state}
+
+    def call():
+        box["state"], loss = compiled(box["state"], batch)
+        return loss
+
+    times = common.time_calls(call, warmup=warmup, iters=iters, sync=lambda x: float(x), max_seconds=max_seconds)
+    from hfa_jax.train.optim import count_params
+
+    return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
+            "compile_s": compile_s, "xla_memory": common.xla_memory(compiled),
+            "trainable": count_params(box["state"]["trainable"]), "loss": float(call())}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference
+# ----------------------------------------------------------------------------------------------
+
+
+def torch_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: float, compile: bool) -> dict:
+    import torch
+
+    from bench import reference_torch as ref
+
+    model, opt, sched = ref.build(kind, s)
+    batch = ref.make_batch(kind, s)
+    compile_s = 0.0
+    if compile:
+        step = ref.compiled_step(model, opt, sched)
+        t0 = time.perf_counter()
+        step(batch)  # compiles
+        compile_s = time.perf_counter() - t0
+    else:
+        step = lambda b: ref.train_step(model, opt, sched, b)  # noqa: E731
+    times = common.time_calls(lambda: step(batch), warmup=warmup, iters=iters, max_seconds=max_seconds)
+    return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
+            "compile_s": compile_s, "trainable": ref.trainable_count(model), "loss": step(batch),
+            "threads": torch.get_num_threads()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+# ----------------------------------------------------------------------------------------------
+
+# Settings (2-core CPU: each step must take seconds, not minutes).
+TRAIN_SHAPES = {"full": dict(batch=2, frames=16, image=112), "quick": dict(batch=1, frames=8, image=56)}
+SCALING_FRAMES = (64, 128, 256, 300)
+SCALING_SHAPES = {"full": dict(batch=1, image=28), "quick": dict(batch=1, image=28)}
+ITERS = {"full": (2, 5, 60.0), "quick": (1, 3, 20.0)}  # warmup, iters, max seconds per side
+
+
+def _run(side: str, kind: str, s: Shapes, mode: str) -> dict:
+    warmup, iters, max_s = ITERS[mode]
+    args = ["worker", "--side", side, "--kind", kind, "--shapes", json.dumps(dataclasses.asdict(s)),
+            "--iters", str(iters), "--warmup", str(warmup), "--max-seconds", str(max_s)]
+    return common.run_worker("bench_train.py", args)
+
+
+def _row(name: str, ours: dict, ref: dict, settings: str, extra: dict) -> dict:
+    return {"name": name, "ours": ours["median_s"], "reference": ref["median_s"] if ref else None,
+            "unit": "s/step", "speedup": (ref["median_s"] / ours["median_s"]) if ref else None,
+            "settings": settings, "extra": extra}
+
+
+def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = False,
+         compile_reference: bool = True, progress: Any = None) -> list[dict]:
+    """Runs the training rows wanted by ``only`` (None = all) and returns them.
+
+    ``micro``: toy widths (the smoke test); ``compile_reference``: also time ``torch.compile``
+    (extra field, the main reference stays eager as the issue asks)."""
+    mode = "quick" if quick or micro else "full"
+    want = lambda n: only is None or n in only  # noqa: E731
+    out = []
+    base = Shapes(**TRAIN_SHAPES[mode])
+    if micro:
+        base = _micro(base)
+    for kind, name in (("pretrain", "pretrain_step"), ("finetune", "finetune_step")):
+        if not want(name):
+            continue
+        ours = _run("ours", kind, base, mode)
+        ref = _run("torch", kind, base, mode)
+        extra = {"clips_per_s_ours": base.batch / ours["median_s"], "clips_per_s_ref": base.batch / ref["median_s"],
+                 "peak_rss_mib_ours": ours["peak_rss_mib"], "peak_rss_mib_ref": ref["peak_rss_mib"],
+                 "xla_memory_ours": ours["xla_memory"], "compile_s_ours": ours["compile_s"],
+                 "trainable_ours": ours["trainable"], "trainable_ref": ref["trainable"],
+                 "times_ours": ours["times"], "times_ref": ref["times"]}
+        if compile_reference and not micro:
+            try:
+                rc = _run("torch_compile", kind, base, mode)
+                extra.update(ref_compiled_s=rc["median_s"], ref_compile_time_s=rc["compile_s"],
+                             speedup_vs_compiled=rc["median_s"] / ours["median_s"])
+            except Exception as e:  # noqa: BLE001 - reported in the table, not fatal
+                extra["ref_compiled_error"] = str(e).strip().splitlines()[-1][:200]
+        out.append(_row(name, ours, ref, base.describe(), extra))
+        if progress:
+            progress(out[-1])
+    frames = SCALING_FRAMES if not micro else (8, 16)
+    for t in frames:
+        name = f"frames_{t}"
+        if not want(name):
+            continue
+        s = dataclasses.replace(Shapes(**SCALING_SHAPES[mode]), frames=t)
+        if micro:
+            s = _micro(s)
+        ours = _run("ours", "finetune", s, mode)
+        ref = _run("torch", "finetune", s, mode)
+        extra = {"s_per_frame_ours": ours["median_s"] / t, "s_per_frame_ref": ref["median_s"] / t,
+                 "peak_rss_mib_ours": ours["peak_rss_mib"], "peak_rss_mib_ref": ref["peak_rss_mib"],
+                 "xla_memory_ours": ours["xla_memory"]}
+        out.append(_row(name, ours, ref, "finetune step; " + s.describe(), extra))
+        if progress:
+            progress(out[-1])
+    return out
+
+
+def _micro(s: Shapes) -> Shapes:
+    """Toy widths for the smoke test (seconds per worker)."""
+    return dataclasses.replace(s, batch=1, frames=min(s.frames, 16), image=28, vit_width=32, vit_depth=3,
+                               vit_heads=2, vit_mlp=64, lora_blocks=(2,), t_width=32, t_heads=4, t_mlp=64,
+                               d_model=32, m_heads=4, m_ffn=64, enc_layers=1, dec_layers=1, vocab=64, num_pg=16,
+                               text_len=6, max_pos=64)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("worker")
+    w.add_argument("--side", choices=("ours", "torch", "torch_compile"), required=True)
+    w.add_argument("--kind", choices=("pretrain", "finetune"), required=True)
+    w.add_argument("--shapes", default="{}")
+    w.add_argument("--iters", type=int, default=5)
+    w.add_argument("--warmup", type=int, default=2)
+    w.add_argument("--max-seconds", type=float, default=60.0)
+    r = sub.add_parser("rows")
+    r.add_argument("--quick", action="store_true")
+    r.add_argument("--micro", action="store_true")
+    r.add_argument("--only", default=None)
+    a = p.parse_args(argv)
+    if a.cmd == "worker":
+        d = json.loads(a.shapes)
+        if "lora_blocks" in d:
+            d["lora_blocks"] = tuple(d["lora_blocks"])
+        s = Shapes(**d)
+        if a.side == "ours":
+            res = ours_worker(a.kind, s, iters=a.iters, warmup=a.warmup, max_seconds=a.max_seconds)
+        else:
+            res = torch_worker(a.kind, s, iters=a.iters, warmup=a.warmup, max_seconds=a.max_seconds,
+                               compile=a.side == "torch_compile")
+        common.emit(res)
+    else:
+        only = set(a.only.split(",")) if a.only else None
+        for row in rows(quick=a.quick, only=only, micro=a.micro):
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

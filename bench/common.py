@@ -1,0 +1,182 @@
+"""Shared benchmark helpers: step timing (medians after warm-up), peak memory, worker
+subprocesses, machine description.
+
+Each measured side (ours, the torch reference) runs in its own Python subprocess
+(:func:`run_worker`), so peak resident memory (``ru_maxrss``) belongs to one side only and the
+two frameworks' thread pools never compete inside one process. A worker prints one line
+``BENCH_RESULT <json>`` on stdout; everything else it prints is passed through to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+__all__ = [
+    "Shapes",
+    "RESULT_PREFIX",
+    "time_calls",
+    "median",
+    "peak_rss_mb",
+    "emit",
+    "run_worker",
+    "xla_memory",
+    "machine",
+    "versions",
+    "loadavg",
+    "utc_now",
+]
+
+RESULT_PREFIX = "BENCH_RESULT "
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """Benchmark shapes, shared by both sides (bench/bench_train.py builds ours from the same)."""
+
+    batch: int = 2
+    frames: int = 16
+    image: int = 112
+    text_len: int = 16
+    # ViT-S/14 (real)
+    vit_width: int = 384
+    vit_depth: int = 12
+    vit_heads: int = 6
+    vit_mlp: int = 1536
+    lora_blocks: tuple[int, ...] = (9, 10, 11)
+    # temporal (real)
+    t_width: int = 512
+    t_heads: int = 8
+    t_mlp: int = 2048
+    # mBART (reduced depth by default; real width)
+    d_model: int = 1024
+    m_heads: int = 16
+    m_ffn: int = 4096
+    enc_layers: int = 2
+    dec_layers: int = 2
+    vocab: int = 2172
+    num_pg: int = 2322
+    max_pos: int = 1024
+
+    def describe(self) -> str:
+        return (f"B={self.batch} T={self.frames} {self.image}px; ViT-S/14 {self.vit_depth}x{self.vit_width} "
+                f"(LoRA blocks {','.join(map(str, self.lora_blocks))}); temporal {self.t_width}/"
+                f"{self.t_heads}h 2+2; mBART d{self.d_model} {self.enc_layers}+{self.dec_layers} layers "
+                f"ffn{self.m_ffn} V{self.vocab}; L={self.text_len}")
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int, sync: Callable[[Any], Any] = lambda x: x,
+               max_seconds: float | None = None) -> list[float]:
+    """Wall seconds of ``iters`` calls of ``fn`` after ``warmup`` untimed calls.
+
+    ``sync(result)`` must block until the work is done (``jax.block_until_ready``, ``float()``);
+    ``max_seconds`` stops early (after at least 2 timed calls) so slow settings stay bounded.
+    """
+    for _ in range(warmup):
+        sync(fn())
+    out: list[float] = []
+    start = time.perf_counter()
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sync(fn())
+        out.append(time.perf_counter() - t0)
+        if max_seconds is not None and len(out) >= 2 and time.perf_counter() - start > max_seconds:
+            break
+    return out
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, MiB (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def emit(result: dict) -> None:
+    """Worker side: print the result line read by :func:`run_worker`."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def run_worker(script: str, args: Sequence[str], *, timeout: float = 1800.0, env: dict | None = None) -> dict:
+    """Runs ``python bench/<script> <args>`` in a subprocess and returns its result dict.
+
+    Raises RuntimeError with the worker's stderr tail when it fails or prints no result.
+    """
+    cmd = [sys.executable, os.path.join(BENCH_DIR, script), *args]
+    e = dict(os.environ)
+    e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if env:
+        e.update(env)
+    p = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    for line in p.stdout.splitlines()[::-1]:
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = (p.stderr or "")[-3000:] + (p.stdout or "")[-1000:]
+    raise RuntimeError(f"worker {' '.join(cmd[1:])} failed (exit {p.returncode}):\n{tail}")
+
+
+def xla_memory(compiled) -> dict[str, float]:
+    """MiB from XLA's compiled memory analysis: arguments, outputs, temporaries, and the peak
+    estimate ``arguments + outputs - aliased + temporaries`` (donated buffers are aliased)."""
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return {}
+    mib = 1024.0 ** 2
+    arg, out = ma.argument_size_in_bytes, ma.output_size_in_bytes
+    alias, tmp = ma.alias_size_in_bytes, ma.temp_size_in_bytes
+    return {"arguments_mib": arg / mib, "outputs_mib": out / mib, "temp_mib": tmp / mib,
+            "peak_mib": (arg + out - alias + tmp) / mib}
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f", {kb / 1024 ** 2:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{os.cpu_count()} x {cpu}{mem}"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "peft", "numpy"):
+        try:
+            mod = __import__(name)
+            out[name] = getattr(mod, "__version__", "?")
+        except Exception:  # noqa: BLE001 - a missing optional package is reported, not fatal
+            out[name] = "missing"
+    return out
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,174 @@
+"""The trainer on a tiny generated dataset: exact resume after a crash, NaN stop, and the same
+losses / parameters on 1 device and on 8 emulated CPU devices (data-parallel and FSDP)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from hfa_jax.train import checkpoint as ckpt_lib
+from hfa_jax.train import loop, optim
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Shared by this module and the 8-device subprocess: a tiny stage config over prepared data.
+CONFIG_SRC = textwrap.dedent('''
+    from configs import demo as demo_cfg, validate
+
+    def tiny_config(paths, stage="pretrain", steps=6, batch=8):
+        c = validate.base()
+        c.model = demo_cfg.demo_model()
+        c.model.vit.update(dict(width=16, depth=1, num_heads=2, mlp_dim=32, pos_grid=4, lora_blocks=(0,)))
+        c.model.temporal.update(dict(width=16, num_heads=2, mlp_dim=32, out_dim=16))
+        c.model.mbart.update(dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                  decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32))
+        c.model.frame_dim = 16
+        c.model.proto_dim = 8
+        c.model.temporal.dropout = 0.0
+        c.data.update(dict(crop_size=32, max_frames=32, buckets=(32,), max_text_len=16))
+        c.data.augment.max_translate_px = 2
+        c.data.dataset_dir = paths["dataset_dir"]
+        c.data.tokenizer_dir = paths["tokenizer_dir"]
+        c.data.pseudo_glosses = paths["pseudo_glosses"]
+        c.data.prototypes = paths["prototypes"]
+        c.train.stage = stage
+        c.train.trainable = demo_cfg.DEMO_RULES[stage]
+        c.train.batch_size = batch
+        c.train.num_steps = steps
+        c.train.lr = 3e-3
+        c.train.log_every_steps = 1
+        c.train.checkpoint_every_steps = 2
+        c.train.progress_bar = False
+        c.train.tensorboard = False
+        c.train.async_checkpoints = True
+        c.eval.splits = ("dev",)
+        c.eval.at_end = False
+        c.eval.final_on_best = False
+        c.eval.batch_size = 8
+        return c
+''')
+exec(CONFIG_SRC)  # defines tiny_config  # noqa: S102
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    """A tiny SynthSign dataset with tokenizer, pseudo-glosses and prototypes (demo steps 1-5)."""
+    from configs import demo as demo_cfg
+    from hfa_jax import demo
+
+    root = str(tmp_path_factory.mktemp("tinydata"))
+    c = demo_cfg.get_config("smoke")
+    c.demo.update(dict(num_train=8, num_eval=8, max_glosses=2, frame_size=36, fasttext_dim=8, workers=1))
+    return demo.prepare_data(c, root)
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache(tmp_path_factory):
+    # Identical step programs across the runs of one test hit the persistent cache.
+    d = str(tmp_path_factory.getbasetemp() / "jax_cache")
+    jax.config.update("jax_compilation_cache_dir", d)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+
+
+def _final_params(workdir):
+    state, meta = ckpt_lib.load_state_arrays(workdir, best=False)
+    return optim.merge_params(state["trainable"], state["frozen"]), state, meta
+
+
+def _losses(workdir):
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            if row["split"] == "train":
+                out[row["step"]] = row["loss"]
+    return out
+
+
+def test_resume_after_crash_equals_uninterrupted_run(paths, tmp_path):
+    full = str(tmp_path / "full")
+    loop.run(tiny_config(paths, steps=5), full)
+
+    cut = str(tmp_path / "cut")
+    c = tiny_config(paths, steps=5)
+    c.train.debug_crash_after_step = 3  # killed after step 3; the last checkpoint is step 2
+    with pytest.raises(loop.DebugCrash):
+        loop.run(c, cut)
+    assert ckpt_lib.Checkpointer(cut).latest_step() == 2
+    loop.run(tiny_config(paths, steps=5), cut)  # the same command again: resumes from step 2
+
+    pa, sa, ma = _final_params(full)
+    pb, sb, mb = _final_params(cut)
+    assert ma["step"] == mb["step"] == 5
+    for (ka, a), (kb, b) in zip(jax.tree_util.tree_flatten_with_path(pa)[0],
+                                jax.tree_util.tree_flatten_with_path(pb)[0]):
+        assert ka == kb
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=str(ka))
+    for a, b in zip(jax.tree.leaves(sa["opt_state"]), jax.tree.leaves(sb["opt_state"])):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    la, lb = _losses(full), _losses(cut)
+    for s in range(1, 6):
+        assert la[s] == pytest.approx(lb[s], abs=1e-6)
+    # training moved the parameters (the comparison is not between two untouched inits)
+    init = jax.device_get(loop.init_state(loop.build_trainer(tiny_config(paths, steps=5), str(tmp_path / "i"))))
+    moved = optim.merge_params(init["trainable"], init["frozen"])
+    assert not np.allclose(moved["temporal"]["out_proj"]["kernel"], pa["temporal"]["out_proj"]["kernel"])
+
+
+def test_nan_stops_with_step_and_quantity_and_keeps_last_checkpoint(paths, tmp_path):
+    wd = str(tmp_path / "nan")
+    c = tiny_config(paths, steps=6)
+    c.train.debug_nan_at_step = 2  # the third update
+    with pytest.raises(loop.NonFiniteError, match=r"non-finite loss at step 3 .*last good checkpoint is step 2"):
+        loop.run(c, wd)
+    ck = ckpt_lib.Checkpointer(wd)
+    assert ck.latest_step() == 2
+    _, _, meta = _final_params(wd)
+    assert meta["step"] == 2
+
+
+MULTI = textwrap.dedent('''
+    import json, os, sys
+    import jax
+    assert jax.device_count() == 8, jax.devices()
+    sys.path.insert(0, {repo!r})
+    from hfa_jax.train import loop
+    exec({config_src!r})
+    paths = json.loads({paths!r})
+    jax.config.update("jax_compilation_cache_dir", {cache!r})
+    for name, data, fsdp in (("dp8", 8, 1), ("fsdp", 4, 2)):
+        c = tiny_config(paths, steps=2)
+        c.mesh.data = data
+        c.mesh.fsdp = fsdp
+        c.mesh.auto_fsdp = True
+        loop.run(c, os.path.join({out!r}, name))
+''')
+
+
+def test_same_losses_on_1_and_8_devices_data_parallel_and_fsdp(paths, tmp_path):
+    one = str(tmp_path / "one")
+    loop.run(tiny_config(paths, steps=2), one)
+    code = MULTI.format(repo=REPO, config_src=CONFIG_SRC, paths=json.dumps(paths), out=str(tmp_path),
+                        cache=str(tmp_path / "cache8"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref_l = _losses(one)
+    ref_p, _, _ = _final_params(one)
+    for name in ("dp8", "fsdp"):
+        wd = str(tmp_path / name)
+        l = _losses(wd)
+        for s in (1, 2):
+            assert l[s] == pytest.approx(ref_l[s], rel=1e-5, abs=1e-6), (name, s)
+        p, _, _ = _final_params(wd)
+        for (k, a), b in zip(jax.tree_util.tree_flatten_with_path(ref_p)[0], jax.tree.leaves(p)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"{name} {k}")
+    with open(os.path.join(str(tmp_path / "fsdp"), "train.log")) as f:
+        assert "'fsdp': 2" in f.read()
