@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import io
 import json
 import math
 import os

@@ -128,9 +128,9 @@ def project_h100(costs: dict[str, dict], *, mfu: float = H100["assumed_mfu"]) ->
             "stages": stages, "total_hours_300_frames": total, "total_hours_bucketed": total_b}
 
 
-def run(*, quick: bool = False, compile: bool = True, kinds=None, progress=None) -> dict:
+def run(*, quick: bool = False, compile: bool = True, kinds=None, progress=None, machine: dict | None = None) -> dict:
     """Everything the cost model prints: machine, per-stage costs, floors, H100 projection."""
-    machine = measure_machine(quick=quick)
+    machine = machine or measure_machine(quick=quick)
     peak = machine["matmul_gflops_best"] * 1e9
     bw = machine["bandwidth_gb_s_best"] * 1e9
     costs = {}

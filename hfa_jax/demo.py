@@ -78,9 +78,22 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
         pg = pg_lib.load_pseudo_glosses(pg_path)
         ft = prototypes.train_fasttext(train_sents, os.path.join(workdir, "fasttext.bin"),
                                        dim=int(d.fasttext_dim), epoch=5)
-        np.save(proto_path, prototypes.make_prototypes([v.lower() for v in pg.vocab], ft))
+        protos = prototypes.make_prototypes([v.lower() for v in pg.vocab], ft)
+        np.save(proto_path, _no_zero_rows(protos, seed))
     return {"dataset_dir": ds_root, "tokenizer_dir": tok_dir, "pseudo_glosses": pg_path,
             "prototypes": proto_path}
+
+
+def _no_zero_rows(protos: np.ndarray, seed: int) -> np.ndarray:
+    """A tiny fastText model returns all-zero vectors for lemmas without any trained subword;
+    the cosine similarity of a zero prototype has no gradient (PyTorch's F.normalize gives 0,
+    JAX's norm gives NaN), so such rows (never row 0, the blank class) get a small random vector."""
+    protos = protos.copy()
+    zero = np.linalg.norm(protos, axis=1) == 0
+    zero[0] = False
+    rng = np.random.default_rng(seed)
+    protos[zero] = rng.normal(0.0, 1e-2, size=(int(zero.sum()), protos.shape[1])).astype(protos.dtype)
+    return protos
 
 
 def _gloss_pseudo_glosses(root: str, out: str) -> None:
