@@ -63,11 +63,13 @@ def torch_worker(s: Shapes, folder: str, *, sentences: int, src_len: int, max_ne
             box["seq"] = model.generate(inputs_embeds=emb, attention_mask=mask, generation_config=gen)
         return box["seq"]
 
-    times = common.time_calls(call, warmup=warmup, iters=iters, max_seconds=max_seconds)
+    threads = common.pick_torch_threads(call)
+    times = common.time_calls(call, warmup=max(warmup - 1, 0), iters=iters, max_seconds=max_seconds)
     seq = box["seq"].numpy()
     np.save(os.path.join(folder, "hf_sequences.npy"), seq)
     return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
-            "generated_len": int(seq.shape[1] - 1), "threads": torch.get_num_threads()}
+            "generated_len": int(seq.shape[1] - 1), "threads": threads["threads"],
+            "thread_probe_s": threads["probe_s"]}
 
 
 def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, max_seconds: float) -> dict:
@@ -111,7 +113,7 @@ def rows(*, quick: bool = False, micro: bool = False, progress=None) -> list[dic
 
         s = _micro(s)
         d.update(src_len=8, max_new_tokens=6, sentences=2)
-    warmup, iters, max_s = ITERS[mode]
+    warmup, iters, max_s = (1, 1, 5.0) if micro else ITERS[mode]
     with tempfile.TemporaryDirectory(prefix="bench_decode_") as folder:
         common_args = ["--shapes", json.dumps(dataclasses.asdict(s)), "--folder", folder,
                        "--sentences", str(d["sentences"]), "--src-len", str(d["src_len"]),
@@ -128,7 +130,7 @@ def rows(*, quick: bool = False, micro: bool = False, progress=None) -> list[dic
            "extra": {"identical_sequences": f"{ours['identical_sequences']}/{ours['sentences']}",
                      "s_per_batch_ours": ours["median_s"], "s_per_batch_ref": ref["median_s"],
                      "compile_s_ours": ours["compile_s"], "peak_rss_mib_ours": ours["peak_rss_mib"],
-                     "peak_rss_mib_ref": ref["peak_rss_mib"], "times_ours": ours["times"], "times_ref": ref["times"]}}
+                     "peak_rss_mib_ref": ref["peak_rss_mib"], "ref_threads": ref["threads"], "times_ours": ours["times"], "times_ref": ref["times"]}}
     if progress:
         progress(row)
     return [row]

@@ -209,10 +209,11 @@ def torch_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: 
         compile_s = time.perf_counter() - t0
     else:
         step = lambda b: ref.train_step(model, opt, sched, b)  # noqa: E731
-    times = common.time_calls(lambda: step(batch), warmup=warmup, iters=iters, max_seconds=max_seconds)
+    threads = common.pick_torch_threads(lambda: step(batch))
+    times = common.time_calls(lambda: step(batch), warmup=max(warmup - 1, 0), iters=iters, max_seconds=max_seconds)
     return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
             "compile_s": compile_s, "trainable": ref.trainable_count(model), "loss": step(batch),
-            "threads": torch.get_num_threads()}
+            "threads": threads["threads"], "thread_probe_s": threads["probe_s"]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = Fal
                  "peak_rss_mib_ours": ours["peak_rss_mib"], "peak_rss_mib_ref": ref["peak_rss_mib"],
                  "xla_memory_ours": ours["xla_memory"], "compile_s_ours": ours["compile_s"],
                  "trainable_ours": ours["trainable"], "trainable_ref": ref["trainable"],
-                 "times_ours": ours["times"], "times_ref": ref["times"]}
+                 "times_ours": ours["times"], "times_ref": ref["times"], "ref_threads": ref["threads"]}
         if compile_reference and not micro:
             try:
                 rc = _run("torch_compile", kind, base, mode)
@@ -283,7 +284,7 @@ def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = Fal
         ref = _run("torch", "finetune", s, mode)
         extra = {"s_per_frame_ours": ours["median_s"] / t, "s_per_frame_ref": ref["median_s"] / t,
                  "peak_rss_mib_ours": ours["peak_rss_mib"], "peak_rss_mib_ref": ref["peak_rss_mib"],
-                 "xla_memory_ours": ours["xla_memory"]}
+                 "xla_memory_ours": ours["xla_memory"], "ref_threads": ref["threads"]}
         out.append(_row(name, ours, ref, "finetune step; " + s.describe(), extra))
         if progress:
             progress(out[-1])

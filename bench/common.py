@@ -25,6 +25,7 @@ __all__ = [
     "Shapes",
     "RESULT_PREFIX",
     "time_calls",
+    "pick_torch_threads",
     "median",
     "peak_rss_mb",
     "emit",
@@ -94,6 +95,28 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int, sync: Callable
         if max_seconds is not None and len(out) >= 2 and time.perf_counter() - start > max_seconds:
             break
     return out
+
+
+def pick_torch_threads(fn: Callable[[], Any], sync: Callable[[Any], Any] = lambda x: x) -> dict:
+    """Gives the reference its best thread count: after one warm-up call, times one call with
+    ``os.cpu_count()`` intra-op threads and one with a single thread, keeps the faster.
+
+    Why: on a shared, oversubscribed CPU PyTorch's OpenMP barriers make multi-threaded eager
+    steps many times slower than one thread (measured 10-20x at load average 8 on 2 cores);
+    on an idle machine all cores win. Returns ``{"threads", "probe_s": {n: seconds}}``."""
+    import torch
+
+    n_all = os.cpu_count() or 1
+    sync(fn())
+    probe = {}
+    for n in sorted({n_all, 1}, reverse=True):
+        torch.set_num_threads(n)
+        t0 = time.perf_counter()
+        sync(fn())
+        probe[n] = time.perf_counter() - t0
+    best = min(probe, key=probe.get)
+    torch.set_num_threads(best)
+    return {"threads": best, "probe_s": probe}
 
 
 def median(xs: Sequence[float]) -> float:

@@ -66,6 +66,8 @@ def format_extras(rows: list[dict]) -> str:
         xm = e.get("xla_memory_ours") or {}
         if xm:
             bits.append(f"XLA step buffers {xm['peak_mib']:.0f} MiB (temp {xm['temp_mib']:.0f})")
+        if "ref_threads" in e:
+            bits.append(f"torch threads {e['ref_threads']} (best of {os.cpu_count()} and 1)")
         if "ref_compiled_s" in e:
             bits.append(f"torch.compile {e['ref_compiled_s']:.3f} s/step -> speedup {e['speedup_vs_compiled']:.2f}x "
                         f"(compile {e['ref_compile_time_s']:.0f} s)")
@@ -168,10 +170,12 @@ def main(argv=None) -> list[dict]:
     cost = None
     from bench import cost_model
 
-    machine = cost_model.measure_machine(quick=a.quick or a.micro)
-    if any(r["name"] in ("pretrain_step", "finetune_step") for r in rows):
+    need_cost = want("cost_model") and not a.no_cost_model and not a.micro
+    need_mfu = any(r["name"] in ("pretrain_step", "finetune_step") for r in rows)
+    machine = cost_model.measure_machine(quick=a.quick or a.micro) if (need_cost or need_mfu) else None
+    if need_mfu:
         cpu_mfu(rows, machine, quick=a.quick, micro=a.micro)
-    if want("cost_model") and not a.no_cost_model and not a.micro:
+    if need_cost:
         cost = cost_model.run(quick=a.quick, compile=not a.quick, machine=machine)
     load1 = common.loadavg()
 

@@ -48,6 +48,7 @@ __all__ = [
     "HandPoseField",
     "CombinedExampleFn",
     "description_fields",
+    "load_synthsign_descriptions",
 ]
 
 HAND_POSE_DIM = 288
@@ -110,6 +111,26 @@ def read_description_json(path: str, *, key: str = "refined") -> str:
         raise DataError(f"{path}: segment keys {['chunk_%d' % i for i in idx]} are not chunk_0..chunk_{len(idx) - 1}; "
                         "regenerate it")
     return " ".join(" ".join(v.split()) for _, v in chunks if v.strip())
+
+
+def load_synthsign_descriptions(root: str, split: str) -> list[str]:
+    """The ``description`` of every ``root/extras/{split}/*.json`` of a SynthSign tree, in file
+    name order (e.g. to train the demo tokenizer on them)."""
+    folder = os.path.join(root, "extras", split)
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: no SynthSign extras folder; generate the tree with `python -m data_prep.synthsign`")
+    out = []
+    for fname in sorted(os.listdir(folder)):
+        if not fname.endswith(".json"):
+            continue
+        path = os.path.join(folder, fname)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = json.load(f)["description"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: unreadable SynthSign extras ({type(e).__name__}); regenerate it") from None
+        out.append(str(text))
+    return out
 
 
 # ----------------------------------------------------------------------------- pickles

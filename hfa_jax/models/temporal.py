@@ -14,7 +14,7 @@ count implies). Attention is local (|t - s| <= 3 over valid keys, always itself)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -160,7 +160,11 @@ class TemporalEncoder(nn.Module):
     cfg: TemporalConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+    def __call__(
+        self, x: Array, mask: Array, deterministic: bool = True, return_hidden: bool = False
+    ) -> tuple[Array, Array] | tuple[Array, Array, Array]:
+        """``return_hidden=True`` also returns the 512-d features before ``out_proj``
+        ``[B, T', width]`` (BeyondGloss's description head reads them)."""
         cfg = self.cfg
         mask = mask.astype(bool)
         t = x.shape[1]
@@ -182,4 +186,4 @@ class TemporalEncoder(nn.Module):
             dtype=cfg.compute_dtype,
             name="out_proj",
         )(x)
-        return y, mask
+        return (y, mask, x) if return_hidden else (y, mask)

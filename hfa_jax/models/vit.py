@@ -82,6 +82,7 @@ class ViTConfig:
     lora_dropout: float = 0.1
     dtype: str | None = None  # compute dtype ("float32", "bfloat16"; None = float32); params float32
     remat: bool = False
+    attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" | "cudnn" | "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "lora_blocks", tuple(int(b) for b in self.lora_blocks))
@@ -89,6 +90,8 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.lora_blocks {self.lora_blocks} out of range for depth {self.depth}")
         if self.pos_resample not in ("hub", "hf", "aa"):
             raise ValueError(f"ViTConfig.pos_resample must be 'hub', 'hf' or 'aa', got {self.pos_resample!r}")
+        if self.attention not in ("xla", "cudnn", "auto"):
+            raise ValueError(f"ViTConfig.attention must be 'xla', 'cudnn' or 'auto', got {self.attention!r}")
 
     @property
     def compute_dtype(self) -> Any:
@@ -185,6 +188,8 @@ def resample_pos_embed(pos: Array, grid_h: int, grid_w: int, method: str) -> Arr
 
 # --------------------------------------------------------------------------- modules
 class Attention(nn.Module):
+    """Multi-head self-attention with the fused qkv projection. x: [B, N, D] -> [B, N, D]."""
+
     cfg: ViTConfig
     lora: bool
 
@@ -198,7 +203,8 @@ class Attention(nn.Module):
         )
         qkv = dense(3 * d, "qkv")(x, deterministic).reshape(b, n, 3, cfg.num_heads, d // cfg.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        h = jax.nn.dot_product_attention(q, k, v, implementation="xla").reshape(b, n, d)
+        impl = None if cfg.attention == "auto" else cfg.attention
+        h = jax.nn.dot_product_attention(q, k, v, implementation=impl).reshape(b, n, d)
         return dense(d, "proj")(h, deterministic)
 
 
@@ -564,9 +570,10 @@ def from_hf(path: str, cfg: ViTConfig | None = None, *, seed: int = 0, **overrid
 
     path: a Hugging Face folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``),
       or the torch-hub state dict file (``dinov2_vits14_pretrain.pth``; non-register models).
-    cfg: optional config; its architecture fields must match the checkpoint (only LoRA, dtype,
+    cfg: optional config; its architecture fields must match the checkpoint (only LoRA, dtype, attention,
       remat and pos_resample are taken from it). Without it the checkpoint's architecture is used
-      with SPEC's LoRA (r4, alpha 4, on the last three blocks), and ``pos_resample`` follows the checkpoint's origin ("hf" / "hub").
+      with SPEC's LoRA (r4, alpha 4, on the last three blocks), and ``pos_resample`` follows the
+      checkpoint's origin ("hf"; "aa" for register models; "hub" for .pth files).
     overrides: ViTConfig fields to replace (e.g. ``lora_rank=0``, ``pos_resample="hub"``).
     LoRA adapters are freshly initialised (numpy RNG ``seed``).
     """
@@ -596,7 +603,7 @@ def from_hf(path: str, cfg: ViTConfig | None = None, *, seed: int = 0, **overrid
             )
         file_cfg = dataclasses.replace(file_cfg, **{
             f.name: getattr(cfg, f.name) for f in dataclasses.fields(ViTConfig)
-            if f.name in ("lora_blocks", "lora_rank", "lora_alpha", "lora_dropout", "dtype", "remat", "pos_resample")
+            if f.name in ("lora_blocks", "lora_rank", "lora_alpha", "lora_dropout", "dtype", "remat", "pos_resample", "attention")
         })
     cfg = dataclasses.replace(file_cfg, **overrides)
     params = _add_lora(convert(sd, cfg, wpath), cfg, seed)

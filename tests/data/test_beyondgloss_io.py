@@ -119,6 +119,33 @@ def test_description_json(tmp_path):
         bgio.read_description_json(str(p), key="merged")
 
 
+def test_description_fields_and_synthsign_descriptions(tmp_path):
+    class _Tok:
+        pad_id = 1
+
+        def encode_source(self, texts, max_len):
+            ids = np.full((len(texts), max_len), 1, np.int32)
+            for i, t in enumerate(texts):
+                ids[i, : len(t.split())] = 7
+            return ids, ids != 1
+
+    f = bgio.description_fields(["a b", "c"], tokenizer=_Tok(), max_len=4)
+    assert f["desc_ids"].shape == (2, 4) and f["desc_mask"].sum() == 3 and f["desc_ids"].dtype == np.int32
+    with pytest.raises(DataError, match="row 1 .* no `description`"):
+        bgio.description_fields(["a", None], tokenizer=_Tok())
+    v = bgio.description_fields([np.ones((1, 3)), np.full(3, 2.0)], vectors=True, dim=3)
+    assert v["desc_vec"].shape == (2, 3)
+    with pytest.raises(DataError, match="expected \\[4\\]"):
+        bgio.description_fields([np.ones(3)], vectors=True, dim=4)
+    e = tmp_path / "extras" / "train"
+    e.mkdir(parents=True)
+    (e / "b.json").write_text(json.dumps({"description": "second"}))
+    (e / "a.json").write_text(json.dumps({"description": "first"}))
+    assert bgio.load_synthsign_descriptions(str(tmp_path), "train") == ["first", "second"]
+    with pytest.raises(DataError, match="no SynthSign extras"):
+        bgio.load_synthsign_descriptions(str(tmp_path), "dev")
+
+
 def test_hand_pose_field_pads_and_requires_first_frames():
     fn = bgio.HandPoseField(length=6)
     ex = {"name": "a", "hand_pose": np.arange(4 * 288, dtype=np.float32).reshape(4, 288)}

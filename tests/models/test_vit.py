@@ -176,6 +176,10 @@ def test_lora_blocks_and_stop_gradient():
     # blocks under stop_gradient keep no activations for the backward pass
     full = _saved_residual_size(ViT(ViTConfig(**{**cfg.__dict__, "lora_blocks": (0, 1, 2)})), p, x)
     assert _saved_residual_size(m, p, x) < 0.45 * full
+    # remat gives the same values
+    mr = ViT(ViTConfig(**{**cfg.__dict__, "remat": True}))
+    gr = jax.jit(jax.grad(lambda q: jnp.sum(mr.apply({"params": q}, x, deterministic=False, rngs={"dropout": jax.random.key(1)}) ** 2)))(p)
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(gr))) < 1e-4
     # bf16 compute, fp32 params
     mb = ViT(ViTConfig(**{**cfg.__dict__, "dtype": "bfloat16"}))
     yb = jax.jit(mb.apply)({"params": p}, x)

@@ -1,0 +1,63 @@
+"""Smoke test of the benchmark machinery (bench/): the scripts must keep running.
+
+Runs ``bench/run_all.py --micro --only beam_search`` end to end (two worker subprocesses on toy
+widths: transformers ``generate`` and our jit beam search on the same saved weights), checks the
+JSON rows, and checks that our beam search returned exactly transformers' sequences. The
+numbers themselves mean nothing at these shapes. Also checks the pure parts: the table
+formatter, ``--only`` validation and the H100 schedule arithmetic of the cost model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from bench import cost_model, run_all  # noqa: E402
+
+
+def test_run_all_micro_beam_search(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    run_all.main(["--micro", "--only", "beam_search", "--no-torch-compile", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == ["beam_search"]
+    r = rows[0]
+    assert set(r) >= {"name", "ours", "reference", "unit", "speedup", "settings"}
+    assert r["unit"] == "sentences/s" and r["ours"] > 0 and r["reference"] > 0
+    assert r["speedup"] == pytest.approx(r["ours"] / r["reference"], rel=1e-6)
+    # Same weights, same inputs: the jit beam search must return transformers' sequences.
+    assert r["extra"]["identical_sequences"] == "2/2"
+    printed = capsys.readouterr().out
+    assert "beam_search" in printed and "speedup" in printed
+
+
+def test_only_rejects_unknown_rows():
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "no_such_row"])
+
+
+def test_table_speedup_column():
+    rows = [{"name": "finetune_step", "ours": 0.5, "reference": 1.5, "unit": "s/step", "speedup": 3.0,
+             "settings": "s"}, {"name": "frames_64", "ours": 1.0, "reference": None, "unit": "s/step",
+                                "speedup": None, "settings": "t"}]
+    lines = run_all.format_table(rows).splitlines()
+    assert lines[2].split()[:4] == ["finetune_step", "0.500", "1.500", "3.00x"]
+    assert lines[3].split()[:4] == ["frames_64", "1.000", "n/a", "n/a"]
+
+
+def test_h100_projection_arithmetic():
+    # 8e14 FLOP per step at 800 TFLOP/s x 50% MFU = 2 s/step.
+    costs = {k: {"flops": 8e14, "bytes": 3e12, "source": "compiled"} for k, _ in cost_model.SCHEDULE}
+    p = cost_model.project_h100(costs, mfu=0.5)
+    assert cost_model.STEPS_PER_EPOCH == 443  # 7096 // 16
+    st = p["stages"]["finetune2"]
+    assert st["steps"] == 443 * 200 and st["step_s"] == pytest.approx(2.0)
+    assert st["hbm_floor_s"] == pytest.approx(1.0)
+    assert st["hours_300_frames"] == pytest.approx(443 * 200 * 2.0 / 3600)
+    assert p["total_hours_300_frames"] == pytest.approx(443 * 400 * 2.0 / 3600)
+    assert p["total_hours_bucketed"] == pytest.approx(p["total_hours_300_frames"] * 244.9 / 300)
