@@ -133,9 +133,10 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
     for k in config.keys():
         if k not in ref and k not in ("model", "demo"):
             raise ConfigError(f"config.{k} is not a known field; remove it or fix its name")
-    hit = _unknown(config, ref, "config.")
-    if hit and not hit.startswith(("config.model", "config.demo")):
-        raise ConfigError(f"{hit} is not a known field; remove it or fix its name (see configs/validate.py)")
+    for section in ("data", "train", "eval", "mesh", "weights"):
+        hit = _unknown(config[section], ref[section], f"config.{section}.")
+        if hit:
+            raise ConfigError(f"{hit} is not a known field; remove it or fix its name (see configs/validate.py)")
     t = config.train
     if t.stage not in STAGES:
         raise ConfigError(f"config.train.stage={t.stage!r} is not one of {STAGES}")

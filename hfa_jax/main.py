@@ -24,6 +24,19 @@ def default_workdir(config) -> str:
     return os.path.join("runs", str(config.get("name", "run")))
 
 
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _maybe_fast_compile(config) -> None:
+    """The demo's tiny models spend more time in XLA's CPU compiler than in training; these flags
+    halve compile time (runtime ~20% slower). They only work before JAX starts its backend."""
+    demo = config.get("demo", None)
+    if demo is not None and bool(demo.get("fast_compile", False)):
+        flags_now = os.environ.get("XLA_FLAGS", "")
+        if "xla_backend_optimization_level" not in flags_now:
+            os.environ["XLA_FLAGS"] = (flags_now + " " + FAST_COMPILE_FLAGS).strip()
+
+
 def run(config, workdir: str | None = None) -> dict:
     """What ``main`` does, callable from Python: dispatches on ``config.job``."""
     workdir = workdir or default_workdir(config)
@@ -45,6 +58,7 @@ def _main(argv) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+    _maybe_fast_compile(config)
     try:
         run(config, _WORKDIR.value)
     except UserError as e:  # one line, no traceback (hfa_jax.errors.cli_main convention)

@@ -27,7 +27,7 @@ Reference conventions matched here (all from ``clip_models.py``):
 * The reference additionally feeds the description projection back into the video path
   (``mapper_2`` 1024->512, dropout, concatenated with the 512-d temporal output to form the
   1024-d mBART input, replacing HFA's Linear 512->1024). SPEC §5 does not include that path;
-  it is not implemented here (see /work/notes/beyondgloss_integration.md).
+  it is not implemented here.
 """
 
 from __future__ import annotations

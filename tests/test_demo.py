@@ -1,0 +1,40 @@
+"""A very reduced demo run end to end (``configs/demo.py:smoke``): SynthSign -> dataset ->
+tokenizer -> pseudo-glosses -> prototypes -> three training stages -> test + video-blind
+control -> results.json; then ``hfa_jax.translate`` on one generated test video."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = {"bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "rouge_l_f1", "chrf"}
+
+
+def test_smoke_demo_end_to_end_and_translate(tmp_path):
+    wd = str(tmp_path / "demo")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "hfa_jax.main", "--config=configs/demo.py:smoke",
+                        f"--workdir={wd}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    with open(os.path.join(wd, "results.json")) as f:
+        res = json.load(f)
+    assert METRICS <= set(res["test"]) and METRICS <= set(res["test_video_blind"])
+    assert res["seconds"] > 0
+    assert "video-blind control" in r.stdout and "BLEU-4 gap" in r.stdout
+    for stage in ("pretrain", "finetune1", "finetune2"):
+        assert os.path.isfile(os.path.join(wd, stage, "loss_curves.png")), stage
+        assert glob.glob(os.path.join(wd, stage, "tensorboard", "events.out.tfevents.*")), stage
+    assert os.path.isfile(os.path.join(wd, "pretrain", "pg_alignment.png"))
+    hyps = open(os.path.join(wd, "finetune2", "translations", "test_best.hyp.txt")).read().splitlines()
+    refs = open(os.path.join(wd, "finetune2", "translations", "test_best.ref.txt")).read().splitlines()
+    assert len(hyps) == len(refs) == 8
+
+    frames = sorted(glob.glob(os.path.join(wd, "synthsign", "features", "fullFrame-210x260px", "test", "*")))[0]
+    t = subprocess.run([sys.executable, "-m", "hfa_jax.translate", "--workdir", os.path.join(wd, "finetune2"),
+                        "--frames", frames], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert t.returncode == 0, t.stderr[-3000:]
+    name = os.path.basename(frames)
+    rows = dict(l.split("\t")[:2] for l in open(os.path.join(wd, "finetune2", "translations", "test_best.tsv")).read().splitlines()[1:])
+    assert t.stdout.strip().splitlines()[-1] == rows[name].strip()
