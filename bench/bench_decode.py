@@ -158,6 +158,8 @@ def main(argv=None) -> None:
         if "lora_blocks" in d:
             d["lora_blocks"] = tuple(d["lora_blocks"])
         s = Shapes(**d)
+        if a.side == "ours":
+            common.enable_jax_cache()
         if a.side == "torch":
             res = torch_worker(s, a.folder, sentences=a.sentences, src_len=a.src_len,
                                max_new_tokens=a.max_new_tokens, iters=a.iters, warmup=a.warmup,

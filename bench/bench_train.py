@@ -320,6 +320,7 @@ def main(argv=None) -> None:
             d["lora_blocks"] = tuple(d["lora_blocks"])
         s = Shapes(**d)
         if a.side == "ours":
+            common.enable_jax_cache()
             res = ours_worker(a.kind, s, iters=a.iters, warmup=a.warmup, max_seconds=a.max_seconds)
         else:
             res = torch_worker(a.kind, s, iters=a.iters, warmup=a.warmup, max_seconds=a.max_seconds,

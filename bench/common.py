@@ -26,6 +26,7 @@ __all__ = [
     "RESULT_PREFIX",
     "time_calls",
     "pick_torch_threads",
+    "enable_jax_cache",
     "median",
     "peak_rss_mb",
     "emit",
@@ -117,6 +118,22 @@ def pick_torch_threads(fn: Callable[[], Any], sync: Callable[[Any], Any] = lambd
     best = min(probe, key=probe.get)
     torch.set_num_threads(best)
     return {"threads": best, "probe_s": probe}
+
+
+def enable_jax_cache() -> str | None:
+    """Worker side: use JAX's persistent compilation cache when ``HFA_BENCH_JAX_CACHE`` names a
+    folder (run_all.py sets it), so repeated benchmark runs skip XLA compiles. Compilation is
+    never inside a timed step; ``compile_s`` is then the cache load time. Returns the folder."""
+    path = os.environ.get("HFA_BENCH_JAX_CACHE")
+    if not path:
+        return None
+    import jax
+
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 def median(xs: Sequence[float]) -> float:

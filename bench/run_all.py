@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 if __package__ in (None, ""):
@@ -135,6 +136,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--micro", action="store_true", help="toy widths (smoke test)")
     p.add_argument("--no-cost-model", action="store_true", help="skip the cost model")
     p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile reference")
+    p.add_argument("--jax-cache", default=os.path.join(tempfile.gettempdir(), "hfa_bench_jax_cache"),
+                   help="JAX persistent compilation cache for our workers ('' disables)")
     a = p.parse_args(argv)
     only = set(a.only.split(",")) if a.only else None
     if only:
@@ -142,6 +145,8 @@ def main(argv=None) -> list[dict]:
         if bad:
             p.error(f"unknown row(s) {bad}; choose from {', '.join(ROW_ORDER)}, cost_model")
     want = lambda n: only is None or n in only  # noqa: E731
+    if a.jax_cache:
+        os.environ["HFA_BENCH_JAX_CACHE"] = a.jax_cache
     t0 = time.time()
     load0 = common.loadavg()
     print(f"{common.utc_now()}  machine: {common.machine()}  load average {load0}", flush=True)

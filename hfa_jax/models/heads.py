@@ -80,8 +80,14 @@ def cosine_similarity(x: Array, protos: Array, eps: float = 1e-12) -> Array:
     row has similarity exactly 0 with everything."""
     xf = x.astype(jnp.float32)
     pf = protos.astype(jnp.float32)
-    xn = xf / jnp.maximum(jnp.linalg.norm(xf, axis=-1, keepdims=True), eps)
-    pn = pf / jnp.maximum(jnp.linalg.norm(pf, axis=-1, keepdims=True), eps)
+
+    def safe_norm(v: Array) -> Array:
+        # sqrt(max(|v|^2, eps^2)) == max(|v|, eps), but its gradient at a zero vector is 0
+        # rather than NaN (a trainable prototype may be all zeros, e.g. an OOV fastText row).
+        return jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), eps * eps))
+
+    xn = xf / safe_norm(xf)
+    pn = pf / safe_norm(pf)
     return jnp.einsum("bte,ke->btk", xn, pn, precision=jax.lax.Precision.HIGHEST)
 
 

@@ -461,13 +461,15 @@ class Trainer:
 
 
 def _setup_logging(workdir: str) -> None:
+    """Log to ``WORKDIR/train.log`` (only this run's workdir) and to stderr."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    if not any(isinstance(h, logging.FileHandler) and getattr(h, "_hfa_workdir", None) == workdir
-               for h in log.handlers):
-        fh = logging.FileHandler(os.path.join(workdir, "train.log"))
-        fh._hfa_workdir = workdir  # type: ignore[attr-defined]
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
+    for h in list(log.handlers):
+        if isinstance(h, logging.FileHandler):
+            log.removeHandler(h)
+            h.close()
+    fh = logging.FileHandler(os.path.join(workdir, "train.log"))
+    fh.setFormatter(fmt)
+    log.addHandler(fh)
     if not any(type(h) is logging.StreamHandler for h in log.handlers):
         sh = logging.StreamHandler()
         sh.setFormatter(fmt)

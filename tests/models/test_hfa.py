@@ -185,3 +185,16 @@ def test_bf16_and_config_errors(pretrain):
     mc.temporal.out_dim = 48
     with pytest.raises(ConfigError, match="out_dim"):
         HFAConfig.from_config(mc)
+
+
+def test_cosine_similarity_has_finite_gradient_at_zero_vectors():
+    from hfa_jax.models.heads import cosine_similarity
+
+    x = jnp.ones((1, 2, 4))
+    protos = jnp.zeros((3, 4)).at[1].set(jnp.arange(4.0))
+    g = jax.grad(lambda p: cosine_similarity(x, p).sum())(protos)
+    assert np.all(np.isfinite(np.asarray(g)))
+    s = cosine_similarity(x, protos)
+    assert np.allclose(np.asarray(s[..., 0]), 0.0)
+    ref = np.arange(4.0).sum() / (2.0 * np.linalg.norm(np.arange(4.0)))
+    assert np.allclose(np.asarray(s[..., 1]), ref, atol=1e-6)
