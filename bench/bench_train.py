@@ -224,14 +224,15 @@ def torch_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: 
 TRAIN_SHAPES = {"full": dict(batch=2, frames=16, image=112), "quick": dict(batch=1, frames=8, image=56)}
 SCALING_FRAMES = (64, 128, 256, 300)
 SCALING_SHAPES = {"full": dict(batch=1, image=28), "quick": dict(batch=1, image=28)}
+TORCH_COMPILE_TIMEOUT = 600.0  # Inductor on 2 CPU cores takes minutes; give up after this
 ITERS = {"full": (2, 5, 60.0), "quick": (1, 3, 20.0)}  # warmup, iters, max seconds per side
 
 
-def _run(side: str, kind: str, s: Shapes, mode: str) -> dict:
+def _run(side: str, kind: str, s: Shapes, mode: str, timeout: float = 1800.0) -> dict:
     warmup, iters, max_s = ITERS[mode]
     args = ["worker", "--side", side, "--kind", kind, "--shapes", json.dumps(dataclasses.asdict(s)),
             "--iters", str(iters), "--warmup", str(warmup), "--max-seconds", str(max_s)]
-    return common.run_worker("bench_train.py", args)
+    return common.run_worker("bench_train.py", args, timeout=timeout)
 
 
 def _row(name: str, ours: dict, ref: dict, settings: str, extra: dict) -> dict:
@@ -264,7 +265,7 @@ def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = Fal
                  "times_ours": ours["times"], "times_ref": ref["times"], "ref_threads": ref["threads"]}
         if compile_reference and not micro:
             try:
-                rc = _run("torch_compile", kind, base, mode)
+                rc = _run("torch_compile", kind, base, mode, timeout=TORCH_COMPILE_TIMEOUT)
                 extra.update(ref_compiled_s=rc["median_s"], ref_compile_time_s=rc["compile_s"],
                              speedup_vs_compiled=rc["median_s"] / ours["median_s"])
             except Exception as e:  # noqa: BLE001 - reported in the table, not fatal

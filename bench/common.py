@@ -162,7 +162,10 @@ def run_worker(script: str, args: Sequence[str], *, timeout: float = 1800.0, env
     e.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if env:
         e.update(env)
-    p = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    try:
+        p = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"worker {' '.join(cmd[1:3])} ... timed out after {timeout:.0f} s") from exc
     for line in p.stdout.splitlines()[::-1]:
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])

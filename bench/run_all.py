@@ -54,6 +54,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: list[dict]) -> str:
+    """The table as Markdown (for bench/RESULTS.md)."""
+    out = ["| benchmark | ours | reference | speedup | unit | settings |", "|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        sp = f"**{r['speedup']:.2f}x**" if r.get("speedup") else "n/a"
+        out.append(f"| `{r['name']}` | {_fmt(r['ours'], r['unit'])} | {_fmt(r['reference'], r['unit'])} | {sp} | "
+                   f"{r['unit']} | {r['settings']} |")
+    return "\n".join(out)
+
+
 def format_extras(rows: list[dict]) -> str:
     """Second table: memory, throughput in clips/s, torch.compile, checks."""
     out = []
@@ -134,8 +144,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--only", help=f"comma-separated subset of {', '.join(ROW_ORDER)}, cost_model")
     p.add_argument("--micro", action="store_true", help="toy widths (smoke test)")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     p.add_argument("--no-cost-model", action="store_true", help="skip the cost model")
     p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile reference")
+    p.add_argument("--quick-input", action="store_true", help="the input_pipeline row in its --quick form")
     p.add_argument("--jax-cache", default=os.path.join(tempfile.gettempdir(), "hfa_bench_jax_cache"),
                    help="JAX persistent compilation cache for our workers ('' disables)")
     a = p.parse_args(argv)
@@ -168,7 +180,7 @@ def main(argv=None) -> list[dict]:
 
         rows += bench_decode.rows(quick=a.quick, micro=a.micro, progress=progress)
     if want("input_pipeline") and not a.micro:
-        rows.append(input_pipeline_row(a.quick))
+        rows.append(input_pipeline_row(a.quick or a.quick_input))
         progress(rows[-1])
     rows.sort(key=lambda r: ROW_ORDER.index(r["name"]) if r["name"] in ROW_ORDER else 99)
 
@@ -189,6 +201,8 @@ def main(argv=None) -> list[dict]:
     extras = format_extras(rows)
     if extras:
         print("\n" + extras)
+    if a.markdown:
+        print("\n" + format_markdown(rows))
     if cost:
         print("\n" + cost_model.format_report(cost))
     print(f"\nversions: {json.dumps(common.versions())}")

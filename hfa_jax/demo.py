@@ -136,8 +136,9 @@ def stage_config(config, stage: str, paths: dict[str, str], workdir: str):
     if stage == "pretrain":
         c.eval.splits = ("dev",)
         c.eval.final_on_best = False
-    elif stage == "finetune1":
+    elif stage == "finetune1":  # short: no evaluation, stage 2 starts from its last state
         c.eval.splits = ("dev",)
+        c.eval.at_end = False
         c.eval.final_on_best = False
     else:
         c.eval.splits = ("dev", "test")
@@ -159,7 +160,13 @@ def run(config, workdir: str) -> dict:
     summaries = {}
     for i, stage in enumerate(STAGE_DIRS):
         print(f"[demo] {6 + (i == 2)}/7 training stage {stage}", flush=True)
-        summaries[stage] = loop.run(stage_config(config, stage, paths, workdir), os.path.join(workdir, stage))
+        stage_dir = os.path.join(workdir, stage)
+        done = os.path.join(stage_dir, "summary.json")
+        if os.path.exists(done):  # finished in an earlier (interrupted) demo run
+            with open(done) as f:
+                summaries[stage] = json.load(f)
+            continue
+        summaries[stage] = loop.run(stage_config(config, stage, paths, workdir), stage_dir)
     res = summaries["finetune2"]["results"]
     results = {"test": res["test"], "test_video_blind": res["test_video_blind"],
                "dev": res.get("dev"), "seconds": time.time() - t0, "seed": int(config.data.seed),

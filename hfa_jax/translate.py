@@ -107,7 +107,11 @@ class Translator:
         from hfa_jax.data import augment
         from hfa_jax.data.pipeline import bucket_length
 
-        frames = frames[: self.max_frames]
+        if len(frames) > self.max_frames:
+            if self.config.data.frame_selection == "first":  # HFA: the first max_frames frames
+                frames = frames[: self.max_frames]
+            else:  # trained on random subsamples: take an evenly spaced one (deterministic)
+                frames = frames[np.linspace(0, len(frames) - 1, self.max_frames).round().astype(int)]
         t = bucket_length(len(frames), self.buckets)
         x = np.zeros((1, t) + frames.shape[1:], np.uint8)
         x[0, : len(frames)] = frames

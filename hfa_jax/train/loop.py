@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -385,9 +385,10 @@ def load_initial_params(config, stage: str, variables: dict) -> tuple[dict, list
         for src, dst in rules:
             n += _put(params, prev_params, src, dst, f"checkpoint {init_from}",
                       skip=("embed_tokens",) if src == "video_encoder/" else ())
-            for col in ("batch_stats", "buffers"):
-                if col in flat and prev.get(col):
-                    _put(flat[col], _flat(prev[col]), src, dst, f"checkpoint {init_from} ({col})")
+            prev_cols = {"batch_stats": prev.get("batch_stats") or {}, **(prev.get("buffers") or {})}
+            for col, tree in prev_cols.items():
+                if col in flat and tree:
+                    _put(flat[col], _flat(tree), src, dst, f"checkpoint {init_from} ({col})")
         report.append(f"initialised {n} tensors from {init_from} (stage {prev_stage}, step {meta.get('step')})")
     return {col: _unflat(v) for col, v in flat.items()}, report
 
@@ -402,7 +403,7 @@ def _eval_loader(config, source, fields, batch_size: int):
 
     dcfg = config.data
     return pipeline.make_loader(source, batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-                                frame_selection="first", max_frames=int(dcfg.max_frames),
+                                frame_selection=dcfg.frame_selection, max_frames=int(dcfg.max_frames),
                                 buckets=tuple(dcfg.buckets), drop_remainder=False,
                                 worker_count=int(dcfg.get("eval_worker_count", 0)),
                                 example_fn=_RowLookup(fields), fill_last_batch=True)
@@ -850,6 +851,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             # ---- 8. final eval + checkpoint ------------------------------------------------
             final = do_eval(step) if bool(config.eval.at_end) else None
             tr.ckpt.save(step, state, meta_now(step))
+            if tr.ckpt.best.latest_step() is None:  # never evaluated: the last state is the kept one
+                tr.ckpt.save_best(step, state, meta_now(step))
             tr.ckpt.wait()
         finally:
             pbar.close()

@@ -114,16 +114,6 @@ def make_optimizer(*, peak_lr: float, total_steps: int, pct_start: float = 0.05,
     return optax.chain(*parts), sched
 
 
-def optimizer_from_config(train_cfg, total_steps: int) -> tuple[optax.GradientTransformation, OneCycle]:
-    """Builds :func:`make_optimizer` from ``config.train`` (fields ``lr``, ``weight_decay``,
-    ``clip_norm``, ``warmup`` = fraction of steps, or ``warmup_epochs`` with ``steps_per_epoch``)."""
-    pct = float(train_cfg.warmup_pct)
-    return make_optimizer(peak_lr=float(train_cfg.lr), total_steps=total_steps, pct_start=pct,
-                          weight_decay=float(train_cfg.weight_decay),
-                          clip_norm=train_cfg.clip_norm,
-                          cycle_momentum=bool(train_cfg.get("cycle_momentum", True)))
-
-
 def current_lr(opt_state) -> jax.Array:
     """The learning rate used by the last update (from the ``inject_hyperparams`` state)."""
     def is_inject(x):

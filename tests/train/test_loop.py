@@ -81,13 +81,13 @@ def _final_params(workdir):
     return optim.merge_params(state["trainable"], state["frozen"]), state, meta
 
 
-def _losses(workdir):
+def _losses(workdir, key="loss"):
     out = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             row = json.loads(line)
             if row["split"] == "train":
-                out[row["step"]] = row["loss"]
+                out[row["step"]] = row[key]
     return out
 
 
@@ -156,19 +156,40 @@ def test_same_losses_on_1_and_8_devices_data_parallel_and_fsdp(paths, tmp_path):
     loop.run(tiny_config(paths, steps=2), one)
     code = MULTI.format(repo=REPO, config_src=CONFIG_SRC, paths=json.dumps(paths), out=str(tmp_path),
                         cache=str(tmp_path / "cache8"))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    # (the two optimisation flags only shorten XLA's CPU compile of this tiny model)
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+                         "--xla_llvm_disable_expensive_passes=true")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    ref_l = _losses(one)
+    ref_l, ref_g = _losses(one), _losses(one, "grad_norm")
     ref_p, _, _ = _final_params(one)
     for name in ("dp8", "fsdp"):
         wd = str(tmp_path / name)
-        l = _losses(wd)
+        l, g = _losses(wd), _losses(wd, "grad_norm")
         for s in (1, 2):
             assert l[s] == pytest.approx(ref_l[s], rel=1e-5, abs=1e-6), (name, s)
+            assert g[s] == pytest.approx(ref_g[s], rel=1e-4), (name, s)
         p, _, _ = _final_params(wd)
+        # Adam divides by sqrt(v): where a gradient is ~1e-9 its sign depends on the summation
+        # order, so parameters are compared at the update scale, losses and gradient norms tightly.
         for (k, a), b in zip(jax.tree_util.tree_flatten_with_path(ref_p)[0], jax.tree.leaves(p)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"{name} {k}")
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=f"{name} {k}")
     with open(os.path.join(str(tmp_path / "fsdp"), "train.log")) as f:
         assert "'fsdp': 2" in f.read()
+
+
+def test_sigterm_sets_the_preemption_flag_instead_of_killing():
+    import signal
+
+    with ckpt_lib.PreemptionFlag() as flag:
+        assert not flag.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.requested  # the loop saves a checkpoint at the next step boundary, then exits 143
+    assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_video_blind_permutation_is_a_derangement():
+    p = loop.video_blind_permutation(50, seed=3)
+    assert sorted(p) == list(range(50)) and not np.any(p == np.arange(50))
