@@ -172,10 +172,14 @@ def test_same_losses_on_1_and_8_devices_data_parallel_and_fsdp(paths, tmp_path):
             assert l[s] == pytest.approx(ref_l[s], rel=1e-5, abs=1e-6), (name, s)
             assert g[s] == pytest.approx(ref_g[s], rel=1e-4), (name, s)
         p, _, _ = _final_params(wd)
-        # Adam divides by sqrt(v): where a gradient is ~1e-9 its sign depends on the summation
-        # order, so parameters are compared at the update scale, losses and gradient norms tightly.
+        # Adam divides by sqrt(v): where a gradient is ~1e-9 (noise) its sign depends on the
+        # summation order and the update is +-lr either way, so single parameters can differ by up
+        # to 2 steps x lr (1.2e-4 in warm-up); the typical parameter must agree to ~1e-9.
+        diffs = []
         for (k, a), b in zip(jax.tree_util.tree_flatten_with_path(ref_p)[0], jax.tree.leaves(p)):
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=f"{name} {k}")
+            np.testing.assert_allclose(a, b, rtol=0, atol=5e-4, err_msg=f"{name} {k}")
+            diffs.append(np.abs(np.asarray(a) - np.asarray(b)).ravel())
+        assert np.median(np.concatenate(diffs)) < 1e-7, name
     with open(os.path.join(str(tmp_path / "fsdp"), "train.log")) as f:
         assert "'fsdp': 2" in f.read()
 
