@@ -85,9 +85,9 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
 
 
 def _no_zero_rows(protos: np.ndarray, seed: int) -> np.ndarray:
-    """A tiny fastText model returns all-zero vectors for lemmas without any trained subword;
-    the cosine similarity of a zero prototype has no gradient (PyTorch's F.normalize gives 0,
-    JAX's norm gives NaN), so such rows (never row 0, the blank class) get a small random vector."""
+    """A tiny fastText model returns all-zero vectors for lemmas without any trained subword; a
+    zero prototype gets a zero gradient through the cosine similarity (F.normalize convention) and
+    would never train, so such rows (never row 0, the blank class) get a small random vector."""
     protos = protos.copy()
     zero = np.linalg.norm(protos, axis=1) == 0
     zero[0] = False
