@@ -102,6 +102,9 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
         bn_eps=1e-5,
         dtype="float32",  # "bfloat16" on GPU/TPU (params stay float32)
         remat=False,
+        # BeyondGloss objectives (SPEC §5; hfa_jax/models/hand.py), off = plain HFA.
+        beyondgloss=dict(description=False, description_vectors=False, hand_pose=False, hand_dim=288,
+                         feedback_dropout=0.1, desc_dim=0),
     )
     return ml_collections.ConfigDict(c)
 
@@ -122,7 +125,7 @@ def trainable_rules(stage: str) -> list[tuple[str, bool]]:
         return [
             (r"^frame_encoder/.*" + _LORA, True),
             (r"^frame_encoder/", False),
-            (r"^(frame_proj|frame_bn|temporal|pg_head)/", True),
+            (r"^(frame_proj|frame_bn|temporal|pg_head|hand_pose|desc_proj)/", True),
             (r"^(prototypes|cls_token|logit_scale)$", True),
             (r"^video_encoder/.*" + _LORA, True),
             (r"^video_encoder/", False),
@@ -132,13 +135,13 @@ def trainable_rules(stage: str) -> list[tuple[str, bool]]:
         return [
             (r"^mapper/", True),
             (r"^mbart/decoder/.*" + _LORA, True),
-            (r"^(frame_encoder|frame_proj|frame_bn|temporal|mbart)/", False),
+            (r"^(frame_encoder|frame_proj|frame_bn|temporal|hand_pose|mbart)/", False),
         ]
     if stage == "finetune2":
         return [
             (r"^frame_encoder/.*" + _LORA, True),
             (r"^frame_encoder/", False),
-            (r"^(frame_proj|frame_bn|temporal|mapper)/", True),
+            (r"^(frame_proj|frame_bn|temporal|hand_pose|mapper)/", True),
             (r"^mbart/.*" + _LORA, True),
             (r"^mbart/", False),
         ]

@@ -78,6 +78,7 @@ def get_config(arg: str | None = None):
         max_words=10,
         frame_size=54,        # stored frame size (random 48 crop in training, centre in eval)
         tokenizer_vocab=1000,
+        tokenizer_descriptions=False,  # also train the tokenizer on the SynthSign descriptions (BeyondGloss)
         pseudo_glosses="glosses",  # "glosses": SynthSign sign keys; "text": HanTa lemmas (SPEC recipe)
         fasttext_dim=32,
         workers=2,

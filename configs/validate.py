@@ -42,6 +42,7 @@ def base() -> ml_collections.ConfigDict:
         buckets=(64, 128, 192, 256, 300),
         crop_size=224,
         max_text_len=64,
+        max_description_len=128,  # BeyondGloss descriptions (model.beyondgloss.description)
         worker_count=0,        # grain worker processes for the training loader
         eval_worker_count=0,
         seed=0,                # shuffling seed (and, for the demo, the SynthSign seed)
@@ -64,6 +65,8 @@ def base() -> ml_collections.ConfigDict:
         init_from="",          # previous stage's workdir (its best checkpoint)
         pg_loss="bce_with_logits_on_probs",  # reference quirk; "bce" = plain BCE (paper)
         pg_weight=1.0,         # lambda in L_align + lambda * L_pgp
+        lambda_desc=0.5,       # BeyondGloss description alignment weight (model.beyondgloss.description)
+        lambda_hand=0.3,       # BeyondGloss hand-pose distillation weight (model.beyondgloss.hand_pose)
         label_smoothing=0.2,
         log_every_steps=50,
         checkpoint_every_steps=1000,

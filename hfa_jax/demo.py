@@ -56,11 +56,29 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
         print(f"[demo] 2/7 ArrayRecord dataset -> {ds_root}", flush=True)
         build_dataset.convert("phoenix14t", synth, ds_root, size=int(d.frame_size), image_format="jpeg",
                               jpeg_quality=90, workers=int(d.workers), progress=True)
+    bg = config.model.get("beyondgloss", None)
+    if bg is not None and bg.get("hand_pose", False):
+        # BeyondGloss (SPEC §5): per-frame hand-pose targets derived from SynthSign's extras
+        # (the `description` feature is already in the dataset).
+        from data_prep import beyondgloss
+
+        bg_root = os.path.join(workdir, "dataset_beyondgloss")
+        if not _done(os.path.join(bg_root, "phoenix14t", "1.0.0", "dataset_info.json")):
+            print(f"[demo] 2b/7 hand-pose targets (BeyondGloss) -> {bg_root}", flush=True)
+            beyondgloss.convert(ds_root, bg_root, beyondgloss.Inputs(synthsign=synth), progress=True)
+        ds_root = bg_root
     tok_dir = os.path.join(workdir, "tokenizer")
     train_sents = trim_vocab.training_sentences(synth, "train")
     if not _done(os.path.join(tok_dir, "sentencepiece.bpe.model")):
         print(f"[demo] 3/7 SentencePiece tokenizer (mBART layout) -> {tok_dir}", flush=True)
-        trim_vocab.train_tokenizer(train_sents, tok_dir, vocab_size=int(d.tokenizer_vocab))
+        tok_sents = list(train_sents)
+        if bool(d.get("tokenizer_descriptions", False)):
+            # The frozen text encoder reads the (English) hand-motion descriptions through the same
+            # tokenizer: train it on them too. Keep this on for every arm of an ablation.
+            from hfa_jax.data.beyondgloss_io import load_synthsign_descriptions
+
+            tok_sents += load_synthsign_descriptions(synth, "train")
+        trim_vocab.train_tokenizer(tok_sents, tok_dir, vocab_size=int(d.tokenizer_vocab))
     pg_path = os.path.join(workdir, "pseudo_glosses.json")
     if not _done(pg_path):
         print(f"[demo] 4/7 pseudo-glosses ({d.pseudo_glosses}) -> {pg_path}", flush=True)

@@ -33,6 +33,7 @@ import flax.linen as nn
 import numpy as np
 
 from hfa_jax.errors import CheckpointError, ConfigError
+from hfa_jax.models.hand import BeyondGlossConfig, DescriptionProjector, HandPoseBranch
 from hfa_jax.models.heads import MaskedBatchNorm, Mapper, PseudoGlossHead, torch_dense
 from hfa_jax.models.lora import lora_scale
 from hfa_jax.models.mbart import MBart, MBartConfig, MBartEncoder
@@ -72,6 +73,7 @@ class HFAConfig:
     bn_eps: float = 1e-5
     dtype: str = "float32"  # compute dtype for every submodule; params stay float32
     remat: bool = False
+    beyondgloss: BeyondGlossConfig = BeyondGlossConfig()  # SPEC §5 heads (off by default)
 
     def __post_init__(self):
         if self.temporal.width != self.frame_dim:
@@ -112,6 +114,7 @@ class HFAConfig:
         out["vit"] = sub("vit", ViTConfig, c.get("vit"), dtype=dtype, remat=remat)
         out["temporal"] = sub("temporal", TemporalConfig, c.get("temporal"), dtype=dtype, remat=remat)
         out["mbart"] = sub("mbart", MBartConfig, c.get("mbart"), dtype=dtype, remat=remat)
+        out["beyondgloss"] = BeyondGlossConfig.from_config(c.get("beyondgloss"))
         return cls(**out)
 
     @property
@@ -143,16 +146,32 @@ class _VisualTrunk(nn.Module):
         self.frame_proj = torch_dense(cfg.frame_dim, cfg.vit.width, cfg.compute_dtype)
         self.frame_bn = MaskedBatchNorm(momentum=cfg.bn_momentum, epsilon=cfg.bn_eps, dtype=cfg.compute_dtype)
         self.temporal = TemporalEncoder(cfg.temporal)
+        if cfg.beyondgloss.hand_pose:  # SPEC §5: student + feedback between frame_bn and temporal
+            bg = cfg.beyondgloss
+            self.hand_pose = HandPoseBranch(bg.hand_dim, bg.feedback_dropout, dtype=cfg.compute_dtype)
 
-    def encode_frames(self, pixels: Array, frame_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
-        """pixels: [B, T, H, W, 3] f32, frame_mask: [B, T] bool ->
-        (y [B, T', 1024], temporal_mask [B, T'] bool), T' = ceil(T / 2)."""
+    def encode_frames_aux(self, pixels: Array, frame_mask: Array, deterministic: bool = True,
+                          return_hidden: bool = False) -> tuple[Array, Array, dict[str, Array]]:
+        """:meth:`encode_frames` plus ``aux``: ``hand_pred [B, T, 288]`` (with the hand-pose
+        branch) and ``temporal_hidden [B, T', 512]`` (with ``return_hidden``)."""
         b, t = pixels.shape[:2]
         tokens = self.frame_encoder(pixels.reshape(b * t, *pixels.shape[2:]), deterministic)
         x = tokens[:, 0].reshape(b, t, -1)  # final-norm CLS per frame
         x = self.frame_proj(x)
         x = self.frame_bn(x, frame_mask, use_running_average=deterministic)
-        return self.temporal(x, frame_mask.astype(bool), deterministic)
+        aux: dict[str, Array] = {}
+        if self.cfg.beyondgloss.hand_pose:
+            x, aux["hand_pred"] = self.hand_pose(x, deterministic)
+        outs = self.temporal(x, frame_mask.astype(bool), deterministic, return_hidden=return_hidden)
+        if return_hidden:
+            aux["temporal_hidden"] = outs[2]
+        return outs[0], outs[1], aux
+
+    def encode_frames(self, pixels: Array, frame_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+        """pixels: [B, T, H, W, 3] f32, frame_mask: [B, T] bool ->
+        (y [B, T', 1024], temporal_mask [B, T'] bool), T' = ceil(T / 2)."""
+        y, tmask, _ = self.encode_frames_aux(pixels, frame_mask, deterministic)
+        return y, tmask
 
 
 def _mean(x: Array, mask: Array, masked: bool) -> Array:
@@ -198,6 +217,9 @@ class HFAPretrain(_VisualTrunk):
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.logit_scale_init), ())
         self.video_encoder = MBartEncoder(cfg.mbart)
         self.text_encoder = MBartEncoder(cfg.text_encoder_cfg)
+        if cfg.beyondgloss.description:  # SPEC §5: GELU(Linear 512->1024) of the temporal features
+            self.desc_proj = DescriptionProjector(features=cfg.beyondgloss.desc_width(d), masked=cfg.masked_mean,
+                                                  dtype=cfg.compute_dtype)
 
     def __call__(
         self,
@@ -206,9 +228,13 @@ class HFAPretrain(_VisualTrunk):
         text_ids: Array,
         text_mask: Array,
         deterministic: bool = True,
+        desc_ids: Array | None = None,
+        desc_mask: Array | None = None,
+        desc_vec: Array | None = None,
     ) -> dict[str, Array]:
         cfg = self.cfg
-        y, tmask = self.encode_frames(pixels, frame_mask, deterministic)
+        bg = cfg.beyondgloss
+        y, tmask, aux = self.encode_frames_aux(pixels, frame_mask, deterministic, return_hidden=bg.description)
         protos = jnp.concatenate([jnp.zeros((1, cfg.proto_dim), self.prototypes.dtype), self.prototypes], 0)
         pg_scores, pg_sim = self.pg_head(y, tmask, protos, deterministic)
 
@@ -226,7 +252,7 @@ class HFAPretrain(_VisualTrunk):
         # Fully frozen text encoder: no dropout, no gradient.
         tstates = self.text_encoder(text_ids, text_mask, deterministic=True)
         text_vec = jax.lax.stop_gradient(_l2n(_mean(tstates, text_mask, cfg.masked_mean)))
-        return {
+        out = {
             "pg_scores": pg_scores,
             "pg_sim": pg_sim,
             "video_vec": video_vec,
@@ -234,6 +260,19 @@ class HFAPretrain(_VisualTrunk):
             "logit_scale": jnp.exp(self.logit_scale),
             "temporal_mask": tmask,
         }
+        if bg.hand_pose:
+            out["hand_pred"] = aux["hand_pred"]
+        if bg.description:
+            out["video_desc_vec"] = self.desc_proj(aux["temporal_hidden"], tmask)
+            if desc_vec is not None:  # precomputed (the authors' offline mBART-large-50 vectors)
+                out["desc_vec"] = _l2n(desc_vec.astype(jnp.float32))
+            elif desc_ids is not None:  # encoded by the same fully frozen text encoder
+                dstates = self.text_encoder(desc_ids, desc_mask, deterministic=True)
+                out["desc_vec"] = jax.lax.stop_gradient(_l2n(_mean(dstates, desc_mask, cfg.masked_mean)))
+            elif not self.is_initializing():
+                raise ConfigError("model.beyondgloss.description is on but the batch has no desc_ids/desc_vec; "
+                                  "the dataset needs a `description` (or `description_vec`) feature")
+        return out
 
 
 class HFATranslate(_VisualTrunk):

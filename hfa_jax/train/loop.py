@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from hfa_jax.errors import CheckpointError, ConfigError, UserError
+from hfa_jax.train import beyondgloss_losses as bg_losses
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train import losses as losses_lib
 from hfa_jax.train import mesh as mesh_lib
@@ -93,14 +94,37 @@ class _RowLookup:
         return {k: v[i] for k, v in self.fields.items()}
 
 
-def _read_split_text(source) -> tuple[list[str], list[str]]:
-    """(names, texts) of every row of a source, read without decoding frames."""
-    names, texts = [], []
+def _read_split_text(source, extra_key: str | None = None):
+    """(names, texts) of every row of a source, read without decoding frames; with
+    ``extra_key`` also that feature per row (None where absent)."""
+    names, texts, extra = [], [], []
     for i in range(len(source)):
         ex = source[i]
         names.append(ex["name"])
         texts.append(ex["text"])
-    return names, texts
+        if extra_key:
+            extra.append(ex.get(extra_key))
+    return (names, texts, extra) if extra_key else (names, texts)
+
+
+def _beyondgloss(config):
+    """``config.model.beyondgloss`` as a BeyondGlossConfig (all off when absent)."""
+    from hfa_jax.models.hand import BeyondGlossConfig
+
+    return BeyondGlossConfig.from_config(config.model.get("beyondgloss", None))
+
+
+def _example_fn(config, fields):
+    """The loaders' example_fn: the per-row fields, plus the per-frame hand-pose targets when
+    the BeyondGloss hand-pose objective is on (pretraining)."""
+    fn = _RowLookup(fields)
+    if config.train.stage == "pretrain" and _beyondgloss(config).hand_pose:
+        from hfa_jax.data import beyondgloss_io
+
+        beyondgloss_io.HandPoseField.require_first_frames(config.data.frame_selection)
+        length = max(int(b) for b in config.data.buckets)
+        fn = beyondgloss_io.CombinedExampleFn((fn, beyondgloss_io.HandPoseField(length=length)))
+    return fn
 
 
 def build_stage_data(config, splits: tuple[str, ...]) -> StageData:
@@ -118,7 +142,13 @@ def build_stage_data(config, splits: tuple[str, ...]) -> StageData:
     for split in splits:
         src = pipeline.open_split(dcfg.dataset_dir, split)
         sources[split] = src
-        names[split], texts[split] = _read_split_text(src)
+        bg = _beyondgloss(config)
+        use_desc = stage == "pretrain" and bg.description
+        if use_desc:
+            desc_key = "description_vec" if bg.description_vectors else "description"
+            names[split], texts[split], desc_values = _read_split_text(src, desc_key)
+        else:
+            names[split], texts[split] = _read_split_text(src)
         L = int(dcfg.max_text_len)
         if stage == "pretrain":
             ids, amask = tok.encode_source(texts[split], L)
@@ -126,6 +156,13 @@ def build_stage_data(config, splits: tuple[str, ...]) -> StageData:
             pg.check_keys(keys, where=f"split {split!r} of {dcfg.dataset_dir}")
             fields[split] = {"text_ids": ids.astype(np.int32), "text_mask": amask,
                              "pg_targets": pg.multi_hot(keys).astype(np.float32)}
+            if use_desc:
+                from hfa_jax.data import beyondgloss_io
+
+                fields[split].update(beyondgloss_io.description_fields(
+                    desc_values, tokenizer=tok, max_len=int(dcfg.max_description_len),
+                    vectors=bg.description_vectors, dim=bg.desc_dim or None,
+                    where=f"split {split!r} of {dcfg.dataset_dir}"))
         else:
             enc = tok.encode_targets(texts[split], L)
             fields[split] = {k: np.asarray(v) for k, v in enc.items()}
@@ -174,6 +211,7 @@ def forward(model, stage: str, variables, batch: Mapping[str, jax.Array], pixels
     kw = dict(deterministic=not train)
     if stage == "pretrain":
         args = (pixels, batch["frame_mask"], batch["text_ids"], batch["text_mask"])
+        kw.update({k: batch[k] for k in ("desc_ids", "desc_mask", "desc_vec") if k in batch})
     else:
         args = (pixels, batch["frame_mask"], batch["decoder_input_ids"], batch["target_mask"])
     if train:
@@ -185,8 +223,13 @@ def forward(model, stage: str, variables, batch: Mapping[str, jax.Array], pixels
 def stage_loss(config, stage: str, outputs, batch) -> tuple[jax.Array, dict]:
     tcfg = config.train
     if stage == "pretrain":
-        return losses_lib.pretrain_loss(outputs, batch["pg_targets"], pg_weight=float(tcfg.pg_weight),
-                                        pg_mode=tcfg.pg_loss, example_mask=batch.get("example_mask"))
+        total, parts = losses_lib.pretrain_loss(outputs, batch["pg_targets"], pg_weight=float(tcfg.pg_weight),
+                                                pg_mode=tcfg.pg_loss, example_mask=batch.get("example_mask"))
+        bg = _beyondgloss(config)
+        return bg_losses.add_beyondgloss_terms(
+            total, parts, outputs, batch, description=bg.description, hand_pose=bg.hand_pose,
+            lambda_desc=float(tcfg.lambda_desc), lambda_hand=float(tcfg.lambda_hand),
+            example_mask=batch.get("example_mask"))
     loss = losses_lib.translation_loss(outputs, batch["labels"], batch["target_mask"],
                                        label_smoothing=float(tcfg.label_smoothing))
     return loss, {"loss": loss}
@@ -326,6 +369,7 @@ def _put(target: dict[str, Any], source: Mapping[str, Any], src_prefix: str, dst
 _TRANSFER = {
     ("pretrain", "finetune1"): [("frame_encoder/", "frame_encoder/"), ("frame_proj/", "frame_proj/"),
                                 ("frame_bn/", "frame_bn/"), ("temporal/", "temporal/"),
+                                ("hand_pose/", "hand_pose/"),  # BeyondGloss feedback (part of the trunk)
                                 ("video_encoder/", "mbart/encoder/")],
     ("finetune1", "finetune2"): [("", "")],
     ("finetune2", "finetune2"): [("", "")],
@@ -406,7 +450,7 @@ def _eval_loader(config, source, fields, batch_size: int):
                                 frame_selection=dcfg.frame_selection, max_frames=int(dcfg.max_frames),
                                 buckets=tuple(dcfg.buckets), drop_remainder=False,
                                 worker_count=int(dcfg.get("eval_worker_count", 0)),
-                                example_fn=_RowLookup(fields), fill_last_batch=True)
+                                example_fn=_example_fn(config, fields), fill_last_batch=True)
 
 
 def write_translations(path_prefix: str, names, hyps, refs) -> None:
@@ -754,7 +798,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tr.data.sources[dcfg.train_split], batch_size=per_host, seed=int(dcfg.seed), shuffle=True,
         num_epochs=None, frame_selection=dcfg.frame_selection, max_frames=int(dcfg.max_frames),
         buckets=tuple(dcfg.buckets), drop_remainder=True, worker_count=int(dcfg.worker_count),
-        example_fn=_RowLookup(_fields_for(tr, dcfg.train_split)))
+        example_fn=_example_fn(config, _fields_for(tr, dcfg.train_split)))
     it = iter(loader)
 
     # ---- 6. resume -------------------------------------------------------------------------
