@@ -247,6 +247,19 @@ def _text_of(entry: dict[str, Any]) -> str | None:
     return strip_final_period(text) if isinstance(text, str) and text.strip() else None
 
 
+def _label_entries(path: str, split: str, bad: list[BadVideo] | None):
+    """Yields `(name, entry, where)` per label-file entry; duplicate names are reported, skipped."""
+    seen: set[str] = set()
+    for key, entry in _load_label_dict(path).items():
+        name = _entry_name(key, entry, split)
+        where = f"{path} [{key!r}]"
+        if name in seen:
+            _report(bad, BadVideo(split, name, where, "duplicate name; delete one entry"))
+            continue
+        seen.add(name)
+        yield name, entry, where
+
+
 def read_gfslt_labels(labels_path: str, frames_root: str, split: str, *,
                       bad: list[BadVideo] | None = None,
                       check_frames: bool = True) -> list[VideoRecord]:
@@ -271,14 +284,7 @@ def read_gfslt_labels(labels_path: str, frames_root: str, split: str, *,
     _check_split(split)
     path = _label_file(labels_path, split)
     records: list[VideoRecord] = []
-    seen: set[str] = set()
-    for key, entry in _load_label_dict(path).items():
-        name = _entry_name(key, entry, split)
-        where = f"{path} [{key!r}]"
-        if name in seen:
-            _report(bad, BadVideo(split, name, where, "duplicate name; delete one entry"))
-            continue
-        seen.add(name)
+    for name, entry, where in _label_entries(path, split, bad):
         text = _text_of(entry)
         rel = entry.get("imgs_path")
         if text is None or not isinstance(rel, (list, tuple)) or not all(isinstance(p, str) for p in rel):
@@ -335,14 +341,7 @@ def read_csl_daily(labels_dir_or_file: str, frames_root: str, split: str, *,
     _check_split(split)
     path = _label_file(labels_dir_or_file, split)
     records: list[VideoRecord] = []
-    seen: set[str] = set()
-    for key, entry in _load_label_dict(path).items():
-        name = _entry_name(key, entry, split)
-        where = f"{path} [{key!r}]"
-        if name in seen:
-            _report(bad, BadVideo(split, name, where, "duplicate name; delete one entry"))
-            continue
-        seen.add(name)
+    for name, entry, where in _label_entries(path, split, bad):
         text = _text_of(entry)
         if text is None:
             _report(bad, BadVideo(split, name, where, "entry lacks a 'text' string; "
