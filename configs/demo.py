@@ -33,11 +33,14 @@ def demo_model() -> ml_collections.ConfigDict:
     return m
 
 
+# The frame encoder is the hand-locator stand-in for DINOv2 (hfa_jax/train/hand_locator.py): as in
+# the paper it stays frozen apart from its LoRA adapters. The mBART side is randomly initialised,
+# so pretraining trains it all but the (fixed) text encoder.
+_FROZEN_VIT = ((r"^frame_encoder/.*/lora_[ab]$", True), (r"^frame_encoder/", False))
 DEMO_RULES = {
-    # Random init: nothing pretrained to protect, so train all but the (fixed) text encoder.
-    "pretrain": ((r"^text_encoder/", False), (r".*", True)),
+    "pretrain": ((r"^text_encoder/", False),) + _FROZEN_VIT + ((r".*", True),),
     "finetune1": ((r"^mapper/", True), (r"^mbart/(decoder|shared)/", True), (r".*", False)),
-    "finetune2": ((r".*", True),),
+    "finetune2": _FROZEN_VIT + ((r".*", True),),
 }
 
 
@@ -63,7 +66,10 @@ def get_config(arg: str | None = None):
     c.data.max_frames = 32
     c.data.buckets = (32,)
     c.data.max_text_len = 32
-    c.data.augment.update(dict(p=0.5, max_rotate_deg=10.0, max_scale=0.1, max_translate_px=3))
+    # SynthSign already draws each video's placement, scale and speed; the random 48 px crop is the
+    # only augmentation (the affine warp would move the hands away from where the frozen frame
+    # encoder learned to find them).
+    c.data.augment.update(dict(p=0.0, max_rotate_deg=10.0, max_scale=0.1, max_translate_px=3))
     c.eval.batch_size = 16
     c.eval.num_beams = 4
     c.eval.max_new_tokens = 30
@@ -74,14 +80,17 @@ def get_config(arg: str | None = None):
     c.demo = ml_collections.ConfigDict(dict(
         num_train=480,        # SynthSign training sentences
         num_eval=50,          # dev and test sentences each
-        max_glosses=4,        # keep sentences of at most this many signs
-        max_words=10,
+        max_glosses=5,        # keep sentences of at most this many signs
+        max_words=12,
+        domain="closed",      # SynthSign subset: a closed domain (data_prep.synthsign.writer.select_sentences)
         frame_size=54,        # stored frame size (random 48 crop in training, centre in eval)
         tokenizer_vocab=1000,
         tokenizer_descriptions=False,  # also train the tokenizer on the SynthSign descriptions (BeyondGloss)
         pseudo_glosses="glosses",  # "glosses": SynthSign sign keys; "text": HanTa lemmas (SPEC recipe)
         fasttext_dim=32,
         workers=2,
+        pretrain_frame_encoder=True,  # the DINOv2 stand-in (hfa_jax/train/hand_locator.py)
+        frame_encoder_steps=600,
         pretrain_epochs=3.0, pretrain_lr=3e-3,
         finetune1_epochs=1.0, finetune1_lr=3e-3,
         finetune2_epochs=10.0, finetune2_lr=2e-3,
@@ -91,6 +100,7 @@ def get_config(arg: str | None = None):
     if variant == "smoke":  # the test suite's reduced run
         c.demo.update(dict(num_train=24, num_eval=8, max_glosses=3, pretrain_epochs=1.0,
                            finetune1_epochs=1.0, finetune2_epochs=1.0, eval_every_epochs=0.0,
+                           frame_encoder_steps=10,
                            tokenizer_vocab=200))
         c.model.vit.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64, lora_blocks=(0,)))
         c.model.temporal.update(dict(width=32, num_heads=2, mlp_dim=64, out_dim=32))

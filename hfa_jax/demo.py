@@ -46,12 +46,12 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
         # ranking favours sentences covered by the top of the training ranking (writer.py), which
         # the larger training subset contains.
         kw = dict(seed=seed, max_glosses=int(d.max_glosses), max_words=int(d.max_words),
-                  workers=int(d.workers), progress=True)
+                  domain=str(d.get("domain", "frequent")), workers=int(d.workers), progress=True)
         a = generate(synth, max_per_split=int(d.num_train), splits=("train",), **kw)
         b = generate(synth, max_per_split=int(d.num_eval), splits=("dev", "test"), **kw)
         with open(marker, "w") as f:
             json.dump({"train": a["splits"], "eval": b["splits"], "seed": seed}, f)
-    ds_root = os.path.join(workdir, "dataset")
+    ds_root = frames_root = os.path.join(workdir, "dataset")
     if not _done(os.path.join(ds_root, "phoenix14t", "1.0.0", "dataset_info.json")):
         print(f"[demo] 2/7 ArrayRecord dataset -> {ds_root}", flush=True)
         build_dataset.convert("phoenix14t", synth, ds_root, size=int(d.frame_size), image_format="jpeg",
@@ -98,8 +98,22 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
                                        dim=int(d.fasttext_dim), epoch=5)
         protos = prototypes.make_prototypes([v.lower() for v in pg.vocab], ft)
         np.save(proto_path, _no_zero_rows(protos, seed))
+    fe_dir = os.path.join(workdir, "frame_encoder")
+    if not _done(os.path.join(fe_dir, "config.json")) and bool(d.get("pretrain_frame_encoder", True)):
+        print(f"[demo] 5b/7 frame encoder: the DINOv2 stand-in, pretrained to locate the hands -> {fe_dir}",
+              flush=True)
+        from hfa_jax.models import vit as vit_lib
+        from hfa_jax.train import hand_locator
+
+        vcfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.vit.to_dict().items()}
+        data = hand_locator.load_hand_frames(frames_root, synth, "train")
+        res = hand_locator.pretrain(data, vit_lib.ViTConfig(**vcfg), fe_dir, crop_size=int(config.data.crop_size),
+                                    steps=int(d.frame_encoder_steps), seed=seed)
+        print(f"[demo]    held-out frames: hand-centre MSE {res['hand_mse']:.4f} (mean predictor "
+              f"{res['hand_var']:.4f}), handshape accuracy {res['shape_acc']:.2f}", flush=True)
     return {"dataset_dir": ds_root, "tokenizer_dir": tok_dir, "pseudo_glosses": pg_path,
-            "prototypes": proto_path}
+            "prototypes": proto_path,
+            "frame_encoder": fe_dir if bool(d.get("pretrain_frame_encoder", True)) else ""}
 
 
 def _no_zero_rows(protos: np.ndarray, seed: int) -> np.ndarray:
@@ -150,6 +164,9 @@ def stage_config(config, stage: str, paths: dict[str, str], workdir: str):
     c.train.trainable = DEMO_RULES[stage]
     c.train.epochs = float(d[f"{stage}_epochs"])
     c.train.lr = float(d[f"{stage}_lr"])
+    # The pretraining stage imports the frame encoder like real DINOv2 weights; later stages
+    # inherit it through their checkpoints.
+    c.weights.vit = paths.get("frame_encoder", "") if stage == "pretrain" else ""
     c.train.init_from = "" if stage == "pretrain" else os.path.join(workdir, STAGE_DIRS[STAGE_DIRS.index(stage) - 1])
     if stage == "pretrain":
         c.eval.splits = ("dev",)

@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
                         "glosses with dev/test signs covered by train (see writer.select_sentences)")
     p.add_argument("--max_glosses", type=int, default=None, help="keep sentences with at most K signs")
     p.add_argument("--max_words", type=int, default=None, help="keep sentences with at most this many words")
+    p.add_argument("--domain", default="frequent", choices=["frequent", "closed"],
+                   help="with --max_per_split: 'closed' picks dev/test sentences whose sign set occurs in "
+                        "train and train sentences made of their signs (the CPU demo's subset)")
     p.add_argument("--splits", nargs="+", default=["train", "dev", "test"], choices=["train", "dev", "test"])
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--compress_level", type=int, default=1, choices=range(10), metavar="0-9",
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_per_split=parse_caps(args.max_per_split),
         max_glosses=args.max_glosses,
         max_words=args.max_words,
+        domain=args.domain,
         splits=tuple(args.splits),
         workers=args.workers,
         compress_level=args.compress_level,

@@ -89,6 +89,7 @@ def select_sentences(
     max_per_split: int | Mapping[str, int] | None = None,
     max_glosses: int | None = None,
     max_words: int | None = None,
+    domain: str = "frequent",
 ) -> dict[str, list[CorpusEntry]]:
     """Pick the sentences to render.
 
@@ -107,7 +108,19 @@ def select_sentences(
          to N by score.
        Dev/test choices do not depend on `splits` (the train subset is computed even when "train"
        is not written), so the demo's splits always match each other.
+    4. `domain="closed"` (with `max_per_split`; what the CPU demo uses): a closed domain a small
+       model can learn from a few hundred videos. PHOENIX14T's translations are loose paraphrases
+       of the signs, so even a perfect sign recogniser can only translate a test sentence whose
+       combination of signs it has seen in training:
+       - dev and test: sentences whose *set* of signs is also the sign set of some train-pool
+         sentence, in corpus order, skipping a repeated sign sequence, sign set or translation;
+       - train: the train-pool sentences made only of signs that dev/test show, those sharing a
+         dev/test sign set first, then by score (repeated translations allowed: they are different
+         recordings of the same sentence in the real corpus and different signers here).
+       Selection uses glosses only, never the dev/test translations.
     """
+    if domain not in ("frequent", "closed"):
+        raise ConfigError(f"domain={domain!r} is not 'frequent' or 'closed'")
     for s in splits:
         if s not in SPLITS:
             raise ConfigError(f"split {s!r} is not one of {SPLITS}; pass --splits with train/dev/test")
@@ -152,6 +165,9 @@ def select_sentences(
         ks = keys(e)
         return (-min(freq[k] for k in ks), -sum(freq[k] for k in ks) / len(ks), e.name)
 
+    if domain == "closed":
+        return {s: v for s, v in _closed_domain(pool, caps, keys, score).items() if s in splits}
+
     out = {s: dedup_take(sorted(pool[s], key=score), caps[s]) for s in ("dev", "test")}
     needed = {k for s in ("dev", "test") for e in out[s] for k in keys(e)}
     ranked = sorted(pool["train"], key=score)
@@ -172,6 +188,30 @@ def select_sentences(
         needed.difference_update(keys(best))
     out["train"] = dedup_take(train + [e for e in ranked if e.name not in taken], caps["train"])
     return {s: out[s] for s in splits}
+
+
+def _closed_domain(pool, caps, keys, score) -> dict[str, list[CorpusEntry]]:
+    """`select_sentences(domain="closed")`: see its docstring."""
+    train_sets = {frozenset(keys(e)) for e in pool["train"]}
+    out: dict[str, list[CorpusEntry]] = {}
+    for s in ("dev", "test"):
+        chosen, seen = [], set()
+        for e in pool[s]:
+            ks = keys(e)
+            marks = (tuple(ks), frozenset(ks), e.translation)
+            if frozenset(ks) not in train_sets or any(m in seen for m in marks):
+                continue
+            seen.update(marks)
+            chosen.append(e)
+            if caps[s] is not None and len(chosen) == caps[s]:
+                break
+        out[s] = chosen
+    eval_sets = {frozenset(keys(e)) for s in ("dev", "test") for e in out[s]}
+    eval_signs = set().union(*eval_sets) if eval_sets else set()
+    inside = [e for e in pool["train"] if set(keys(e)) <= eval_signs]
+    inside.sort(key=lambda e: (frozenset(keys(e)) not in eval_sets, score(e)))
+    out["train"] = inside[: caps["train"]] if caps["train"] is not None else inside
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,6 +303,7 @@ def generate(
     max_per_split: int | Mapping[str, int] | None = None,
     max_glosses: int | None = None,
     max_words: int | None = None,
+    domain: str = "frequent",
     splits: Sequence[str] = SPLITS,
     workers: int | None = None,
     compress_level: int = 1,
@@ -283,7 +324,8 @@ def generate(
     seed = int(seed)
     splits = tuple(splits)
     selection = select_sentences(
-        load_corpus(), splits=splits, max_per_split=max_per_split, max_glosses=max_glosses, max_words=max_words
+        load_corpus(), splits=splits, max_per_split=max_per_split, max_glosses=max_glosses, max_words=max_words,
+        domain=domain,
     )
     out = pathlib.Path(out_dir)
     jobs = [(str(out), seed, s, e, compress_level) for s in splits for e in selection[s]]
@@ -325,6 +367,7 @@ def generate(
         "max_per_split": dict(max_per_split) if isinstance(max_per_split, Mapping) else max_per_split,
         "max_glosses": max_glosses,
         "max_words": max_words,
+        "domain": domain,
         "splits": split_summary,
         "signs": len(keys),
         "handshapes": list(lexicon.HANDSHAPES),

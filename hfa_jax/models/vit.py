@@ -83,6 +83,10 @@ class ViTConfig:
     dtype: str | None = None  # compute dtype ("float32", "bfloat16"; None = float32); params float32
     remat: bool = False
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" | "cudnn" | "auto"
+    # False (SPEC): the blocks below the first LoRA block are frozen and run under stop_gradient
+    # (no gradient, no stored activations). True: gradient through every block, for a ViT trained
+    # from scratch or fully fine-tuned; the freezing table then decides what is updated.
+    train_all_blocks: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "lora_blocks", tuple(int(b) for b in self.lora_blocks))
@@ -100,6 +104,8 @@ class ViTConfig:
     @property
     def first_trainable_block(self) -> int:
         """Blocks below this index carry no gradient (run under stop_gradient)."""
+        if self.train_all_blocks:
+            return 0
         return min(self.lora_blocks) if self.lora_blocks and self.lora_rank > 0 else self.depth
 
 
@@ -275,7 +281,7 @@ class ViT(nn.Module):
         block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
         first = cfg.first_trainable_block
         for i in range(cfg.depth):
-            if i == first:
+            if i == first and not cfg.train_all_blocks:
                 # Frozen blocks below the first LoRA block: no gradient, so no stored activations.
                 x = jax.lax.stop_gradient(x)
             lora = cfg.lora_rank > 0 and i in cfg.lora_blocks
@@ -608,3 +614,76 @@ def from_hf(path: str, cfg: ViTConfig | None = None, *, seed: int = 0, **overrid
     cfg = dataclasses.replace(file_cfg, **overrides)
     params = _add_lora(convert(sd, cfg, wpath), cfg, seed)
     return ViT(cfg), {"params": jax.tree.map(jnp.asarray, params)}
+
+
+# --------------------------------------------------------------------------- checkpoint writing
+def to_hf(params: Mapping[str, Any], cfg: ViTConfig, out_dir: str) -> str:
+    """Writes ``params`` (a :class:`ViT`'s ``params``; LoRA adapters are merged into their kernels)
+    as a Hugging Face DINOv2 folder (``config.json`` + ``model.safetensors``, the legacy tensor
+    names every Hub checkpoint uses), so :func:`from_hf` and ``transformers.Dinov2Model`` read it.
+    The folder is written next to ``out_dir`` and renamed into place (atomic). Returns ``out_dir``.
+    """
+    from safetensors.numpy import save_file
+
+    if cfg.num_registers or cfg.mlp_dim % cfg.width:
+        raise ValueError("to_hf: register models and mlp_dim not a multiple of width are not supported")
+    d = cfg.width
+    scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank > 0 else 0.0
+
+    def kernel(layer):  # merged W + (alpha / r) A B, as the LoRA layer computes it
+        k = np.asarray(layer["kernel"], np.float32)
+        if "lora_a" in layer:
+            k = k + scale * np.asarray(layer["lora_a"], np.float32) @ np.asarray(layer["lora_b"], np.float32)
+        return k
+
+    sd: dict[str, np.ndarray] = {}
+
+    def lin(name, layer):
+        sd[name + ".weight"] = kernel(layer).T
+        sd[name + ".bias"] = np.asarray(layer["bias"], np.float32)
+
+    def ln(name, layer):
+        sd[name + ".weight"] = np.asarray(layer["scale"], np.float32)
+        sd[name + ".bias"] = np.asarray(layer["bias"], np.float32)
+
+    pe = params["patch_embed"]
+    sd["embeddings.patch_embeddings.projection.weight"] = np.asarray(pe["kernel"], np.float32).transpose(3, 2, 0, 1)
+    sd["embeddings.patch_embeddings.projection.bias"] = np.asarray(pe["bias"], np.float32)
+    sd["embeddings.cls_token"] = np.asarray(params["cls_token"], np.float32)
+    sd["embeddings.mask_token"] = np.asarray(params["mask_token"], np.float32)
+    sd["embeddings.position_embeddings"] = np.asarray(params["pos_embed"], np.float32)
+    ln("layernorm", params["norm"])
+    for i in range(cfg.depth):
+        blk, pre = params[f"block_{i}"], f"encoder.layer.{i}."
+        qkv = blk["attn"]["qkv"]
+        k, b = kernel(qkv), np.asarray(qkv["bias"], np.float32)
+        for j, n in enumerate(("query", "key", "value")):
+            sd[pre + f"attention.attention.{n}.weight"] = k[:, j * d:(j + 1) * d].T
+            sd[pre + f"attention.attention.{n}.bias"] = b[j * d:(j + 1) * d]
+        lin(pre + "attention.output.dense", blk["attn"]["proj"])
+        ln(pre + "norm1", blk["norm1"])
+        ln(pre + "norm2", blk["norm2"])
+        lin(pre + "mlp.fc1", blk["mlp"]["fc1"])
+        lin(pre + "mlp.fc2", blk["mlp"]["fc2"])
+        sd[pre + "layer_scale1.lambda1"] = np.asarray(blk["ls1"], np.float32)
+        sd[pre + "layer_scale2.lambda1"] = np.asarray(blk["ls2"], np.float32)
+    config = {
+        "model_type": "dinov2", "architectures": ["Dinov2Model"], "hidden_size": d,
+        "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads, "patch_size": cfg.patch_size,
+        "image_size": cfg.pos_grid * cfg.patch_size, "num_channels": 3, "mlp_ratio": cfg.mlp_dim // d,
+        "layer_norm_eps": cfg.ln_eps, "layerscale_value": cfg.layerscale_init, "hidden_act": "gelu",
+        "qkv_bias": True, "use_swiglu_ffn": False, "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0, "drop_path_rate": 0.0, "initializer_range": 0.02,
+    }
+    out_dir = os.path.abspath(out_dir)
+    tmp = out_dir + ".partial"
+    if os.path.exists(tmp):
+        import shutil
+
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, os.path.join(tmp, "model.safetensors"))
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(tmp, out_dir)
+    return out_dir

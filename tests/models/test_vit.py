@@ -187,6 +187,50 @@ def test_lora_blocks_and_stop_gradient():
     np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(jax.jit(m.apply)({"params": p}, x)), atol=0.15)
 
 
+def test_train_all_blocks_gives_every_block_a_gradient():
+    cfg = ViTConfig(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(2,), lora_rank=2,
+                    lora_alpha=2.0, train_all_blocks=True)
+    m = ViT(cfg)
+    x = jnp.asarray(_pixels(2, 28, 28))
+    p = jax.jit(m.init)(jax.random.key(0), x)["params"]
+    g = jax.jit(jax.grad(lambda q: jnp.sum(m.apply({"params": q}, x) ** 2)))(p)
+    for name in ("block_0", "block_1", "patch_embed", "pos_embed", "cls_token"):
+        assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g[name])) > 0, name
+    # no LoRA at all: SPEC freezes the whole ViT, train_all_blocks trains it
+    cfg0 = ViTConfig(**{**cfg.__dict__, "lora_rank": 0})
+    p0 = jax.jit(ViT(cfg0).init)(jax.random.key(0), x)["params"]
+    g0 = jax.grad(lambda q: jnp.sum(ViT(cfg0).apply({"params": q}, x) ** 2))(p0)
+    assert float(jnp.abs(g0["patch_embed"]["kernel"]).max()) > 0
+    g0f = jax.grad(lambda q: jnp.sum(ViT(ViTConfig(**{**cfg0.__dict__, "train_all_blocks": False})).apply(
+        {"params": q}, x) ** 2))(p0)
+    assert float(jnp.abs(g0f["block_2"]["mlp"]["fc1"]["kernel"]).max()) == 0.0
+
+
+def test_to_hf_round_trip_and_transformers_reads_it(tmp_path):
+    """Our exporter writes a folder that from_hf and transformers' Dinov2Model both read back to
+    the same function (LoRA merged into the kernels)."""
+    import transformers
+
+    from hfa_jax.models.vit import to_hf
+
+    cfg = ViTConfig(patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(1,),
+                    lora_rank=2, lora_alpha=4.0)
+    m = ViT(cfg)
+    x = jnp.asarray(_pixels(2, 32, 32))
+    p = m.init(jax.random.key(0), x)["params"]
+    rng = np.random.default_rng(0)
+    p = jax.tree.map(lambda a: a + 0.05 * rng.standard_normal(a.shape).astype(np.float32), p)  # LoRA B != 0
+    out = to_hf(p, cfg, str(tmp_path / "fe"))
+    ours = np.asarray(m.apply({"params": p}, x))
+    m2, v2 = from_hf(out, cfg, lora_rank=0)
+    np.testing.assert_allclose(np.asarray(m2.apply(v2, x)), ours, atol=1e-5)
+    hf = transformers.Dinov2Model.from_pretrained(out).eval()
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2)).last_hidden_state.numpy()
+    np.testing.assert_allclose(ref, ours, atol=1e-5)
+    assert not os.path.exists(out + ".partial")
+
+
 def _saved_residual_size(module, params, x):
     """Elements of the batch-sized residuals that reverse-mode AD saves (traced, not run)."""
     import contextlib
