@@ -39,4 +39,5 @@ def test_smoke_demo_end_to_end_and_translate(tmp_path):
     assert t.returncode == 0, t.stderr[-3000:]
     name = os.path.basename(frames)
     rows = dict(l.split("\t")[:2] for l in open(os.path.join(wd, "finetune2", "translations", "test_best.tsv")).read().splitlines()[1:])
-    assert t.stdout.strip().splitlines()[-1] == rows[name].strip()
+    # the last stdout line is the translation (possibly empty for this barely trained model)
+    assert t.stdout.rstrip("\n").split("\n")[-1].strip() == rows[name].strip()

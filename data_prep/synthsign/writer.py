@@ -115,8 +115,11 @@ def select_sentences(
        - dev and test: sentences whose *set* of signs is also the sign set of some train-pool
          sentence, in corpus order, skipping a repeated sign sequence, sign set or translation;
        - train: the train-pool sentences made only of signs that dev/test show, those sharing a
-         dev/test sign set first, then by score (repeated translations allowed: they are different
-         recordings of the same sentence in the real corpus and different signers here).
+         dev/test sign set first, then by score, at most `CLOSED_MAX_PER_SIGN_SET` per sign set
+         (the corpus repeats its greetings dozens of times; uncapped, a third of the subset would
+         be "guten abend liebe zuschauer" and a small model learns to say only that). Repeated
+         translations are otherwise allowed: different recordings in the real corpus, different
+         signers here.
        Selection uses glosses only, never the dev/test translations.
     """
     if domain not in ("frequent", "closed"):
@@ -190,6 +193,9 @@ def select_sentences(
     return {s: out[s] for s in splits}
 
 
+CLOSED_MAX_PER_SIGN_SET = 4
+
+
 def _closed_domain(pool, caps, keys, score) -> dict[str, list[CorpusEntry]]:
     """`select_sentences(domain="closed")`: see its docstring."""
     train_sets = {frozenset(keys(e)) for e in pool["train"]}
@@ -210,7 +216,14 @@ def _closed_domain(pool, caps, keys, score) -> dict[str, list[CorpusEntry]]:
     eval_signs = set().union(*eval_sets) if eval_sets else set()
     inside = [e for e in pool["train"] if set(keys(e)) <= eval_signs]
     inside.sort(key=lambda e: (frozenset(keys(e)) not in eval_sets, score(e)))
-    out["train"] = inside[: caps["train"]] if caps["train"] is not None else inside
+    per_set: collections.Counter = collections.Counter()
+    train = []
+    for e in inside:
+        k = frozenset(keys(e))
+        if per_set[k] < CLOSED_MAX_PER_SIGN_SET:
+            per_set[k] += 1
+            train.append(e)
+    out["train"] = train[: caps["train"]] if caps["train"] is not None else train
     return out
 
 

@@ -66,7 +66,7 @@ def load_hand_frames(dataset_dir: str, synthsign_root: str, split: str = "train"
 
 
 def pretrain(data: HandFrames, cfg: vit_lib.ViTConfig, out_dir: str, *, crop_size: int, steps: int = 600,
-             batch_size: int = 64, lr: float = 1e-3, seed: int = 0, num_handshapes: int = 8,
+             batch_size: int = 64, lr: float = 2e-3, seed: int = 0, num_handshapes: int = 8,
              progress: bool = True) -> dict:
     """Trains a ViT of ``cfg``'s architecture (every block, no LoRA) on ``data`` and writes it to
     ``out_dir`` as a Hugging Face DINOv2 folder. Returns ``{"hand_mse", "hand_var", "shape_acc",

@@ -17,6 +17,7 @@ from PIL import Image
 from data_prep.synthsign import corpus, lexicon, renderer, writer
 from data_prep.synthsign.__main__ import main as cli
 from data_prep.synthsign.corpus import load_corpus, load_table
+from hfa_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -284,6 +285,35 @@ def test_small_subset_favours_frequent_glosses_and_train_covers_test():
     assert full["dev"] == [
         e for e in c["dev"] if 1 <= len(lexicon.lexical_keys(e.gloss)) <= 5 and len(e.translation.split()) <= 8
     ]
+
+
+def test_closed_domain_subset():
+    """The demo's subset: every dev/test sign set was signed in some training sentence, training
+    uses only dev/test signs, at most CLOSED_MAX_PER_SIGN_SET sentences per sign set, and dev/test
+    repeat no sign sequence, sign set or translation."""
+    c = load_corpus()
+    caps = {"train": 480, "dev": 50, "test": 50}
+    sel = writer.select_sentences(c, max_per_split=caps, max_glosses=5, max_words=12, domain="closed")
+    keys = lambda e: frozenset(lexicon.lexical_keys(e.gloss))  # noqa: E731
+    pool = [e for e in c["train"] if 1 <= len(lexicon.lexical_keys(e.gloss)) <= 5 and len(e.translation.split()) <= 12]
+    pool_sets = {keys(e) for e in pool}
+    eval_signs = set()
+    for split in ("dev", "test"):
+        assert 10 <= len(sel[split]) <= 50
+        assert all(keys(e) in pool_sets for e in sel[split])
+        assert len({keys(e) for e in sel[split]}) == len({e.translation for e in sel[split]}) == len(sel[split])
+        eval_signs |= {k for e in sel[split] for k in keys(e)}
+    assert sel["train"] and all(keys(e) <= eval_signs for e in sel["train"])
+    per_set = collections.Counter(keys(e) for e in sel["train"])
+    assert max(per_set.values()) == writer.CLOSED_MAX_PER_SIGN_SET
+    # every dev/test sign set is in the (capped) training subset, not just in the pool
+    train_sets = set(per_set)
+    assert all(keys(e) in train_sets for s in ("dev", "test") for e in sel[s])
+    # the same subset whichever splits are written; an unknown domain is refused
+    assert writer.select_sentences(c, max_per_split=caps, max_glosses=5, max_words=12, domain="closed",
+                                   splits=("test",))["test"] == sel["test"]
+    with pytest.raises(ConfigError, match="domain"):
+        writer.select_sentences(c, max_per_split=caps, domain="open")
 
 
 def test_command_line(tmp_path, capsys):

@@ -22,7 +22,7 @@ def bg_paths(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("bgdata"))
     c = demo_cfg.get_config("smoke")
     c.demo.update(dict(num_train=8, num_eval=8, max_glosses=2, frame_size=36, fasttext_dim=8, workers=1,
-                       tokenizer_descriptions=True))
+                       tokenizer_descriptions=True, domain="frequent", pretrain_frame_encoder=False))
     c.model.beyondgloss.hand_pose = True  # the demo adds the SynthSign-derived hand_pose feature
     paths = demo.prepare_data(c, root)
     assert paths["dataset_dir"].endswith("dataset_beyondgloss")

@@ -63,7 +63,8 @@ def paths(tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("tinydata"))
     c = demo_cfg.get_config("smoke")
-    c.demo.update(dict(num_train=8, num_eval=8, max_glosses=2, frame_size=36, fasttext_dim=8, workers=1))
+    c.demo.update(dict(num_train=8, num_eval=8, max_glosses=2, frame_size=36, fasttext_dim=8, workers=1,
+                       domain="frequent", pretrain_frame_encoder=False))
     return demo.prepare_data(c, root)
 
 
