@@ -1,14 +1,15 @@
 """The CPU demo on an embedded default: SynthSign -> dataset -> tokenizer -> pseudo-glosses ->
-prototypes -> pretrain -> fine-tune (stages 1 and 2) -> test + video-blind control.
+prototypes -> frame encoder (DINOv2 stand-in) -> pretrain -> fine-tune (stages 1 and 2) -> test +
+video-blind control.
 
     python -m hfa_jax.main --config=configs/demo.py --workdir=runs/demo [--config.data.seed=1]
 
-Everything is generated locally (no downloads) and the models are tiny and randomly initialised,
-so a few settings differ from the paper's, each for a stated reason below: the freezing tables
-(there are no pretrained weights to keep frozen: pretraining trains everything but the text
-encoder, stage 1 the mapper and the decoder, stage 2 everything), plain BCE for the pseudo-gloss
-loss, and a random 32-frame subsample per clip. ``:smoke`` shrinks it further (the test suite's
-reduced run).
+Everything is generated locally (no downloads) and the models are tiny, so a few settings differ
+from the paper's, each for a stated reason below: a closed-domain SynthSign subset; a frame encoder
+pretrained to locate the hands (hfa_jax/train/hand_locator.py) in place of DINOv2, frozen but for
+LoRA as in the paper; the randomly initialised mBART side trained in pretraining (all but the text
+encoder); plain BCE with weight 5 for the pseudo-gloss loss; a random 32-frame subsample per clip.
+``:smoke`` shrinks it further (the test suite's reduced run).
 """
 
 from __future__ import annotations
