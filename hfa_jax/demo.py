@@ -3,11 +3,14 @@
 Steps, each in ``WORKDIR/<step>`` and skipped when already complete (so an interrupted demo
 resumes; the training stages resume from their own checkpoints):
 
-1. ``synthsign/``   a SynthSign subset (``data_prep.synthsign.generate``), seed ``config.data.seed``
+1. ``synthsign/``   a SynthSign subset (``data_prep.synthsign.generate``, ``config.demo.domain``),
+   seed ``config.data.seed``
 2. ``dataset/``     the ArrayRecord dataset (``data_prep.build_dataset.convert``)
 3. ``tokenizer/``   a SentencePiece tokenizer in mBART layout (``data_prep.trim_vocab.train_tokenizer``)
 4. ``pseudo_glosses.json`` from the SynthSign sign keys, or HanTa lemmas of the text (the SPEC recipe)
 5. ``prototypes.npy`` from a small fastText model trained on the training sentences
+5b. ``frame_encoder/`` the DINOv2 stand-in (``hfa_jax.train.hand_locator``), a DINOv2 folder that the
+   pretraining stage imports through ``config.weights.vit``
 6. ``pretrain/``, ``finetune1/``, ``finetune2/`` the three training stages (``hfa_jax.train.loop.run``)
 7. test evaluation of the best stage-2 checkpoint and the video-blind control (the same
    hypotheses scored against the sentences of other videos): ``results.json`` + a table.
