@@ -38,10 +38,16 @@ def demo_model() -> ml_collections.ConfigDict:
 # the paper it stays frozen apart from its LoRA adapters. The mBART side is randomly initialised,
 # so pretraining trains it all but the (fixed) text encoder.
 _FROZEN_VIT = ((r"^frame_encoder/.*/lora_[ab]$", True), (r"^frame_encoder/", False))
+# Stage 2 departs from the paper (which trains the visual side too): with 207 training videos,
+# translation cross-entropy on the video side memorises the training signers (the training loss
+# reaches its label-smoothing floor while test outputs collapse onto 2-3 frequent sentences), so
+# the demo keeps the video side as pseudo-gloss pretraining left it and trains mapper + mBART.
+# Seed 0: BLEU-4 gap over the video-blind control 5.2 -> 11.6, and stage 2 takes half the time.
+_FROZEN_VIDEO = ((r"^(frame_encoder|frame_proj|frame_bn|hand_pose|temporal)/", False),)
 DEMO_RULES = {
     "pretrain": ((r"^text_encoder/", False),) + _FROZEN_VIT + ((r".*", True),),
     "finetune1": ((r"^mapper/", True), (r"^mbart/(decoder|shared)/", True), (r".*", False)),
-    "finetune2": _FROZEN_VIT + ((r".*", True),),
+    "finetune2": _FROZEN_VIDEO + ((r".*", True),),
 }
 
 
@@ -57,8 +63,9 @@ def get_config(arg: str | None = None):
     # tiny gradient; from random init the demo needs the plain BCE switch to learn the signs.
     c.train.pg_loss = "bce"
     # The randomly initialised mBART's alignment loss (~2.5) otherwise dominates the clipped
-    # gradient and the pseudo-gloss head barely moves from the label prior in the demo's budget.
-    c.train.pg_weight = 5.0
+    # gradient and the pseudo-gloss head barely moves from the label prior in the demo's budget
+    # (seed 0, dev pseudo-gloss loss after pretraining: 0.150 at weight 5, 0.132 at 20).
+    c.train.pg_weight = 20.0
     c.train.batch_size = 8
     c.train.log_every_steps = 10
     c.train.checkpoint_every_steps = 200
