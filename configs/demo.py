@@ -8,7 +8,8 @@ Everything is generated locally (no downloads) and the models are tiny, so a few
 from the paper's, each for a stated reason below: a closed-domain SynthSign subset; a frame encoder
 pretrained to locate the hands (hfa_jax/train/hand_locator.py) in place of DINOv2, frozen but for
 LoRA as in the paper; the randomly initialised mBART side trained in pretraining (all but the text
-encoder); plain BCE with weight 5 for the pseudo-gloss loss; a random 32-frame subsample per clip.
+encoder); plain BCE with weight 20 for the pseudo-gloss loss; stage 2 keeps the video side frozen
+(trains mapper + mBART); a random 32-frame subsample per clip.
 ``:smoke`` shrinks it further (the test suite's reduced run).
 """
 
