@@ -40,6 +40,9 @@ def base() -> ml_collections.ConfigDict:
         frame_selection="first",   # HFA keeps the first 300 frames; "random": GFSLT subsample
         max_frames=300,
         buckets=(64, 128, 192, 256, 300),
+        # > 0: batch clips of similar length (windows of this many batches; pipeline.make_loader).
+        # Less padding, so fewer frames through the ViT; 0 = plain shuffling as the references.
+        length_grouping=0,
         crop_size=224,
         max_text_len=64,
         max_description_len=128,  # BeyondGloss descriptions (model.beyondgloss.description)

@@ -170,6 +170,37 @@ class ArrayRecordSplit:
         # grain validates restored iterator states against repr(source): keep it stable.
         return f"ArrayRecordSplit(builder_dir={self.builder_dir!r}, split={self.split!r})"
 
+    def num_frames(self, progress: bool = True) -> np.ndarray:
+        """``[len(self)] int64``: every record's ``num_frames``, for length-grouped batching.
+
+        Read once (a pass over the split, with a progress bar) and cached as
+        ``num_frames.<split>.npy`` beside ``dataset_info.json``; the cache is ignored when its
+        length does not match the split, and skipped silently on a read-only dataset folder.
+        """
+        cache = os.path.join(self.builder_dir, f"num_frames.{self.split}.npy")
+        if os.path.exists(cache):
+            cached = np.load(cache, allow_pickle=False)
+            if cached.shape == (len(self),):
+                return cached.astype(np.int64)
+        from tqdm import tqdm
+
+        out = np.array([self[i]["num_frames"] for i in tqdm(range(len(self)), desc=f"num_frames {self.split}",
+                                                             unit="clip", disable=not progress)], np.int64)
+        try:
+            tmp = f"{cache}.tmp{os.getpid()}.npy"
+            np.save(tmp, out)
+            os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the new one
+        except OSError:
+            pass
+        return out
+
+
+def source_num_frames(source: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Every example's ``num_frames`` (``ArrayRecordSplit.num_frames`` when the source has it)."""
+    if hasattr(source, "num_frames") and callable(source.num_frames):
+        return np.asarray(source.num_frames(), np.int64)
+    return np.array([int(source[i]["num_frames"]) for i in range(len(source))], np.int64)
+
 
 def open_split(dataset_dir: str, split: str) -> ArrayRecordSplit:
     """Opens ``split`` of the tfds ArrayRecord dataset in ``dataset_dir`` (no TensorFlow needed).
@@ -266,6 +297,63 @@ class _PrepareExample:
         return out
 
 
+class _LengthGroupedOrder:
+    """Index map for length-grouped batching: position in the stream -> source index.
+
+    Epoch ``e`` is a seeded permutation of the (sharded) examples, cut into windows of
+    ``window_batches * batch_size``; inside a window the examples are sorted by length and cut
+    into batches, and the batch order inside the window is shuffled. Batches then hold clips of
+    similar length (little padding) while every epoch still visits every example once, in a new
+    order. ``n % batch_size`` examples (random ones, different each epoch) sit out each epoch so
+    that batches never straddle two epochs. Pure index arithmetic: the grain iterator state (a
+    position) restores it exactly.
+    """
+
+    def __init__(self, indices: np.ndarray, lengths: np.ndarray, *, batch_size: int, window_batches: int, seed: int):
+        self.indices = np.asarray(indices, np.int64)
+        self.lengths = np.asarray(lengths, np.int64)
+        self.batch_size = batch_size
+        self.window = window_batches * batch_size
+        self.seed = seed
+        self.epoch_length = (len(self.indices) // batch_size) * batch_size
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x6C656E, epoch]))
+        perm = rng.permutation(len(self.indices))[: self.epoch_length]
+        out = []
+        for start in range(0, len(perm), self.window):
+            win = perm[start : start + self.window]
+            win = win[np.argsort(self.lengths[win], kind="stable")]
+            batches = win.reshape(-1, self.batch_size)
+            out.append(batches[rng.permutation(len(batches))].reshape(-1))
+        order = self.indices[np.concatenate(out)]
+        self._cache = (epoch, order)
+        return order
+
+    def __call__(self, position: int) -> int:
+        epoch, j = divmod(int(position), self.epoch_length)
+        return int(self.epoch_order(epoch)[j])
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled to grain workers without the cache
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadAt:
+    """map_with_index step for length grouping: read the source example the order points at."""
+
+    source: Any
+    order: _LengthGroupedOrder
+
+    def __call__(self, position: int, _unused: Any) -> Mapping[str, Any]:
+        return self.source[self.order(position)]
+
+
 def bucket_length(num_frames: int, buckets: Sequence[int]) -> int:
     """Smallest bucket ``>= num_frames`` (buckets sorted ascending)."""
     for b in buckets:
@@ -345,6 +433,8 @@ def make_loader(
     shard_count: int | None = None,
     read_threads: int = 1,
     prefetch_batches: int = 2,
+    length_grouping: int = 0,
+    num_frames: np.ndarray | None = None,
 ) -> grain.IterDataset:
     """Builds the grain pipeline over ``source`` (e.g. :func:`open_split`) yielding host batches.
 
@@ -369,6 +459,13 @@ def make_loader(
         ``jax.process_index()``/``jax.process_count()`` (multi-host data parallelism).
       read_threads: threads per process computing batches (decoding releases the GIL).
       prefetch_batches: batches buffered per process (bounded: batches are large).
+      length_grouping: with ``shuffle``, batch clips of similar length: each epoch's shuffled
+        order is cut into windows of this many batches, sorted by length inside a window, and the
+        window's batches are shuffled (:class:`_LengthGroupedOrder`). Padding, and with it the
+        frames the model processes for nothing, drops sharply (PHOENIX14T: 16-475 frames per
+        clip). 0 (default) = plain shuffling, the references' behaviour. Needs ``drop_remainder``.
+      num_frames: every source example's frame count (default: :func:`source_num_frames`,
+        cached beside an ArrayRecord dataset); only read with ``length_grouping``.
 
     Returns:
       A grain ``IterDataset``; ``it = iter(loader)`` yields batch dicts (see module docstring) and
@@ -392,6 +489,10 @@ def make_loader(
         raise ConfigError(f"seed={seed} must be in [0, 2**32)")
     if num_epochs is not None and num_epochs <= 0:
         raise ConfigError(f"num_epochs={num_epochs} must be positive or None")
+    if length_grouping < 0:
+        raise ConfigError(f"length_grouping={length_grouping} must be >= 0 (0 = off)")
+    if length_grouping and not (shuffle and drop_remainder):
+        raise ConfigError("length_grouping needs shuffle=True and drop_remainder=True (a training loader)")
     if shard_index is None or shard_count is None:
         import jax  # only for the multi-host default
 
@@ -399,17 +500,32 @@ def make_loader(
     if len(source) == 0:
         raise DataError(f"source {source!r} is empty")
 
-    ds = grain.MapDataset.source(source)
-    if shard_count > 1:
-        # Every host reads a disjoint, equally long slice (drops at most shard_count-1 examples
-        # so that hosts stay in lockstep).
-        per_host = len(ds) // shard_count
-        ds = ds[shard_index : per_host * shard_count : shard_count]
-    epoch_length = len(ds)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)  # re-permuted every epoch once repeated (seed + epoch)
-    if num_epochs != 1:
-        ds = ds.repeat(num_epochs)
+    # Every host reads a disjoint, equally long slice (drops at most shard_count-1 examples so
+    # that hosts stay in lockstep).
+    per_host = len(source) // shard_count
+    host_indices = np.arange(shard_index, per_host * shard_count, shard_count)
+    if length_grouping:
+        lengths = source_num_frames(source) if num_frames is None else np.asarray(num_frames, np.int64)
+        if lengths.shape != (len(source),):
+            raise ConfigError(f"num_frames has shape {lengths.shape}; the source has {len(source)} examples")
+        order = _LengthGroupedOrder(host_indices, lengths[host_indices], batch_size=batch_size,
+                                    window_batches=length_grouping, seed=seed)
+        epoch_length = order.epoch_length
+        if epoch_length == 0:
+            raise DataError(f"{len(host_indices)} examples on this host < batch_size={batch_size}")
+        ds = grain.MapDataset.range(epoch_length)
+        if num_epochs != 1:
+            ds = ds.repeat(num_epochs)
+        ds = ds.map_with_index(_ReadAt(source, order))
+    else:
+        ds = grain.MapDataset.source(source)
+        if shard_count > 1:
+            ds = ds[shard_index : per_host * shard_count : shard_count]
+        epoch_length = len(ds)
+        if shuffle:
+            ds = ds.shuffle(seed=seed)  # re-permuted every epoch once repeated (seed + epoch)
+        if num_epochs != 1:
+            ds = ds.repeat(num_epochs)
     ds = ds.map_with_index(
         _PrepareExample(
             seed=seed,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -235,6 +237,71 @@ def test_host_shards_are_disjoint_and_cover_the_data(dataset):
         got.append([int(i) for b in it for i in b["index"] if i >= 0])
     assert not set(got[0]) & set(got[1])
     assert sorted(got[0] + got[1]) == list(range(len(LENGTHS)))
+
+
+def test_num_frames_are_read_once_and_cached(dataset):
+    src = P.open_split(dataset, "train")
+    got = src.num_frames(progress=False)
+    np.testing.assert_array_equal(got, LENGTHS)
+    cache = os.path.join(src.builder_dir, "num_frames.train.npy")
+    assert os.path.exists(cache)
+    np.save(cache, np.array(LENGTHS) * 0 + 5)  # the cache, not a second pass, answers now
+    assert list(P.open_split(dataset, "train").num_frames(progress=False)) == [5] * len(LENGTHS)
+    np.save(cache, np.array([1, 2]))  # wrong length: ignored and rewritten
+    np.testing.assert_array_equal(P.source_num_frames(P.open_split(dataset, "train")), LENGTHS)
+
+
+def _grouped_lengths(order_fn, lengths, n_batches, batch_size):
+    return [[lengths[order_fn(b * batch_size + j)] for j in range(batch_size)] for b in range(n_batches)]
+
+
+def test_length_grouping_visits_every_example_and_cuts_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(16, 476, 400)  # PHOENIX14T's range
+    idx = np.arange(400)
+    order = P._LengthGroupedOrder(idx, lengths, batch_size=8, window_batches=10, seed=3)
+    e0, e1 = order.epoch_order(0).copy(), order.epoch_order(1).copy()
+    assert sorted(e0) == sorted(e1) == list(range(400))  # 400 % 8 == 0: nobody sits out
+    assert not np.array_equal(e0, e1)  # a new order every epoch
+    assert np.array_equal(e0, P._LengthGroupedOrder(idx, lengths, batch_size=8, window_batches=10, seed=3).epoch_order(0))
+
+    def padded(order_idx):
+        t = np.minimum(lengths[order_idx], 300).reshape(-1, 8)
+        return (t.max(1, keepdims=True) - t).sum() / (t.max(1, keepdims=True) * 8).sum()
+
+    plain = padded(rng.permutation(400))
+    grouped = padded(e0)
+    assert grouped < plain / 3, (grouped, plain)
+    # batches are not sorted globally: long and short batches alternate inside a window
+    maxima = np.minimum(lengths[e0], 300).reshape(-1, 8).max(1)[:10]
+    assert not (np.all(np.diff(maxima) >= 0) or np.all(np.diff(maxima) <= 0))
+    # an odd count: the remainder sits out, different examples in different epochs
+    odd = P._LengthGroupedOrder(idx[:397], lengths[:397], batch_size=8, window_batches=10, seed=3)
+    assert odd.epoch_length == 392 and len(set(odd.epoch_order(0))) == 392
+    assert set(odd.epoch_order(0)) != set(odd.epoch_order(1))
+
+
+def test_length_grouped_loader_batches_similar_lengths_and_resumes(dataset):
+    kw = dict(shuffle=True, num_epochs=None, drop_remainder=True, batch_size=2, length_grouping=5)
+    it = iter(loader(dataset, **kw))
+    first_epoch = take(it, 5)
+    seen = [int(i) for b in first_epoch for i in b["index"]]
+    assert sorted(seen) == list(range(len(LENGTHS)))
+    clipped = np.minimum(np.array(LENGTHS), MAX_FRAMES)
+    for b in first_epoch:  # one window = the whole epoch: neighbours in length order
+        n = sorted(clipped[b["index"]])
+        ranks = [sorted(clipped).index(x) for x in n]
+        assert ranks[1] - ranks[0] <= 2
+        assert b["frame_mask"].sum(1).tolist() == clipped[b["index"]].tolist()
+    state = it.get_state()
+    expected = take(it, 6)
+    fresh = iter(loader(dataset, **kw))
+    fresh.set_state(state)
+    assert_batches_equal(take(fresh, 6), expected)
+    with pytest.raises(ConfigError, match="length_grouping"):
+        loader(dataset, shuffle=False, drop_remainder=True, length_grouping=2)
+    with pytest.raises(ConfigError, match="num_frames"):
+        loader(dataset, **{**kw, "num_frames": np.ones(3)})
 
 
 def test_jpeg_frames_decode_close_to_the_originals(jpeg_dataset, clips):

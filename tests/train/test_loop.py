@@ -198,3 +198,25 @@ def test_sigterm_sets_the_preemption_flag_instead_of_killing():
 def test_video_blind_permutation_is_a_derangement():
     p = loop.video_blind_permutation(50, seed=3)
     assert sorted(p) == list(range(50)) and not np.any(p == np.arange(50))
+
+
+def test_length_grouping_reaches_the_training_loader(paths, tmp_path, monkeypatch):
+    from hfa_jax.data import pipeline
+
+    class Stop(Exception):
+        pass
+
+    seen, original = {}, pipeline.make_loader
+
+    def spy(*args, **kw):
+        if not kw.get("shuffle"):  # evaluation loaders
+            return original(*args, **kw)
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "make_loader", spy)
+    c = tiny_config(paths, steps=2)
+    c.data.length_grouping = 3
+    with pytest.raises(Stop):
+        loop.run(c, str(tmp_path / "w"))
+    assert seen["length_grouping"] == 3 and seen["drop_remainder"] is True
