@@ -277,12 +277,12 @@ def description_fields(values: list[Any], *, tokenizer: Any = None, max_len: int
 class HandPoseField:
     """``example_fn`` adding the stored ``hand_pose`` of an example at a fixed length.
 
-    ``example["hand_pose"] [N, 288]`` -> ``{"hand_pose": [length, 288] float32}``: the first
-    ``min(N, length)`` rows, zero-padded. With ``frame_selection="first"`` (HFA) the pipeline
-    keeps the first ``max_frames`` frames, so row t is frame t of the batch; set ``length`` to
-    the largest bucket and slice the batch field to the batch's T (``[:, :T]``; the loss does
-    it). Random frame subsampling would misalign targets, so it is refused where the trainer
-    builds this (see ``require_first_frames``). Picklable (grain workers).
+    ``example["hand_pose"] [N, 288]`` -> ``{"hand_pose": [length, 288] float32}``: the rows of
+    the frames the pipeline kept (``example["frame_indices"]``, passed by
+    :func:`hfa_jax.data.pipeline.make_loader`; without it the first ``min(N, length)`` rows), in
+    order and zero-padded, so row t is frame t of the batch under either frame selection
+    ("first" or "random"). Set ``length`` to the largest bucket and slice the batch field to the
+    batch's T (``[:, :T]``; the loss does it). Picklable (grain workers).
     """
 
     length: int
@@ -294,16 +294,18 @@ class HandPoseField:
             raise DataError(f"example {example.get('name', example.get('index'))!r} has no {self.key!r} feature; "
                             "add it with `python -m data_prep.beyondgloss` or turn model.beyondgloss.hand_pose off")
         src = np.asarray(example[self.key], np.float32).reshape(-1, self.dim)
+        keep = example.get("frame_indices")
+        if keep is not None:
+            keep = np.asarray(keep, np.int64)
+            if keep.size and int(keep.max()) >= src.shape[0]:
+                raise DataError(f"example {example.get('name', example.get('index'))!r}: {self.key} has "
+                                f"{src.shape[0]} rows but frame {int(keep.max())} was kept; rebuild the "
+                                "targets with `python -m data_prep.beyondgloss` (one row per frame)")
+            src = src[keep]
         out = np.zeros((self.length, self.dim), np.float32)
         n = min(self.length, src.shape[0])
         out[:n] = src[:n]
         return {"hand_pose": out}
-
-    @staticmethod
-    def require_first_frames(frame_selection: str) -> None:
-        if frame_selection != "first":
-            raise ConfigError(f"model.beyondgloss.hand_pose needs data.frame_selection='first' (got "
-                              f"{frame_selection!r}): per-frame targets must stay aligned with the kept frames")
 
 
 @dataclasses.dataclass(frozen=True)

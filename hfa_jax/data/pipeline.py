@@ -287,7 +287,8 @@ class _PrepareExample:
             "index": np.int32(index),
         }
         if self.example_fn is not None:
-            extra = self.example_fn(example)
+            # `frame_indices`: the kept frames, so per-frame fields can follow the selection.
+            extra = self.example_fn({**example, "frame_indices": keep})
             clash = _RESERVED_KEYS.intersection(extra)
             if clash:
                 raise ConfigError(
@@ -451,8 +452,9 @@ def make_loader(
       drop_remainder: drop the last incomplete batch (training).
       worker_count: grain worker processes decoding batches (0 = in this process).
       example_fn: ``example -> {field: array}`` adding fixed-shape numeric fields per example
-        (the example dict is the source row: str fields, ``index``, encoded ``frames``). It runs in
-        the worker processes, so it must be picklable.
+        (the example dict is the source row: str fields, ``index``, encoded ``frames``, plus
+        ``frame_indices``: the sorted indices of the kept frames, for per-frame fields). It runs
+        in the worker processes, so it must be picklable.
       fill_last_batch: without ``drop_remainder``, pad the last batch to ``batch_size`` with filler
         rows (``index`` -1, mask all False) so that every batch has the same shape.
       shard_index, shard_count: this host's slice of the data; default

@@ -121,7 +121,6 @@ def _example_fn(config, fields):
     if config.train.stage == "pretrain" and _beyondgloss(config).hand_pose:
         from hfa_jax.data import beyondgloss_io
 
-        beyondgloss_io.HandPoseField.require_first_frames(config.data.frame_selection)
         length = max(int(b) for b in config.data.buckets)
         fn = beyondgloss_io.CombinedExampleFn((fn, beyondgloss_io.HandPoseField(length=length)))
     return fn

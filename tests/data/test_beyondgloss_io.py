@@ -146,7 +146,7 @@ def test_description_fields_and_synthsign_descriptions(tmp_path):
         bgio.load_synthsign_descriptions(str(tmp_path), "dev")
 
 
-def test_hand_pose_field_pads_and_requires_first_frames():
+def test_hand_pose_field_pads_and_follows_the_kept_frames():
     fn = bgio.HandPoseField(length=6)
     ex = {"name": "a", "hand_pose": np.arange(4 * 288, dtype=np.float32).reshape(4, 288)}
     out = pickle.loads(pickle.dumps(fn))(ex)  # picklable for grain workers
@@ -157,8 +157,11 @@ def test_hand_pose_field_pads_and_requires_first_frames():
     assert bgio.HandPoseField(length=6)(long)["hand_pose"].shape == (6, 288)
     with pytest.raises(DataError, match="no 'hand_pose' feature"):
         fn({"name": "a"})
-    with pytest.raises(ConfigError, match="frame_selection='first'"):
-        bgio.HandPoseField.require_first_frames("random")
+    picked = fn({**ex, "frame_indices": np.array([0, 2, 3])})["hand_pose"]  # random selection
+    np.testing.assert_array_equal(picked[:3], ex["hand_pose"][[0, 2, 3]])
+    assert np.all(picked[3:] == 0)
+    with pytest.raises(DataError, match="frame 7 was kept"):
+        fn({**ex, "frame_indices": np.array([1, 7])})
     both = bgio.CombinedExampleFn((fn, lambda e: {"x": np.int32(1)}))
     assert set(both(ex)) == {"hand_pose", "x"}
     with pytest.raises(ConfigError, match="twice"):
@@ -225,6 +228,15 @@ def test_convert_round_trip(tmp_path):
     for r, i in enumerate(batch["index"]):
         n = int(batch["frame_mask"][r].sum())
         np.testing.assert_array_equal(batch["hand_pose"][r, :n], want[src[int(i)]["name"]])
+    # Random frame subsampling (GFSLT switch): the targets follow the kept frames.
+    loader = pipeline.make_loader(src, batch_size=3, seed=4, shuffle=False, num_epochs=1, buckets=(2, 4),
+                                  max_frames=2, frame_selection="random", drop_remainder=False,
+                                  example_fn=bgio.HandPoseField(length=4), shard_index=0, shard_count=1)
+    batch = next(iter(loader))
+    for r, i in enumerate(batch["index"]):
+        full = want[src[int(i)]["name"]]
+        rows = [int(np.flatnonzero((full == h).all(1))[0]) for h in batch["hand_pose"][r, :2]]
+        assert rows == sorted(rows) and len(set(rows)) == 2  # two distinct kept frames, in order
     with pytest.raises(DataError, match="already exists"):
         conv.convert(src_dir, str(tmp_path / "out"), conv.Inputs(hand_pose=hp), progress=False)
 
