@@ -23,6 +23,39 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_axes: Sequence[str] = ("data",))
     return NamedSharding(mesh, PartitionSpec(tuple(batch_axes), *([None] * (ndim - 1))))
 
 
+# Batch fields whose axis 1 is the padded time axis of the bucket (pipeline._PadBatch).
+TIME_FIELDS = ("frames", "frame_mask")
+
+
+def pad_time(batch: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Pads the time axis of ``frames``/``frame_mask`` to ``length`` (zeros, mask False)."""
+    out = dict(batch)
+    for name in TIME_FIELDS:
+        if name in out:
+            value = np.asarray(out[name])
+            if value.shape[1] > length:
+                raise ValueError(f"batch field {name!r} has {value.shape[1]} time steps > {length}")
+            pad = [(0, 0)] * value.ndim
+            pad[1] = (0, length - value.shape[1])
+            out[name] = np.pad(value, pad)
+    return out
+
+
+def agree_on_time_length(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Multi-host: pads every process's batch to the longest time axis among the processes.
+
+    Each process buckets its own rows, so two hosts can pick different bucket lengths for the same
+    step; one global array needs one shape. The longest is itself a bucket length, so the
+    compiled step sees no new shapes. One tiny all-gather per batch; a no-op on one process.
+    """
+    if jax.process_count() == 1 or "frames" not in batch:
+        return dict(batch)
+    from jax.experimental import multihost_utils
+
+    lengths = multihost_utils.process_allgather(np.int32(np.shape(batch["frames"])[1]))
+    return pad_time(batch, int(np.max(lengths)))
+
+
 def to_global(
     batch: Mapping[str, np.ndarray],
     mesh: Mesh,

@@ -523,9 +523,9 @@ def _setup_logging(workdir: str) -> None:
 
 
 def _to_device(batch: Mapping[str, np.ndarray], mesh, keys) -> dict:
-    from hfa_jax.data.sharding import to_global
+    from hfa_jax.data.sharding import agree_on_time_length, to_global
 
-    return to_global({k: batch[k] for k in keys}, mesh, mesh_lib.BATCH_AXES)
+    return to_global(agree_on_time_length({k: batch[k] for k in keys}), mesh, mesh_lib.BATCH_AXES)
 
 
 def build_trainer(config, workdir: str) -> Trainer:

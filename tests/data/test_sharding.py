@@ -82,3 +82,27 @@ def test_to_global_and_augment_on_8_emulated_devices():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("OK")
     assert proc.stdout.count("config error:") == 2
+
+
+def test_hosts_agree_on_the_time_length(monkeypatch):
+    import jax
+    import numpy as np
+    import pytest
+    from jax.experimental import multihost_utils
+
+    from hfa_jax.data import sharding
+
+    batch = {"frames": np.ones((2, 64, 4, 4, 3), np.uint8), "frame_mask": np.ones((2, 64), bool),
+             "labels": np.arange(6).reshape(2, 3)}
+    same = sharding.agree_on_time_length(batch)  # one process: unchanged
+    assert same["frames"].shape == (2, 64, 4, 4, 3)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 128], np.int32))
+    out = sharding.agree_on_time_length(batch)  # the other host bucketed to 128
+    assert out["frames"].shape == (2, 128, 4, 4, 3) and out["frame_mask"].shape == (2, 128)
+    np.testing.assert_array_equal(out["frames"][:, :64], batch["frames"])
+    assert not out["frames"][:, 64:].any() and not out["frame_mask"][:, 64:].any()
+    assert out["frame_mask"][:, :64].all()
+    np.testing.assert_array_equal(out["labels"], batch["labels"])
+    with pytest.raises(ValueError, match="time steps"):
+        sharding.pad_time(batch, 32)
