@@ -54,7 +54,7 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
         b = generate(synth, max_per_split=int(d.num_eval), splits=("dev", "test"), **kw)
         with open(marker, "w") as f:
             json.dump({"train": a["splits"], "eval": b["splits"], "seed": seed}, f)
-    ds_root = frames_root = os.path.join(workdir, "dataset")
+    ds_root = os.path.join(workdir, "dataset")
     if not _done(os.path.join(ds_root, "phoenix14t", "1.0.0", "dataset_info.json")):
         print(f"[demo] 2/7 ArrayRecord dataset -> {ds_root}", flush=True)
         build_dataset.convert("phoenix14t", synth, ds_root, size=int(d.frame_size), image_format="jpeg",
@@ -109,7 +109,7 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
         from hfa_jax.train import hand_locator
 
         vcfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.vit.to_dict().items()}
-        data = hand_locator.load_hand_frames(frames_root, synth, "train")
+        data = hand_locator.load_hand_frames(ds_root, synth, "train")
         res = hand_locator.pretrain(data, vit_lib.ViTConfig(**vcfg), fe_dir, crop_size=int(config.data.crop_size),
                                     steps=int(d.frame_encoder_steps), seed=seed)
         print(f"[demo]    held-out frames: hand-centre MSE {res['hand_mse']:.4f} (mean predictor "
