@@ -31,23 +31,34 @@ _log = logging.getLogger(__name__)
 
 
 def dot_product_attention(
-    q: Array, k: Array, v: Array, mask: Array | None = None, bias: Array | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    *,
+    kv_heads_first: bool = False,
 ) -> Array:
     """Plain scaled dot-product attention.
 
-    q: [B, T, N, H], k/v: [B, S, N, H], mask: bool broadcastable to [B, N, T, S] (True = attend),
-    bias: float broadcastable to [B, N, T, S]. Returns [B, T, N, H] in q's dtype.
-    Rows whose keys are all masked yield the mean of v rather than NaN (finite min fill, the
-    PyTorch/transformers convention).
+    q: [B, T, N, H], k/v: [B, S, N, H] (or [B, N, S, H] with ``kv_heads_first``), mask: bool
+    broadcastable to [B, N, T, S] (True = attend), bias: float broadcastable to [B, N, T, S].
+    Returns [B, T, N, H] in q's dtype. Rows whose keys are all masked yield the mean of v rather
+    than NaN (finite min fill, the PyTorch/transformers convention).
+
+    ``kv_heads_first`` is for keys/values that stay in memory across calls (decoding caches):
+    the batched matmuls want (B, N) leading, so in the default layout XLA transposes k and v on
+    every call, which for a one-token decoding step costs more than the attention itself.
     """
+    kv = "bnsh" if kv_heads_first else "bsnh"
     scale = 1.0 / np.sqrt(q.shape[-1])
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum(f"btnh,{kv}->bnts", q, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs, v)
+    return jnp.einsum(f"bnts,{kv}->btnh", probs, v)
 
 
 def apply_rope(x: Array, positions: Array, base: float = 10000.0) -> Array:

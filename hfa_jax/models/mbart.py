@@ -222,9 +222,17 @@ def _attend(
     dropout_rate: float,
     deterministic: bool,
     dropout_rng: Array | None,
+    kv_heads_first: bool = False,
 ) -> Array:
-    """Scaled dot-product attention. q: [B, T, H, Dh], k/v: [B, S, H, Dh], mask: bool
-    broadcastable to [B, H, T, S] (True = attend). Returns [B, T, H, Dh] in q's dtype."""
+    """Scaled dot-product attention. q: [B, T, H, Dh], k/v: [B, S, H, Dh] (or [B, H, S, Dh]
+    with ``kv_heads_first``: the decoding caches), mask: bool broadcastable to [B, H, T, S]
+    (True = attend). Returns [B, T, H, Dh] in q's dtype."""
+    if kv_heads_first:
+        # Cached decoding: deterministic, one or a few query positions; plain XLA attention
+        # reads the head-major cache without transposing it.
+        if dropout_rate > 0.0 and not deterministic:
+            raise ValueError("attention over a decoding cache is deterministic (no dropout)")
+        return attention_lib.dot_product_attention(q, k, v, mask=mask, kv_heads_first=True)
     if dropout_rate > 0.0 and not deterministic:
         # Dropout on the attention probabilities (HF ``attention_dropout``): explicit softmax.
         scale = 1.0 / np.sqrt(q.shape[-1])
@@ -297,13 +305,17 @@ class MBartAttention(nn.Module):
             self._split(self.v_proj(x, deterministic=deterministic)),
         )
 
-    def attend(self, q: Array, k: Array, v: Array, mask: Array | None, deterministic: bool = True) -> Array:
-        """q: [B, T, H, Dh], k/v: [B, S, H, Dh], mask bool [B, 1|H, T, S] -> [B, T, D]."""
+    def attend(
+        self, q: Array, k: Array, v: Array, mask: Array | None, deterministic: bool = True,
+        kv_heads_first: bool = False,
+    ) -> Array:
+        """q: [B, T, H, Dh], k/v: [B, S, H, Dh] (``kv_heads_first``: [B, H, S, Dh]),
+        mask bool [B, 1|H, T, S] -> [B, T, D]."""
         rate = self.cfg.attention_dropout
         rng = self.make_rng("dropout") if (rate > 0.0 and not deterministic) else None
         out = _attend(
             q, k, v, mask, impl=self.cfg.attention_impl, dropout_rate=rate,
-            deterministic=deterministic, dropout_rng=rng,
+            deterministic=deterministic, dropout_rng=rng, kv_heads_first=kv_heads_first,
         )
         out = out.reshape(*out.shape[:-2], self.cfg.d_model)
         return self.out_proj(out, deterministic=deterministic)
@@ -377,9 +389,10 @@ class MBartDecoderLayer(nn.Module):
         self.act_drop = nn.Dropout(cfg.activation_dropout)
 
     def cross_key_value(self, encoder_states: Array) -> dict[str, Array]:
-        """encoder_states [B, S, D] -> {"k", "v"}: [B, S, H, Dh] (decoding is deterministic)."""
+        """encoder_states [B, S, D] -> {"k", "v"}: [B, H, S, Dh], head-major like the self cache
+        (decoding is deterministic)."""
         k, v = self.encoder_attn.key_value(encoder_states, True)
-        return {"k": k, "v": v}
+        return {"k": _heads_first(k), "v": _heads_first(v)}
 
     def __call__(
         self,
@@ -396,14 +409,17 @@ class MBartDecoderLayer(nn.Module):
         q = self.self_attn.query(h, deterministic)
         k, v = self.self_attn.key_value(h, deterministic)
         new_cache = None
-        if self_cache is not None:
-            # Write this step's keys/values at positions index.. and attend over the whole
-            # (static-length) cache; self_mask hides the unwritten/future slots.
+        cached = self_cache is not None
+        if cached:
+            # Write this step's keys/values at positions index.. of the head-major cache
+            # [B, H, T, Dh] and attend over the whole (static-length) cache; self_mask hides the
+            # unwritten/future slots.
             zero = jnp.zeros((), jnp.int32)
-            k = jax.lax.dynamic_update_slice(self_cache["k"], k.astype(self_cache["k"].dtype), (zero, index, zero, zero))
-            v = jax.lax.dynamic_update_slice(self_cache["v"], v.astype(self_cache["v"].dtype), (zero, index, zero, zero))
+            at = (zero, zero, index, zero)
+            k = jax.lax.dynamic_update_slice(self_cache["k"], _heads_first(k).astype(self_cache["k"].dtype), at)
+            v = jax.lax.dynamic_update_slice(self_cache["v"], _heads_first(v).astype(self_cache["v"].dtype), at)
             new_cache = {"k": k, "v": v}
-        h = self.self_attn.attend(q, k, v, self_mask, deterministic)
+        h = self.self_attn.attend(q, k, v, self_mask, deterministic, kv_heads_first=cached)
         x = x + self.drop(h, deterministic=deterministic)
 
         h = self.encoder_attn_layer_norm(x)
@@ -412,7 +428,7 @@ class MBartDecoderLayer(nn.Module):
             ck, cv = cross_cache["k"], cross_cache["v"]
         else:
             ck, cv = self.encoder_attn.key_value(encoder_states, deterministic)
-        h = self.encoder_attn.attend(q, ck, cv, cross_mask, deterministic)
+        h = self.encoder_attn.attend(q, ck, cv, cross_mask, deterministic, kv_heads_first=cross_cache is not None)
         x = x + self.drop(h, deterministic=deterministic)
 
         h = self.final_layer_norm(x)
@@ -420,6 +436,12 @@ class MBartDecoderLayer(nn.Module):
         h = self.act_drop(h, deterministic=deterministic)
         h = self.fc2(h, deterministic=deterministic)
         return x + self.drop(h, deterministic=deterministic), new_cache
+
+
+def _heads_first(x: Array) -> Array:
+    """[B, S, H, Dh] -> [B, H, S, Dh]: the decoding caches' layout, the one the attention matmuls
+    read directly (stored [B, S, H, Dh], XLA would transpose the whole cache at every step)."""
+    return jnp.swapaxes(x, 1, 2)
 
 
 def _embed(cfg: MBartConfig, num: int, name: str | None = None) -> nn.Embed:
@@ -562,10 +584,10 @@ class MBartDecoder(nn.Module):
                 causal = causal & attention_mask.astype(bool)[:, None, None, :]
             self_mask = causal
         else:
-            t_max = next(iter(cache["self"].values()))["k"].shape[1]
+            t_max = next(iter(cache["self"].values()))["k"].shape[2]
             self_mask = (jnp.arange(t_max)[None, :] <= positions[:, None])[None, None]  # [1,1,L,T]
         if encoder_mask is None:
-            s = encoder_states.shape[1] if cache is None else next(iter(cache["cross"].values()))["k"].shape[1]
+            s = encoder_states.shape[1] if cache is None else next(iter(cache["cross"].values()))["k"].shape[2]
             encoder_mask = jnp.ones((b, s), bool)
         cross_mask = encoder_mask.astype(bool)[:, None, None, :]
 
@@ -655,11 +677,15 @@ class MBart(nn.Module):
 
     def init_cache(self, encoder_states: Array, max_length: int) -> dict:
         """Decoding cache for encoder states [N, S, D] and at most ``max_length`` decoder positions
-        (static). Cross-attention keys/values are computed once here."""
+        (static). Cross-attention keys/values are computed once here.
+
+        Layout: ``{"index": int32 scalar, "self": {layer: {"k", "v": [N, H, max_length, Dh]}},
+        "cross": {layer: {"k", "v": [N, H, S, Dh]}}}`` (head-major, see ``_heads_first``).
+        """
         cfg = self.cfg
         n = encoder_states.shape[0]
         heads = cfg.decoder_attention_heads
-        shape = (n, max_length, heads, cfg.d_model // heads)
+        shape = (n, heads, max_length, cfg.d_model // heads)
         dtype = cfg.compute_dtype
         self_cache = {
             f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
@@ -689,7 +715,9 @@ def reorder_cache(cache: dict, indices: Array) -> dict:
     """
     return {
         "index": cache["index"],
-        "self": jax.tree.map(lambda x: jnp.take(x, indices, axis=0), cache["self"]),
+        # Beam search builds in-range row indices: a plain gather, no out-of-range fill/select
+        # pass over the whole cache (that pass cost as much as the gather itself on CPU).
+        "self": jax.tree.map(lambda x: x.at[indices].get(mode="promise_in_bounds"), cache["self"]),
         "cross": cache["cross"],
     }
 
