@@ -53,6 +53,28 @@ def test_dropout_only_on_lora_branch():
     assert np.abs(np.asarray(y_det) - base).max() > 1e-2
 
 
+@pytest.mark.parametrize("shape", [(7, 16), (3, 5, 16), (2, 3, 4, 16)])
+def test_gradients_match_definition_for_any_leading_dims(shape):
+    """The batched up-projection (``_lora_up``) is the same function as x A B, gradients included."""
+    x = _x(shape, seed=2)
+    m = LoRADense(24, rank=4, alpha=8.0)
+    p = m.init(jax.random.key(1), x)["params"]
+    p = {**p, "lora_b": jnp.asarray(np.random.default_rng(4).standard_normal((4, 24)), jnp.float32)}
+
+    def ours(q, y):
+        return jnp.sum(jnp.sin(m.apply({"params": q}, y)))
+
+    def definition(q, y):
+        out = y @ q["kernel"] + q["bias"] + (y @ q["lora_a"] @ q["lora_b"]) * 2.0
+        return jnp.sum(jnp.sin(out))
+
+    g, gx = jax.grad(ours, argnums=(0, 1))(p, x)
+    r, rx = jax.grad(definition, argnums=(0, 1))(p, x)
+    for k in p:
+        np.testing.assert_allclose(np.asarray(g[k]), np.asarray(r[k]), atol=1e-4, rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), atol=1e-5, rtol=1e-5)
+
+
 class _Two(nn.Module):
     @nn.compact
     def __call__(self, x):
