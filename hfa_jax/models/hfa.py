@@ -155,8 +155,8 @@ class _VisualTrunk(nn.Module):
         """:meth:`encode_frames` plus ``aux``: ``hand_pred [B, T, 288]`` (with the hand-pose
         branch) and ``temporal_hidden [B, T', 512]`` (with ``return_hidden``)."""
         b, t = pixels.shape[:2]
-        tokens = self.frame_encoder(pixels.reshape(b * t, *pixels.shape[2:]), deterministic)
-        x = tokens[:, 0].reshape(b, t, -1)  # final-norm CLS per frame
+        cls = self.frame_encoder(pixels.reshape(b * t, *pixels.shape[2:]), deterministic, cls_only=True)
+        x = cls[:, 0].reshape(b, t, -1)  # final-norm CLS per frame
         x = self.frame_proj(x)
         x = self.frame_bn(x, frame_mask, use_running_average=deterministic)
         aux: dict[str, Array] = {}

@@ -200,7 +200,9 @@ class Attention(nn.Module):
     lora: bool
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, query_rows: int | None = None) -> Array:
+        """``query_rows``: only the first that many tokens attend (keys/values still come from
+        all N); the output is then [B, query_rows, D]."""
         cfg = self.cfg
         b, n, d = x.shape
         r = cfg.lora_rank if self.lora else 0
@@ -208,26 +210,27 @@ class Attention(nn.Module):
             f, rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype, name=name
         )
         qkv = dense(3 * d, "qkv")(x, deterministic).reshape(b, n, 3, cfg.num_heads, d // cfg.num_heads)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = qkv[:, :query_rows, 0], qkv[:, :, 1], qkv[:, :, 2]
         impl = None if cfg.attention == "auto" else cfg.attention
-        h = jax.nn.dot_product_attention(q, k, v, implementation=impl).reshape(b, n, d)
+        h = jax.nn.dot_product_attention(q, k, v, implementation=impl).reshape(b, q.shape[1], d)
         return dense(d, "proj")(h, deterministic)
 
 
 class Block(nn.Module):
-    """Pre-LN DINOv2 block with LayerScale. x: [B, N, D] -> [B, N, D]."""
+    """Pre-LN DINOv2 block with LayerScale. x: [B, N, D] -> [B, N, D] (or [B, query_rows, D]:
+    only the first ``query_rows`` tokens are updated and returned, attending to all N)."""
 
     cfg: ViTConfig
     lora: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, query_rows: int | None = None) -> Array:
         cfg = self.cfg
         d = x.shape[-1]
         ln = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name=name)  # noqa: E731
         ls = lambda name: self.param(name, nn.initializers.constant(cfg.layerscale_init), (d,))  # noqa: E731
-        h = Attention(cfg, self.lora, name="attn")(ln("norm1")(x), deterministic)
-        x = x + h * ls("ls1").astype(h.dtype)
+        h = Attention(cfg, self.lora, name="attn")(ln("norm1")(x), deterministic, query_rows)
+        x = x[:, :query_rows] + h * ls("ls1").astype(h.dtype)
         h = _MLP(cfg, self.lora, name="mlp")(ln("norm2")(x), deterministic)
         return x + h * ls("ls2").astype(h.dtype)
 
@@ -248,12 +251,18 @@ class _MLP(nn.Module):
 
 class ViT(nn.Module):
     """pixels: [B, H, W, 3] float32 (ImageNet-normalised) -> tokens [B, 1+R+N, D] after the final
-    LayerNorm, CLS first, then R registers, then N = (H//p)*(W//p) patches in row-major order."""
+    LayerNorm, CLS first, then R registers, then N = (H//p)*(W//p) patches in row-major order.
+
+    ``cls_only=True`` returns only the final-norm CLS token, [B, 1, D] (what HFA uses), and
+    does less work for it: the last block computes keys/values for every token but queries,
+    attention output, MLP and residuals for the CLS row alone (three quarters of that block's
+    matmuls, forward and backward). Same values as ``tokens[:, :1]`` of the full output.
+    """
 
     cfg: ViTConfig
 
     @nn.compact
-    def __call__(self, pixels: Array, deterministic: bool = True) -> Array:
+    def __call__(self, pixels: Array, deterministic: bool = True, cls_only: bool = False) -> Array:
         cfg = self.cfg
         d = cfg.width
         x = nn.Conv(
@@ -278,14 +287,15 @@ class ViT(nn.Module):
         tokens.append((x + pos[:, 1:].astype(dtype)).astype(dtype))
         x = jnp.concatenate(tokens, axis=1)
 
-        block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+        block_cls = nn.remat(Block, static_argnums=(2, 3)) if cfg.remat else Block
         first = cfg.first_trainable_block
         for i in range(cfg.depth):
             if i == first and not cfg.train_all_blocks:
                 # Frozen blocks below the first LoRA block: no gradient, so no stored activations.
                 x = jax.lax.stop_gradient(x)
             lora = cfg.lora_rank > 0 and i in cfg.lora_blocks
-            x = block_cls(cfg, lora=lora, name=f"block_{i}")(x, deterministic)
+            rows = 1 if cls_only and i == cfg.depth - 1 else None
+            x = block_cls(cfg, lora=lora, name=f"block_{i}")(x, deterministic, rows)
         if first >= cfg.depth:
             x = jax.lax.stop_gradient(x)
         return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm")(x)

@@ -187,6 +187,29 @@ def test_lora_blocks_and_stop_gradient():
     np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(jax.jit(m.apply)({"params": p}, x)), atol=0.15)
 
 
+@pytest.mark.parametrize("registers,remat", [(0, False), (2, True)])
+def test_cls_only_matches_the_full_output_and_its_gradients(registers, remat):
+    """The CLS-only last block (what HFA uses) computes the same CLS token and the same
+    gradients as the full forward pass followed by ``[:, :1]``."""
+    cfg = ViTConfig(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(1, 2), lora_rank=2,
+                    lora_alpha=2.0, num_registers=registers, remat=remat)
+    m = ViT(cfg)
+    x = jnp.asarray(_pixels(3, 28, 42))
+    p = jax.jit(m.init)(jax.random.key(0), x)["params"]
+    p = jax.tree_util.tree_map_with_path(
+        lambda path, a: a + 0.1 if "lora_b" in jax.tree_util.keystr(path) else a, p)
+    full = jax.jit(m.apply)({"params": p}, x)
+    cls = jax.jit(lambda q, y: m.apply({"params": q}, y, cls_only=True))(p, x)
+    assert cls.shape == (3, 1, 32) and full.shape[1] == 1 + registers + 6
+    np.testing.assert_allclose(np.asarray(cls), np.asarray(full[:, :1]), atol=1e-5, rtol=1e-5)
+    g_full = jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(m.apply({"params": q}, x)[:, 0]))))(p)
+    g_cls = jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(m.apply({"params": q}, x, cls_only=True)[:, 0]))))(p)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_full), jax.tree.leaves(g_cls)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-4,
+                                   err_msg=jax.tree_util.keystr(path))
+    assert float(jnp.abs(g_cls["block_2"]["mlp"]["fc2"]["lora_a"]).max()) > 0
+
+
 def test_train_all_blocks_gives_every_block_a_gradient():
     cfg = ViTConfig(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(2,), lora_rank=2,
                     lora_alpha=2.0, train_all_blocks=True)
