@@ -18,7 +18,6 @@ as a plain dense layer, so the same module definition applies to merged and unme
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -92,31 +91,24 @@ class LoRADense(nn.Module):
         return y
 
 
-_LORA_GROUPS = 16  # at most this many row groups in the batched up-projection (see _lora_up)
-
-
 def _lora_up(h: Array, b: Array, precision: Any) -> Array:
-    """h [..., r] @ b [r, out] -> [..., out], as a batched matmul over up to 16 row groups.
+    """h [..., T, r] @ b [r, out] -> [..., T, out], as a batched matmul over the leading dims.
 
     Same product as ``einsum("...r,ro->...o")``; the difference is in the gradient. For ``b``,
-    autodiff then produces a batched ``h^T @ dy`` per group plus a sum of 16 small [r, out]
-    partials, instead of one matmul contracting all rows of ``dy``. XLA:CPU lays the latter out
-    by physically transposing ``dy`` inside the fusion that produces it (for the ViT's ``fc1``
-    that fusion also holds the GELU derivative and the dropout mask), which ran ~10x slower than
-    the matmuls around it; with the batched form ``dy`` is read in its natural layout. Measured
-    on the ViT-S/14 LoRA blocks (bench/bench_train.py pretrain step, 2-core CPU): 1.64 s ->
-    1.25 s per step. Groups rather than one batch entry per frame keep the broadcast ``b`` (and
-    its gradient before the sum) at 16 x [r, out] at any batch size. Row counts with no even
-    divisor fall back to the plain product.
+    autodiff then produces a batched ``h^T @ dy`` per leading index plus a sum, instead of one
+    matmul contracting all B*T rows of ``dy``. XLA:CPU lays the latter out by physically
+    transposing ``dy`` inside the fusion that produces it (for ``fc1`` that fusion also holds
+    the GELU derivative and the dropout mask), which ran ~10x slower than the matmuls around
+    it; with the batched form ``dy`` is read in its natural layout. Measured on the ViT-S/14
+    LoRA blocks (bench/bench_train.py pretrain step, 2-core CPU): 1.64 s -> 1.25 s per step.
     """
-    rows = math.prod(h.shape[:-1])
-    groups = math.gcd(rows, _LORA_GROUPS)
-    if groups == 1:
+    if h.ndim < 3:
         return jnp.einsum("...r,ro->...o", h, b, precision=precision)
-    hb = h.reshape((groups, rows // groups, h.shape[-1]))
-    bb = jnp.broadcast_to(b, (groups,) + b.shape)
-    out = jnp.einsum("gmr,gro->gmo", hb, bb, precision=precision)
-    return out.reshape(h.shape[:-1] + (b.shape[-1],))
+    lead, (t, r) = h.shape[:-2], h.shape[-2:]
+    hb = h.reshape((-1, t, r))
+    bb = jnp.broadcast_to(b, (hb.shape[0],) + b.shape)
+    out = jnp.einsum("btr,bro->bto", hb, bb, precision=precision)
+    return out.reshape(lead + (t, b.shape[-1]))
 
 
 def _scale_for(path: str, scales: float | Sequence[tuple[str, float]]) -> float:

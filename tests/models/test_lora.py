@@ -53,7 +53,7 @@ def test_dropout_only_on_lora_branch():
     assert np.abs(np.asarray(y_det) - base).max() > 1e-2
 
 
-@pytest.mark.parametrize("shape", [(7, 16), (8, 16), (3, 5, 16), (4, 5, 16), (2, 3, 4, 16)])
+@pytest.mark.parametrize("shape", [(7, 16), (3, 5, 16), (2, 3, 4, 16)])
 def test_gradients_match_definition_for_any_leading_dims(shape):
     """The batched up-projection (``_lora_up``) is the same function as x A B, gradients included."""
     x = _x(shape, seed=2)
