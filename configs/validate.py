@@ -50,7 +50,10 @@ def base() -> ml_collections.ConfigDict:
         eval_worker_count=0,
         seed=0,                # shuffling seed (and, for the demo, the SynthSign seed)
         augment=ml_collections.ConfigDict(dict(p=0.5, max_rotate_deg=30.0, max_scale=0.2,
-                                               max_translate_px=10)),
+                                               max_translate_px=10,
+                                               # warp in chunks of ~N frames and skip chunks
+                                               # of padding: -1 = 8 on CPU, off elsewhere
+                                               padding_chunk=-1)),
     ))
 
     c.train = ml_collections.ConfigDict(dict(

@@ -20,6 +20,15 @@ with ``centre = ((H-1)/2, (W-1)/2)`` in pixel-index coordinates (pixel i has its
 Positive angles rotate the content counter-clockwise on screen, as PIL's ``Image.rotate``;
 ``scale > 1`` enlarges the content; positive shifts move the content right/down.
 
+Output precision: like PIL's resamplers (the reference's ops), the warped frame is rounded to
+8 bits; ``augment`` can hand back those uint8 crops (``normalize_output=False``) so that the
+ImageNet normalisation fuses into the model's first op (the ViT's patch extraction) instead of
+writing a float32 copy of every frame: four times the bytes, and on a CPU the dominant cost.
+
+Padding: batches are padded up to a bucket length with all-zero frames. With a ``frame_mask`` and
+``padding_chunk`` > 0 the warp runs chunk by chunk along time and skips chunks with no real
+frame; they come out black, as warping zeros gives, so values are unchanged.
+
 Border handling: the frame is treated as embedded in an infinite black canvas. Bilinear weights of
 neighbours outside the frame multiply 0 (black, before normalisation), like PIL's
 ``fillcolor=0`` used by the reference's vidaug ops; at the very edge this gives a one-pixel
@@ -166,6 +175,55 @@ def warp(
     return jax.vmap(_bilinear_clip)(frames, sy, sx)
 
 
+def _warp_clip_uint8(frames: jax.Array, sy: jax.Array, sx: jax.Array) -> jax.Array:
+    """One clip, rounded to 8 bits as PIL's resamplers do: ``[T, H, W, C]`` -> ``[T, S, S, C]``
+    uint8. The bilinear sum is a convex combination of uint8 values (and black), so no clip."""
+    return jnp.round(_bilinear_clip(frames, sy, sx)).astype(jnp.uint8)
+
+
+def chunk_length(num_frames: int, target: int) -> int:
+    """The largest divisor of ``num_frames`` that is at most ``target``: chunks tile the clip."""
+    return max(d for d in range(1, min(target, num_frames) + 1) if num_frames % d == 0)
+
+
+def warp_uint8(
+    frames: jax.Array,
+    params: AffineParams,
+    *,
+    crop_size: int = 224,
+    frame_mask: jax.Array | None = None,
+    padding_chunk: int = 0,
+) -> jax.Array:
+    """``warp`` rounded to uint8: frames ``[B, T, H, W, 3]`` uint8 -> ``[B, T, S, S, 3]`` uint8.
+
+    With ``frame_mask`` (``[B, T]``, True = real frame) and ``padding_chunk`` > 0, clips are
+    warped in chunks of ``chunk_length(T, padding_chunk)`` frames, one after another, and chunks
+    without a real frame are skipped (black). The chunks run sequentially, which pays where the
+    device is a CPU (no kernel launches; the warp competes with data loading for the same cores)
+    and costs launch latency on a GPU, hence opt-in."""
+    b, t, h, w, c = frames.shape
+    sy, sx = source_coords(params, height=h, width=w, crop_size=crop_size)
+    if frame_mask is None or padding_chunk <= 0:
+        return jax.vmap(_warp_clip_uint8)(frames, sy, sx)
+    if frame_mask.shape != (b, t):
+        raise ValueError(f"frame_mask has shape {frame_mask.shape}, frames have [B, T] = {(b, t)}")
+    chunk = chunk_length(t, padding_chunk)
+    n = t // chunk
+    has_real = frame_mask.reshape(b * n, chunk).any(axis=-1)
+    clip_of_chunk = jnp.repeat(jnp.arange(b), n)
+
+    def one_chunk(args):
+        part, clip, real = args
+        return jax.lax.cond(
+            real,
+            lambda: _warp_clip_uint8(part, sy[clip], sx[clip]),
+            lambda: jnp.zeros((chunk, crop_size, crop_size, c), jnp.uint8),
+        )
+
+    out = jax.lax.map(one_chunk, (frames.reshape(b * n, chunk, h, w, c), clip_of_chunk, has_real))
+    return out.reshape(b, t, crop_size, crop_size, c)
+
+
 def normalize(pixels: jax.Array) -> jax.Array:
     """[0, 255] -> ImageNet-normalised float32 (torchvision ToTensor + Normalize)."""
     mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
@@ -175,7 +233,10 @@ def normalize(pixels: jax.Array) -> jax.Array:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("train", "crop_size", "p", "max_rotate_deg", "max_scale", "max_translate_px"),
+    static_argnames=(
+        "train", "crop_size", "p", "max_rotate_deg", "max_scale", "max_translate_px",
+        "padding_chunk", "normalize_output",
+    ),
 )
 def augment(
     rng: jax.Array,
@@ -187,6 +248,9 @@ def augment(
     max_rotate_deg: float = 30.0,
     max_scale: float = 0.2,
     max_translate_px: int = 10,
+    frame_mask: jax.Array | None = None,
+    padding_chunk: int = 0,
+    normalize_output: bool = True,
 ) -> jax.Array:
     """Crops (+ augments in training) and normalises a batch of clips.
 
@@ -194,16 +258,22 @@ def augment(
       rng: PRNG key (ignored when ``train`` is False).
       frames: ``[B, T, H, W, 3]`` uint8, H and W >= crop_size (256x256 in our datasets).
       train: random crop + random affine (one draw per clip) if True, centre crop if False.
+      frame_mask, padding_chunk: skip warping chunks of padding frames (see ``warp_uint8``);
+        values are unchanged when the padding frames are zeros, as the pipeline writes them.
+      normalize_output: False returns the uint8 crops; apply ``normalize`` where they are
+        consumed (inside the model's jit it fuses into the patch extraction).
 
     Returns:
-      ``[B, T, crop_size, crop_size, 3]`` float32, ImageNet mean/std normalised.
+      ``[B, T, crop_size, crop_size, 3]`` float32, ImageNet mean/std normalised (uint8 crops
+      with ``normalize_output=False``).
     """
     b, _, h, w, _ = frames.shape
     if h < crop_size or w < crop_size:
         raise ValueError(f"frames of {h}x{w} are smaller than crop_size={crop_size}")
+    finish = normalize if normalize_output else (lambda x: x)
     if not train:
         oy, ox = (h - crop_size) // 2, (w - crop_size) // 2
-        return normalize(frames[:, :, oy : oy + crop_size, ox : ox + crop_size])
+        return finish(frames[:, :, oy : oy + crop_size, ox : ox + crop_size])
     params = sample_params(
         rng,
         b,
@@ -215,4 +285,5 @@ def augment(
         max_scale=max_scale,
         max_translate_px=max_translate_px,
     )
-    return normalize(warp(frames, params, crop_size=crop_size))
+    return finish(warp_uint8(frames, params, crop_size=crop_size, frame_mask=frame_mask,
+                             padding_chunk=padding_chunk))

@@ -249,6 +249,33 @@ class _MLP(nn.Module):
         return LoRADense(x.shape[-1], name="fc2", **kw)(h, deterministic)
 
 
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch x patch`` patches -> ``features``: ``[B, H, W, C]`` ->
+    ``[B, H//p, W//p, features]``, the same map (and the same ``kernel [p, p, C, F]`` / ``bias``
+    parameters and init) as a stride-``p`` VALID ``nn.Conv``.
+
+    Written as patch extraction (reshape + transpose) and one matmul: on CPU that runs ~1.7x
+    faster than XLA's convolution for DINOv2's 14x14 patches, and the copy that extracts the
+    patches absorbs element-wise work on the pixels before it (the ImageNet normalisation of
+    uint8 crops fuses into it for free)."""
+
+    features: int
+    patch: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, pixels: Array) -> Array:
+        b, h, w, c = pixels.shape
+        p = self.patch
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        pixels, kernel, bias = nn.dtypes.promote_dtype(pixels, kernel, bias, dtype=self.dtype)
+        gh, gw = h // p, w // p
+        x = pixels[:, : gh * p, : gw * p]  # VALID: a ragged border is dropped, as the conv does
+        x = x.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh, gw, p * p * c)
+        return x @ kernel.reshape(p * p * c, self.features) + bias
+
+
 class ViT(nn.Module):
     """pixels: [B, H, W, 3] float32 (ImageNet-normalised) -> tokens [B, 1+R+N, D] after the final
     LayerNorm, CLS first, then R registers, then N = (H//p)*(W//p) patches in row-major order.
@@ -265,14 +292,7 @@ class ViT(nn.Module):
     def __call__(self, pixels: Array, deterministic: bool = True, cls_only: bool = False) -> Array:
         cfg = self.cfg
         d = cfg.width
-        x = nn.Conv(
-            d,
-            (cfg.patch_size, cfg.patch_size),
-            strides=(cfg.patch_size, cfg.patch_size),
-            padding="VALID",
-            dtype=cfg.compute_dtype,
-            name="patch_embed",
-        )(pixels)
+        x = PatchEmbed(d, cfg.patch_size, dtype=cfg.compute_dtype, name="patch_embed")(pixels)
         b, gh, gw, _ = x.shape
         x = x.reshape(b, gh * gw, d)
         cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d))

@@ -243,13 +243,24 @@ def _crop(config) -> int:
     return int(config.data.crop_size)
 
 
-def _augment(config, rng, frames, train: bool):
+def _padding_chunk(config) -> int:
+    """Frames per warp chunk when skipping padding (``data.augment.padding_chunk``; -1: 8 on a
+    CPU, where the device is the data loader's own cores, off on accelerators, where one big
+    kernel beats a sequential loop)."""
+    chunk = int(config.data.augment.get("padding_chunk", -1))
+    if chunk < 0:
+        return 8 if jax.default_backend() == "cpu" else 0
+    return chunk
+
+
+def _augment(config, rng, frames, train: bool, frame_mask=None):
     from hfa_jax.data import augment as aug
 
     a = config.data.augment
     return aug.augment(rng, frames, train=train, crop_size=_crop(config), p=float(a.p),
                        max_rotate_deg=float(a.max_rotate_deg), max_scale=float(a.max_scale),
-                       max_translate_px=int(a.max_translate_px))
+                       max_translate_px=int(a.max_translate_px), frame_mask=frame_mask,
+                       padding_chunk=_padding_chunk(config))
 
 
 def _json_default(o):
@@ -626,7 +637,8 @@ def build_trainer(config, workdir: str) -> Trainer:
         step = state["step"]
         rng = jax.random.fold_in(state["rng"], step)
         r_aug, r_drop = jax.random.split(rng)
-        pixels = _augment(config, r_aug, batch["frames"], train=True)
+        pixels = _augment(config, r_aug, batch["frames"], train=True,
+                          frame_mask=batch["frame_mask"])
 
         def loss_of(trainable):
             # Only the trainable subtree is differentiated; frozen params are closed over.

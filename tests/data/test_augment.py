@@ -174,3 +174,73 @@ def test_parameter_distribution():
     assert cy.min() == 0 and cy.max() == 32 and cx.min() == 0 and cx.max() == 32
     # Independent draws: rotation and rescale co-occur about a quarter of the time.
     assert abs(((angle != 0) & (scale != 1)).mean() - 0.25) < 0.04
+
+
+def test_train_output_is_the_warp_rounded_to_8_bits_then_normalised():
+    frames = np.random.default_rng(9).integers(0, 256, (3, 2, H, W, 3), dtype=np.uint8)
+    key = jax.random.key(5)
+    out = np.asarray(A.augment(key, jnp.asarray(frames), train=True, crop_size=CROP, p=1.0))
+    crops = np.asarray(A.augment(key, jnp.asarray(frames), train=True, crop_size=CROP, p=1.0,
+                                 normalize_output=False))
+    assert crops.dtype == np.uint8
+    p = A.sample_params(key, 3, height=H, width=W, crop_size=CROP, p=1.0)
+    warped = np.asarray(A.warp(jnp.asarray(frames), p, crop_size=CROP))
+    # Rounded like PIL's 8-bit resamplers: never more than half a grey level from the float warp
+    # (plus float noise where a value sits on a .5 boundary), and not simply truncated.
+    err = crops.astype(np.float32) - warped
+    assert np.abs(err).max() <= 0.5 + 1e-3
+    assert err.min() < -0.4 and err.max() > 0.4
+    np.testing.assert_allclose(out, (crops.astype(np.float32) / 255.0 - MEAN) / STD, rtol=1e-6,
+                               atol=1e-6)
+    # Evaluation crops come back as the raw uint8 centre crop.
+    raw = np.asarray(A.augment(None, jnp.asarray(frames), train=False, crop_size=CROP,
+                               normalize_output=False))
+    o = (H - CROP) // 2
+    np.testing.assert_array_equal(raw, frames[:, :, o : o + CROP, o : o + CROP])
+
+
+@pytest.mark.parametrize("length,chunk", [(12, 4), (12, 8), (7, 3)])
+def test_skipping_padding_chunks_changes_nothing(length, chunk):
+    # Clips of 1, 5 and `length` real frames; the padding frames are zeros, as the pipeline
+    # writes them. Skipped chunks must equal what warping the zeros gives (black).
+    rng = np.random.default_rng(10)
+    lengths = np.array([1, 5, length])
+    frames = rng.integers(0, 256, (3, length, H, W, 3), dtype=np.uint8)
+    mask = np.arange(length)[None, :] < lengths[:, None]
+    frames[~mask] = 0
+    key = jax.random.key(6)
+    kw = dict(train=True, crop_size=CROP, p=1.0, normalize_output=False)
+    full = np.asarray(A.augment(key, jnp.asarray(frames), **kw)).astype(int)
+    skipped = np.asarray(A.augment(key, jnp.asarray(frames), frame_mask=jnp.asarray(mask),
+                                   padding_chunk=chunk, **kw)).astype(int)
+    # Same per-frame computation, compiled for another shape: XLA may order the float ops of
+    # the bilinear sum differently, so a value on a .5 boundary may round the other way.
+    diff = np.abs(skipped - full)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    np.testing.assert_array_equal(skipped[~mask], 0)
+    # With p=0 (integer sample positions) the crops are identical.
+    kw0 = dict(train=True, crop_size=CROP, p=0.0, normalize_output=False)
+    np.testing.assert_array_equal(
+        np.asarray(A.augment(key, jnp.asarray(frames), frame_mask=jnp.asarray(mask),
+                             padding_chunk=chunk, **kw0)),
+        np.asarray(A.augment(key, jnp.asarray(frames), **kw0)))
+    # Non-zero junk in padding chunks never reaches the output of a fully padded chunk.
+    junk = frames.copy()
+    junk[~mask] = 200
+    out = np.asarray(A.augment(key, jnp.asarray(junk), train=True, crop_size=CROP, p=1.0,
+                               frame_mask=jnp.asarray(mask), padding_chunk=chunk,
+                               normalize_output=False))
+    c = A.chunk_length(length, chunk)
+    first_padding_chunk = -(-1 // c) * c  # clip 0 has one real frame
+    if first_padding_chunk < length:
+        assert not out[0, first_padding_chunk:].any()
+
+
+def test_chunk_length_tiles_the_clip():
+    assert A.chunk_length(64, 8) == 8
+    assert A.chunk_length(300, 8) == 6
+    assert A.chunk_length(7, 8) == 7
+    assert A.chunk_length(13, 4) == 1
+    with pytest.raises(ValueError, match="frame_mask"):
+        A.augment(jax.random.key(0), jnp.zeros((2, 4, H, W, 3), jnp.uint8), train=True,
+                  crop_size=CROP, frame_mask=jnp.ones((2, 5), bool), padding_chunk=2)

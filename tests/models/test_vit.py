@@ -317,3 +317,31 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="pos_embed"):
         torch.save({"w": torch.zeros(2)}, str(tmp_path / "other.pth"))
         from_hf(str(tmp_path / "other.pth"))
+
+
+@pytest.mark.parametrize("size,dtype", [((28, 42), jnp.float32), ((31, 30), jnp.float32),
+                                         ((28, 28), jnp.bfloat16)])
+def test_patch_embed_is_the_stride_p_conv(size, dtype):
+    # Same parameters (names, shapes, init draw) and the same map as the VALID stride-p conv it
+    # replaces, ragged borders included; gradients too.
+    import flax.linen as nn
+
+    from hfa_jax.models.vit import PatchEmbed
+
+    x = jax.random.normal(jax.random.key(0), (3, *size, 3))
+    ours = PatchEmbed(8, 14, dtype=dtype)
+    conv = nn.Conv(8, (14, 14), strides=(14, 14), padding="VALID", dtype=dtype)
+    v = ours.init(jax.random.key(1), x)
+    v_conv = conv.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v_conv)
+    np.testing.assert_array_equal(v["params"]["kernel"], v_conv["params"]["kernel"])
+    v = {"params": {"kernel": v["params"]["kernel"],
+                    "bias": jax.random.normal(jax.random.key(2), (8,))}}
+    y, y_conv = ours.apply(v, x), conv.apply(v, x)
+    assert y.dtype == y_conv.dtype == dtype and y.shape == y_conv.shape == (3, size[0] // 14, size[1] // 14, 8)
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_conv, np.float32), atol=tol, rtol=tol)
+    g = jax.grad(lambda v, x: (ours.apply(v, x).astype(jnp.float32) ** 2).sum(), argnums=(0, 1))(v, x)
+    g_conv = jax.grad(lambda v, x: (conv.apply(v, x).astype(jnp.float32) ** 2).sum(), argnums=(0, 1))(v, x)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_conv)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * 10, rtol=tol)
