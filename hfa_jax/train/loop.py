@@ -245,11 +245,12 @@ def _crop(config) -> int:
 
 def _padding_chunk(config) -> int:
     """Frames per warp chunk when skipping padding (``data.augment.padding_chunk``; -1: 8 on a
-    CPU, where the device is the data loader's own cores, off on accelerators, where one big
-    kernel beats a sequential loop)."""
+    single CPU device, where the device is the data loader's own cores; off on accelerators,
+    where one big kernel beats a sequential loop, and on meshes, where a loop over the sharded
+    batch axis would gather it)."""
     chunk = int(config.data.augment.get("padding_chunk", -1))
     if chunk < 0:
-        return 8 if jax.default_backend() == "cpu" else 0
+        return 8 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
     return chunk
 
 

@@ -145,6 +145,7 @@ MULTI = textwrap.dedent('''
     jax.config.update("jax_compilation_cache_dir", {cache!r})
     for name, data, fsdp in (("dp8", 8, 1), ("fsdp", 4, 2)):
         c = tiny_config(paths, steps=2)
+        c.data.augment.p = 0.0
         c.mesh.data = data
         c.mesh.fsdp = fsdp
         c.mesh.auto_fsdp = True
@@ -154,7 +155,12 @@ MULTI = textwrap.dedent('''
 
 def test_same_losses_on_1_and_8_devices_data_parallel_and_fsdp(paths, tmp_path):
     one = str(tmp_path / "one")
-    loop.run(tiny_config(paths, steps=2), one)
+    c = tiny_config(paths, steps=2)
+    # Random crops only: the affine warp rounds to 8 bits, so float-order differences between
+    # the 1- and 8-device programs could flip a pixel by one grey level (a test of the warp under
+    # sharding is in tests/data/test_sharding.py); crops are exact.
+    c.data.augment.p = 0.0
+    loop.run(c, one)
     code = MULTI.format(repo=REPO, config_src=CONFIG_SRC, paths=json.dumps(paths), out=str(tmp_path),
                         cache=str(tmp_path / "cache8"))
     # (the two optimisation flags only shorten XLA's CPU compile of this tiny model)
