@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import functools
 import json
 import math
 import os
@@ -51,6 +52,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MAX_FRAMES = 300
 GROUPING = 8  # batches per length-grouping window in row (b2)
+PADDING_CHUNK = 8  # what the trainer uses on one CPU device (train.loop._padding_chunk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,10 +212,15 @@ def ours_rate(dataset_dir: str, *, workers: int, batch_size: int, seconds: float
     from hfa_jax.data.sharding import to_global
 
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    # As the trainer runs it on one CPU device (train.loop._augment): chunked warp that skips
+    # padding chunks; the crops stay uint8 (the model normalises them inside its patch
+    # extraction, see `patch_embed_rows`).
+    aug = functools.partial(augment, train=True, padding_chunk=PADDING_CHUNK, normalize_output=False)
     if augment_on:  # compile every bucket shape up front, as a trainer would
         for t in DEFAULT_BUCKETS:
-            z = np.zeros((batch_size, t, 256, 256, 3), np.uint8)
-            augment(jax.random.key(0), to_global({"f": z}, mesh)["f"], train=True).block_until_ready()
+            z = to_global({"f": np.zeros((batch_size, t, 256, 256, 3), np.uint8),
+                           "m": np.ones((batch_size, t), bool)}, mesh)
+            aug(jax.random.key(0), z["f"], frame_mask=z["m"]).block_until_ready()
     loader = make_loader(open_split(dataset_dir, "train"), batch_size=batch_size, seed=0,
                          shuffle=True, num_epochs=None, drop_remainder=True, worker_count=workers,
                          shard_index=0, shard_count=1, length_grouping=length_grouping)
@@ -221,22 +228,26 @@ def ours_rate(dataset_dir: str, *, workers: int, batch_size: int, seconds: float
     key = jax.random.key(0)
     frames = slots = 0
     start = None
+    in_flight = None
     for step in range(10**9):
         batch = next(it)
         dev = to_global({"frames": batch["frames"], "frame_mask": batch["frame_mask"]}, mesh)
         if augment_on:
-            out = augment(jax.random.fold_in(key, step), dev["frames"], train=True)
+            out = aug(jax.random.fold_in(key, step), dev["frames"], frame_mask=dev["frame_mask"])
         else:
             out = dev["frames"]
-        out.block_until_ready()
-        if step + 1 == warmup:
-            start = time.perf_counter()
-            continue
-        if start is not None:
-            frames += int(batch["frame_mask"].sum())
-            slots += batch["frame_mask"].size
-            if time.perf_counter() - start >= seconds:
-                return frames / (time.perf_counter() - start), 1.0 - frames / slots
+        # One batch in flight, as a trainer's asynchronous dispatch keeps it: the host fetches
+        # batch n+1 while the device works on batch n; a batch counts once it is ready.
+        if in_flight is not None:
+            in_flight[0].block_until_ready()
+            if start is not None:  # the batch that just became ready
+                frames += int(in_flight[1].sum())
+                slots += in_flight[1].size
+                if time.perf_counter() - start >= seconds:
+                    return frames / (time.perf_counter() - start), 1.0 - frames / slots
+            elif step == warmup:  # warm-up batches done
+                start = time.perf_counter()
+        in_flight = (out, batch["frame_mask"])
     raise AssertionError("unreachable")
 
 
@@ -249,10 +260,12 @@ def augment_only_rate(batch_size: int, length: int = 128, iters: int = 4) -> flo
 
     frames = jax.device_put(
         np.random.default_rng(0).integers(0, 256, (batch_size, length, 256, 256, 3), np.uint8))
-    augment(jax.random.key(0), frames, train=True).block_until_ready()
+    mask = jax.device_put(np.ones((batch_size, length), bool))
+    aug = functools.partial(augment, train=True, padding_chunk=PADDING_CHUNK, normalize_output=False)
+    aug(jax.random.key(0), frames, frame_mask=mask).block_until_ready()
     start = time.perf_counter()
     for i in range(iters):
-        augment(jax.random.key(i), frames, train=True).block_until_ready()
+        aug(jax.random.key(i), frames, frame_mask=mask).block_until_ready()
     return iters * batch_size * length / (time.perf_counter() - start)
 
 
