@@ -363,24 +363,50 @@ def bucket_length(num_frames: int, buckets: Sequence[int]) -> int:
     raise DataError(f"clip of {num_frames} frames is longer than the largest bucket {buckets[-1]}")
 
 
-@dataclasses.dataclass(frozen=True)
+def aligned_zeros(shape: tuple[int, ...], dtype=np.uint8, alignment: int = 64) -> np.ndarray:
+    """``np.zeros`` whose data starts on an ``alignment``-byte boundary. JAX's CPU client aliases
+    such host arrays instead of copying them (``device_put`` of a 50 MB frame batch: 0.3 ms
+    instead of 30 ms); NumPy's own large allocations sit 16 bytes past a page boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(nbytes + alignment, np.uint8)
+    start = (-raw.ctypes.data) % alignment
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
 class _PadBatch:
     """Batch function: stacks examples and pads time to a bucket, optionally filling up the batch.
 
     With ``fill_batch`` a short last batch gets filler rows (``index`` -1, all-False mask, zeros
     elsewhere) so every batch has exactly ``batch_size`` rows: shapes stay static for jit.
+
+    In a grain worker process (``enable_shared_memory_output``, grain's batch protocol) the frames
+    are written straight into a shared-memory array: the batch is not copied again to reach the
+    main process, and the padding is never written (a new shared-memory segment reads as zeros).
     """
 
-    batch_size: int
-    buckets: tuple[int, ...]
-    fill_batch: bool
+    def __init__(self, batch_size: int, buckets: tuple[int, ...], fill_batch: bool):
+        self.batch_size = batch_size
+        self.buckets = tuple(buckets)
+        self.fill_batch = fill_batch
+        self.shared_memory = False
+
+    def enable_shared_memory_output(self) -> None:
+        self.shared_memory = True
+
+    def _zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self.shared_memory:
+            from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+            return SharedMemoryArray(shape, np.uint8)  # zero-filled by the OS
+        return aligned_zeros(shape)
 
     def __call__(self, elements: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         lengths = [e["frames"].shape[0] for e in elements]
         t = bucket_length(max(lengths), self.buckets)
         frame_shape = elements[0]["frames"].shape[1:]
         b = self.batch_size if self.fill_batch else len(elements)
-        frames = np.zeros((b, t) + frame_shape, np.uint8)
+        frames = self._zeros((b, t) + frame_shape)
         mask = np.zeros((b, t), bool)
         index = np.full((b,), -1, np.int32)
         for row, (e, n) in enumerate(zip(elements, lengths)):
@@ -537,18 +563,36 @@ def make_loader(
             example_fn=example_fn,
         )
     )
-    ds = ds.batch(
-        batch_size,
-        drop_remainder=drop_remainder,
-        batch_fn=_PadBatch(batch_size, buckets, fill_batch=fill_last_batch and not drop_remainder),
-    )
+    pad_batch = _PadBatch(batch_size, buckets, fill_batch=fill_last_batch and not drop_remainder)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=pad_batch)
     ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
     )
+    ds = _SharedMemoryBatches(ds, pad_batch)
     if worker_count > 0:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return ds
+
+
+class _SharedMemoryBatches(grain.IterDataset):
+    """Passes ``parent`` through unchanged; in a grain worker process (grain calls
+    ``enable_shared_memory_output`` on the dataset it runs) it switches ``pad_batch`` to writing
+    batches into shared memory. Batching itself stays on the MapDataset, so which examples form
+    a batch does not depend on the worker count."""
+
+    def __init__(self, parent: grain.IterDataset, pad_batch: _PadBatch):
+        super().__init__(parent)
+        self._pad_batch = pad_batch
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return self._parent.__iter__()
+
+    def enable_shared_memory_output(self) -> None:
+        self._pad_batch.enable_shared_memory_output()
+
+    def __str__(self) -> str:
+        return "SharedMemoryBatches"
 
 
 def _ensure_absl_flags_parsed() -> None:

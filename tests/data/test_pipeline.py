@@ -332,3 +332,13 @@ def test_select_frames_reference():
         counts[ids] += 1
     # Uniform subsample: every frame is kept about 10/50 of the time.
     assert np.abs(counts / 400 - 0.2).max() < 0.1
+
+
+def test_in_process_batches_are_aligned_for_zero_copy_transfer(dataset):
+    from hfa_jax.data.pipeline import aligned_zeros
+
+    for shape, dtype in (((3, 5, 7), np.uint8), ((4, 3), np.float32)):
+        a = aligned_zeros(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.ctypes.data % 64 == 0 and not a.any()
+    batch = next(iter(loader(dataset, batch_size=2)))
+    assert batch["frames"].ctypes.data % 64 == 0
