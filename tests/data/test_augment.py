@@ -244,3 +244,29 @@ def test_chunk_length_tiles_the_clip():
     with pytest.raises(ValueError, match="frame_mask"):
         A.augment(jax.random.key(0), jnp.zeros((2, 4, H, W, 3), jnp.uint8), train=True,
                   crop_size=CROP, frame_mask=jnp.ones((2, 5), bool), padding_chunk=2)
+
+
+def test_integer_translations_are_sliced_with_the_same_values():
+    # Chunked warping slices clips whose transform is an integer translation (black outside the
+    # frame) and resamples the rest; compare with the bilinear path clip by clip, including shifts
+    # at and beyond the slice path's reach (16 px) and a fractional shift (bilinear path).
+    rng = np.random.default_rng(12)
+    frames = jnp.asarray(rng.integers(1, 256, (6, 4, H, W, 3), dtype=np.uint8))
+    f32 = lambda *v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    p = A.AffineParams(
+        crop_y=jnp.asarray([0, 8, 3, 8, 0, 5], jnp.int32),
+        crop_x=jnp.asarray([8, 0, 8, 2, 0, 1], jnp.int32),
+        angle_deg=f32(0, 0, 0, 0, 0, 12.0),
+        scale=f32(1, 1, 1, 1, 1.1, 1),
+        shift_y=f32(16, -16, 20, 2.5, 0, 3),
+        shift_x=f32(-3, 16, 0, 0, 0, -4),
+    )
+    mask = jnp.ones((6, 4), bool)
+    sliced = np.asarray(A.warp_uint8(frames, p, crop_size=CROP, frame_mask=mask, padding_chunk=2))
+    ref = np.asarray(A.warp_uint8(frames, p, crop_size=CROP))
+    np.testing.assert_array_equal(sliced[:3], ref[:3])  # integer translations: exact
+    assert np.abs(sliced[3:].astype(int) - ref[3:]).max() <= 1
+    # Clip 0 moved down 16 px from crop row 0 and left 3 px from crop column 8: its top 16 rows
+    # and right 3 columns (source columns 64-66) are black, the rest real (non-zero) pixels.
+    assert not sliced[0, :, :16].any() and not sliced[0, :, :, -3:].any()
+    assert sliced[0, :, 16:, :-3].all()
