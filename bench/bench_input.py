@@ -8,13 +8,19 @@ Measured on one machine, in one run, in frames per second (real frames; padding 
     workers), against the reference loader's per-epoch cost of producing 256x256 frames from the
     same PNGs (PIL decode + resize 256 + ToTensor/Normalize + centre crop; evaluation mode). The
     ratio says what the one-off conversion costs in reference epochs.
-(b) training input path: grain (ArrayRecord read, JPEG decode of the kept frames, bucket padding)
-    -> host->device transfer of uint8 (``to_global``) -> jit ``augment(train=True)`` ->
-    ready device batch; against the way the PyTorch references (GFSLT-VLP, elsobhano/MLLM
-    ``dataset/slt_dataset.py``) load: PIL decode of the original PNGs, per-clip vidaug-style PIL
-    augmentation applied frame by frame (rotate, resize, translate, each p=0.5), resize 256x256,
-    ToTensor + Normalize in torch, random crop 224, ``torch.utils.data.DataLoader`` with the same
-    worker count and batch size, padding collate.
+(b) training input path, as the trainer runs it on one CPU device: grain (ArrayRecord read, JPEG
+    decode of the kept frames in ``--workers`` threads of the main process, bucket padding into
+    64-byte-aligned buffers that ``device_put`` aliases) -> ``to_global`` (uint8) -> jit
+    ``augment(train=True, frame_mask, padding_chunk=8, normalize_output=False)``: uint8 crops,
+    chunks of padding skipped, integer translations sliced; the model normalises the crops
+    inside its patch extraction) -> ready device batch, one batch in flight (asynchronous
+    dispatch, as in training); against the way the PyTorch references (GFSLT-VLP,
+    elsobhano/MLLM ``dataset/slt_dataset.py``) load: PIL decode of the original PNGs, per-clip
+    vidaug-style PIL augmentation applied frame by frame (rotate, resize, translate, each
+    p=0.5), resize 256x256, ToTensor + Normalize in torch, random crop 224,
+    ``torch.utils.data.DataLoader`` with the same worker count and batch size, padding collate.
+(b1) (b) with ``--workers`` grain worker processes instead of threads (batches written into shared
+    memory by the workers).
 (b2) (b) with length-grouped batches (``make_loader(length_grouping=8)``: clips of similar length
     share a batch, so less padding is decoded, moved and augmented).
 (b') the host part of (b) alone (no augmentation), to show where time goes.
@@ -201,7 +207,8 @@ def reference_rate(clips, *, train: bool, workers: int, batch_size: int, seconds
 
 
 def ours_rate(dataset_dir: str, *, workers: int, batch_size: int, seconds: float,
-              augment_on: bool, warmup: int = 2, length_grouping: int = 0) -> tuple[float, float]:
+              augment_on: bool, warmup: int = 2, length_grouping: int = 0,
+              threads: bool = False) -> tuple[float, float]:
     """(frames/s, fraction of padding in the batches) of grain -> to_global -> jit
     augment(train) -> ready device batch."""
     import jax
@@ -222,7 +229,9 @@ def ours_rate(dataset_dir: str, *, workers: int, batch_size: int, seconds: float
                            "m": np.ones((batch_size, t), bool)}, mesh)
             aug(jax.random.key(0), z["f"], frame_mask=z["m"]).block_until_ready()
     loader = make_loader(open_split(dataset_dir, "train"), batch_size=batch_size, seed=0,
-                         shuffle=True, num_epochs=None, drop_remainder=True, worker_count=workers,
+                         shuffle=True, num_epochs=None, drop_remainder=True,
+                         # `workers` decoding threads in this process, or worker processes
+                         worker_count=0 if threads else workers, read_threads=workers if threads else 1,
                          shard_index=0, shard_count=1, length_grouping=length_grouping)
     it = iter(loader)
     key = jax.random.key(0)
@@ -341,23 +350,20 @@ def main(argv=None) -> list[dict]:
     dataset_dir = summary["dataset_dir"]
 
     ref_eval, ref_train, ours_train, ours_host, pad = [], [], [], [], []
-    ours_grouped, pad_grouped = [], []
+    ours_grouped, pad_grouped, ours_procs = [], [], []
     for _ in range(repeats):
-        rate, pad_fraction = ours_rate(dataset_dir, workers=args.workers,
-                                       batch_size=args.batch_size, seconds=seconds,
-                                       augment_on=True)
+        common = dict(workers=args.workers, batch_size=args.batch_size, seconds=seconds, threads=True)
+        rate, pad_fraction = ours_rate(dataset_dir, augment_on=True, **common)
         ours_train.append(rate)
         pad.append(pad_fraction)
-        rate, pad_fraction = ours_rate(dataset_dir, workers=args.workers,
-                                       batch_size=args.batch_size, seconds=seconds,
-                                       augment_on=True, length_grouping=GROUPING)
+        rate, pad_fraction = ours_rate(dataset_dir, augment_on=True, length_grouping=GROUPING, **common)
         ours_grouped.append(rate)
         pad_grouped.append(pad_fraction)
+        ours_procs.append(ours_rate(dataset_dir, augment_on=True, **{**common, "threads": False})[0])
         ref_train.append(reference_rate(clips, train=True, workers=args.workers,
                                         batch_size=args.batch_size, seconds=seconds)[0])
         steps.update()
-        ours_host.append(ours_rate(dataset_dir, workers=args.workers, batch_size=args.batch_size,
-                                   seconds=seconds / 2, augment_on=False)[0])
+        ours_host.append(ours_rate(dataset_dir, augment_on=False, **{**common, "seconds": seconds / 2})[0])
         steps.update()
         ref_eval.append(reference_rate(clips, train=False, workers=args.workers,
                                        batch_size=args.batch_size, seconds=seconds / 2)[0])
@@ -382,15 +388,17 @@ def main(argv=None) -> list[dict]:
     rows = [
         {"name": "(a) conversion PNG tree -> ArrayRecord (vs reference eval loader, per epoch)",
          "ours": conv_rate, "reference": med(ref_eval)},
-        {"name": "(b) training input path: grain decode+pad -> device uint8 -> jit augment",
+        {"name": f"(b) training input path: grain decode ({args.workers} threads)+pad -> device uint8 -> jit augment",
          "ours": med(ours_train), "reference": med(ref_train)},
+        {"name": f"(b1) as (b), decoding in {args.workers} worker processes instead of threads",
+         "ours": med(ours_procs), "reference": med(ref_train)},
         {"name": f"(b2) as (b), length-grouped batches (data.length_grouping={GROUPING})",
          "ours": med(ours_grouped), "reference": med(ref_train)},
-        {"name": "(b') host part only: grain decode+pad -> device uint8 (no augment)",
+        {"name": "(b') host part of (b) only: grain decode+pad -> device uint8 (no augment)",
          "ours": med(ours_host), "reference": med(ref_train)},
     ]
-    raw = {"ours_train": ours_train, "ours_grouped": ours_grouped, "ref_train": ref_train, "ours_host": ours_host,
-           "ref_eval": ref_eval}
+    raw = {"ours_train": ours_train, "ours_procs": ours_procs, "ours_grouped": ours_grouped,
+           "ref_train": ref_train, "ours_host": ours_host, "ref_eval": ref_eval}
     settings["raw_frames_per_s"] = raw
     for r in rows:
         r["unit"] = "frames/s"

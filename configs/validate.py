@@ -47,6 +47,7 @@ def base() -> ml_collections.ConfigDict:
         max_text_len=64,
         max_description_len=128,  # BeyondGloss descriptions (model.beyondgloss.description)
         worker_count=0,        # grain worker processes for the training loader
+        read_threads=2,        # decoding threads per loader process (JPEG decoding frees the GIL)
         eval_worker_count=0,
         seed=0,                # shuffling seed (and, for the demo, the SynthSign seed)
         augment=ml_collections.ConfigDict(dict(p=0.5, max_rotate_deg=30.0, max_scale=0.2,

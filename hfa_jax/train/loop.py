@@ -810,6 +810,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tr.data.sources[dcfg.train_split], batch_size=per_host, seed=int(dcfg.seed), shuffle=True,
         num_epochs=None, frame_selection=dcfg.frame_selection, max_frames=int(dcfg.max_frames),
         buckets=tuple(dcfg.buckets), drop_remainder=True, worker_count=int(dcfg.worker_count),
+        read_threads=int(dcfg.get("read_threads", 1)),
         example_fn=_example_fn(config, _fields_for(tr, dcfg.train_split)),
         length_grouping=int(dcfg.get("length_grouping", 0)))
     it = iter(loader)

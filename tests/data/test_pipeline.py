@@ -207,6 +207,21 @@ def test_worker_processes_give_the_same_batches_and_resume(dataset):
     assert_batches_equal(take(fresh, 4), rest)
 
 
+def test_decoding_threads_give_the_same_batches_and_resume(dataset):
+    # The trainer decodes in 2 threads by default (data.read_threads): batches must not depend on
+    # it, and a saved iterator state must resume the same stream.
+    kw = dict(shuffle=True, num_epochs=None, frame_selection="random", batch_size=2)
+    reference = take(iter(loader(dataset, **kw)), 7)
+    it = iter(loader(dataset, read_threads=3, **kw))
+    first = take(it, 3)
+    state = it.get_state()
+    rest = take(it, 4)
+    assert_batches_equal(first + rest, reference)
+    fresh = iter(loader(dataset, read_threads=2, **kw))
+    fresh.set_state(state)
+    assert_batches_equal(take(fresh, 4), rest)
+
+
 def test_example_fn_adds_fixed_shape_fields(dataset):
     def example_fn(ex):
         return {
