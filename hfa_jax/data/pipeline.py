@@ -563,12 +563,16 @@ def make_loader(
             example_fn=example_fn,
         )
     )
+    # Which examples form a batch is fixed here, on the MapDataset (independent of worker and
+    # thread counts); the examples are decoded ahead by the read threads, and stacked + padded
+    # as the batch leaves the pipeline (in a worker process: straight into shared memory, see
+    # _PadBatch; a batch that is never handed over never holds a shared-memory segment).
     pad_batch = _PadBatch(batch_size, buckets, fill_batch=fill_last_batch and not drop_remainder)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=pad_batch)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=list)
     ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
     )
-    ds = _SharedMemoryBatches(ds, pad_batch)
+    ds = _SharedMemoryBatches(ds.map(pad_batch), pad_batch)
     if worker_count > 0:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
