@@ -107,7 +107,8 @@ def input_pipeline_row(quick: bool) -> dict:
     rows = bench_input.main(["--quick"] if quick else [])
     r = next(x for x in rows if x["name"].startswith("(b)"))
     s = r["settings"]
-    settings = (f"grain+jit augment vs PIL+DataLoader, {s['workers']} workers, batch {s['batch_size']}, "
+    settings = (f"grain ({s['workers']} decoding threads, as the trainer) + jit augment vs PIL + DataLoader "
+                f"({s['workers']} worker processes), batch {s['batch_size']}, "
                 f"{s['videos']} synthetic clips {s['frame_size_src']} -> {s['stored']}, "
                 f"{s['seconds_per_measure']:.0f}s x {s['repeats']}")
     return {"name": "input_pipeline", "ours": r["ours"], "reference": r["reference"], "unit": r["unit"],
