@@ -161,6 +161,11 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
         sec, key = field.split(".")
         if int(config[sec][key]) <= 0:
             raise ConfigError(f"config.{field}={config[sec][key]} must be positive")
+    if int(config.data.read_threads) <= 0:
+        raise ConfigError(f"config.data.read_threads={config.data.read_threads} must be positive")
+    if int(config.data.augment.padding_chunk) < -1:
+        raise ConfigError(f"config.data.augment.padding_chunk={config.data.augment.padding_chunk} must be "
+                          "-1 (auto), 0 (off) or a chunk length")
     if float(t.lr) <= 0:
         raise ConfigError(f"config.train.lr={t.lr} must be positive")
     if not t.trainable:

@@ -39,6 +39,12 @@ def test_unknown_field_and_missing_path_name_the_field(tmp_path):
     c.train.learning_rate = 1e-3
     with pytest.raises(ConfigError, match=r"config\.train\.learning_rate is not a known field"):
         validate.validate(c)
+    for field, value, message in (("read_threads", 0, r"config\.data\.read_threads=0 must be positive"),
+                                  ("padding_chunk", -2, r"config\.data\.augment\.padding_chunk=-2")):
+        c = pretrain.get_config("tiny")
+        (c.data.augment if field == "padding_chunk" else c.data)[field] = value
+        with pytest.raises(ConfigError, match=message):
+            validate.validate(c, check_paths=False)
     c = pretrain.get_config("tiny")
     c.data.dataset_dir = str(tmp_path / "nope")
     with pytest.raises(ConfigError, match=r"config\.data\.dataset_dir=.*does not exist"):
