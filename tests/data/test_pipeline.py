@@ -194,30 +194,20 @@ def test_state_restore_reproduces_the_batches(dataset):
     assert_batches_equal(take(fresh, 6), expected)
 
 
-def test_worker_processes_give_the_same_batches_and_resume(dataset):
+@pytest.mark.parametrize("parallel", [dict(worker_count=2), dict(read_threads=3)],
+                         ids=["worker_processes", "decoding_threads"])
+def test_parallel_loading_gives_the_same_batches_and_resumes(dataset, parallel):
+    # Worker processes (batches written into shared memory) and decoding threads (the trainer's
+    # default, data.read_threads=2) must not change the batches, and a saved iterator state must
+    # resume the same stream.
     kw = dict(shuffle=True, num_epochs=None, frame_selection="random", batch_size=2)
     reference = take(iter(loader(dataset, **kw)), 7)
-    it = iter(loader(dataset, worker_count=2, **kw))
-    first = take(it, 3)
-    state = it.get_state()
-    rest = take(it, 4)
-    assert_batches_equal(first + rest, reference)  # batches do not depend on worker_count
-    fresh = iter(loader(dataset, worker_count=2, **kw))
-    fresh.set_state(state)
-    assert_batches_equal(take(fresh, 4), rest)
-
-
-def test_decoding_threads_give_the_same_batches_and_resume(dataset):
-    # The trainer decodes in 2 threads by default (data.read_threads): batches must not depend on
-    # it, and a saved iterator state must resume the same stream.
-    kw = dict(shuffle=True, num_epochs=None, frame_selection="random", batch_size=2)
-    reference = take(iter(loader(dataset, **kw)), 7)
-    it = iter(loader(dataset, read_threads=3, **kw))
+    it = iter(loader(dataset, **parallel, **kw))
     first = take(it, 3)
     state = it.get_state()
     rest = take(it, 4)
     assert_batches_equal(first + rest, reference)
-    fresh = iter(loader(dataset, read_threads=2, **kw))
+    fresh = iter(loader(dataset, **parallel, **kw))
     fresh.set_state(state)
     assert_batches_equal(take(fresh, 4), rest)
 
