@@ -396,7 +396,7 @@ class _PadBatch:
 
     def _zeros(self, shape: tuple[int, ...]) -> np.ndarray:
         if self.shared_memory:
-            from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+            from grain.python import SharedMemoryArray
 
             return SharedMemoryArray(shape, np.uint8)  # zero-filled by the OS
         return aligned_zeros(shape)
