@@ -58,7 +58,6 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MAX_FRAMES = 300
 GROUPING = 8  # batches per length-grouping window in row (b2)
-PADDING_CHUNK = 8  # what the trainer uses on one CPU device (train.loop._padding_chunk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +205,15 @@ def reference_rate(clips, *, train: bool, workers: int, batch_size: int, seconds
 # ----------------------------------------------------------------------------------------------
 
 
+def _augment_as_trainer():
+    """``augment(train=True)`` as the trainer calls it on one CPU device: chunked warp that skips
+    padding chunks; the crops stay uint8 (the model normalises them inside its patch extraction)."""
+    from hfa_jax.data.augment import CPU_PADDING_CHUNK, augment
+
+    return functools.partial(augment, train=True, padding_chunk=CPU_PADDING_CHUNK,
+                             normalize_output=False)
+
+
 def ours_rate(dataset_dir: str, *, workers: int, batch_size: int, seconds: float,
               augment_on: bool, warmup: int = 2, length_grouping: int = 0,
               threads: bool = False) -> tuple[float, float]:
@@ -214,15 +222,11 @@ def ours_rate(dataset_dir: str, *, workers: int, batch_size: int, seconds: float
     import jax
     from jax.sharding import Mesh
 
-    from hfa_jax.data.augment import augment
     from hfa_jax.data.pipeline import DEFAULT_BUCKETS, make_loader, open_split
     from hfa_jax.data.sharding import to_global
 
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    # As the trainer runs it on one CPU device (train.loop._augment): chunked warp that skips
-    # padding chunks; the crops stay uint8 (the model normalises them inside its patch
-    # extraction, see `patch_embed_rows`).
-    aug = functools.partial(augment, train=True, padding_chunk=PADDING_CHUNK, normalize_output=False)
+    aug = _augment_as_trainer()
     if augment_on:  # compile every bucket shape up front, as a trainer would
         for t in DEFAULT_BUCKETS:
             z = to_global({"f": np.zeros((batch_size, t, 256, 256, 3), np.uint8),
@@ -265,12 +269,10 @@ def augment_only_rate(batch_size: int, length: int = 128, iters: int = 4) -> flo
     the device-side cost of (b), for profiling."""
     import jax
 
-    from hfa_jax.data.augment import augment
-
     frames = jax.device_put(
         np.random.default_rng(0).integers(0, 256, (batch_size, length, 256, 256, 3), np.uint8))
     mask = jax.device_put(np.ones((batch_size, length), bool))
-    aug = functools.partial(augment, train=True, padding_chunk=PADDING_CHUNK, normalize_output=False)
+    aug = _augment_as_trainer()
     aug(jax.random.key(0), frames, frame_mask=mask).block_until_ready()
     start = time.perf_counter()
     for i in range(iters):

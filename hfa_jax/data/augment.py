@@ -186,6 +186,9 @@ def chunk_length(num_frames: int, target: int) -> int:
     return max(d for d in range(1, min(target, num_frames) + 1) if num_frames % d == 0)
 
 
+# Chunk length the trainer uses on a single CPU device (`data.augment.padding_chunk=-1`).
+CPU_PADDING_CHUNK = 8
+
 # Largest translation (px) the slice path of `warp_uint8` handles; beyond it, the bilinear path.
 _SLICE_PAD = 16
 

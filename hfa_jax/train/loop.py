@@ -248,9 +248,12 @@ def _padding_chunk(config) -> int:
     single CPU device, where the device is the data loader's own cores; off on accelerators,
     where one big kernel beats a sequential loop, and on meshes, where a loop over the sharded
     batch axis would gather it)."""
+    from hfa_jax.data import augment as aug
+
     chunk = int(config.data.augment.get("padding_chunk", -1))
     if chunk < 0:
-        return 8 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
+        single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+        return aug.CPU_PADDING_CHUNK if single_cpu else 0
     return chunk
 
 
