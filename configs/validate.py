@@ -43,6 +43,10 @@ def base() -> ml_collections.ConfigDict:
         # > 0: batch clips of similar length (windows of this many batches; pipeline.make_loader).
         # Less padding, so fewer frames through the ViT; 0 = plain shuffling as the references.
         length_grouping=0,
+        # > 0: the frame encoder runs on the batch's valid frames only, packed into one of this
+        # many capacity levels per bucket (one compiled train step per bucket and level met;
+        # same values as unpacked). PHOENIX14T batches are half padding. 0 = every padded frame.
+        pack_frames=4,
         crop_size=224,
         max_text_len=64,
         max_description_len=128,  # BeyondGloss descriptions (model.beyondgloss.description)
@@ -163,6 +167,9 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
             raise ConfigError(f"config.{field}={config[sec][key]} must be positive")
     if int(config.data.read_threads) <= 0:
         raise ConfigError(f"config.data.read_threads={config.data.read_threads} must be positive")
+    if int(config.data.pack_frames) < 0:
+        raise ConfigError(f"config.data.pack_frames={config.data.pack_frames} must be >= 0 (capacity levels "
+                          "per bucket; 0 = no packing)")
     if int(config.data.augment.padding_chunk) < -1:
         raise ConfigError(f"config.data.augment.padding_chunk={config.data.augment.padding_chunk} must be "
                           "-1 (auto), 0 (off) or a chunk length")

@@ -56,6 +56,31 @@ def agree_on_time_length(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     return pad_time(batch, int(np.max(lengths)))
 
 
+def local_batch_shards(mesh: Mesh, batch_axes: Sequence[str] = ("data",)) -> int:
+    """How many shards of the batch axis this process's devices hold (its rows split evenly)."""
+    n_shards = math.prod(mesh.shape[a] for a in batch_axes)
+    local_devices = {d for d in mesh.devices.flat if d.process_index == jax.process_index()}
+    return max(1, n_shards * len(local_devices) // mesh.devices.size)
+
+
+def packed_frame_index(frame_mask: np.ndarray, mesh: Mesh, levels: int,
+                       batch_axes: Sequence[str] = ("data",)) -> np.ndarray:
+    """``frame_index [local shards, P]`` for this process's ``frame_mask [B_local, T]``: one
+    packing group per data shard, so packing never moves frames between devices
+    (:func:`hfa_jax.models.packing.pack_index`). Multi-host: every process takes the largest
+    capacity ``P`` among them (one tiny all-gather), as one global array needs one shape."""
+    from hfa_jax.models.packing import pack_index
+
+    groups = local_batch_shards(mesh, batch_axes)
+    index = pack_index(frame_mask, groups, levels)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        p = int(np.max(multihost_utils.process_allgather(np.int32(index.shape[1]))))
+        index = pack_index(frame_mask, groups, levels, min_capacity=p)
+    return index
+
+
 def to_global(
     batch: Mapping[str, np.ndarray],
     mesh: Mesh,
@@ -80,10 +105,8 @@ def to_global(
             f"batch axes {unknown} are not mesh axes {tuple(mesh.shape)}; fix config.mesh or the "
             "data axes"
         )
-    n_shards = math.prod(mesh.shape[a] for a in batch_axes)
     # Devices of this process along the batch axes: each needs an equal slice of the local rows.
-    local_devices = {d for d in mesh.devices.flat if d.process_index == jax.process_index()}
-    local_shards = max(1, n_shards * len(local_devices) // mesh.devices.size)
+    local_shards = local_batch_shards(mesh, batch_axes)
     out = {}
     for name, value in batch.items():
         value = np.asarray(value)

@@ -36,6 +36,7 @@ from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models.hand import BeyondGlossConfig, DescriptionProjector, HandPoseBranch
 from hfa_jax.models.heads import MaskedBatchNorm, Mapper, PseudoGlossHead, torch_dense
 from hfa_jax.models.lora import lora_scale
+from hfa_jax.models import packing
 from hfa_jax.models.mbart import MBart, MBartConfig, MBartEncoder
 from hfa_jax.models.temporal import TemporalConfig, TemporalEncoder
 from hfa_jax.models.vit import ViT, ViTConfig
@@ -151,12 +152,21 @@ class _VisualTrunk(nn.Module):
             self.hand_pose = HandPoseBranch(bg.hand_dim, bg.feedback_dropout, dtype=cfg.compute_dtype)
 
     def encode_frames_aux(self, pixels: Array, frame_mask: Array, deterministic: bool = True,
-                          return_hidden: bool = False) -> tuple[Array, Array, dict[str, Array]]:
+                          return_hidden: bool = False, frame_index: Array | None = None,
+                          ) -> tuple[Array, Array, dict[str, Array]]:
         """:meth:`encode_frames` plus ``aux``: ``hand_pred [B, T, 288]`` (with the hand-pose
-        branch) and ``temporal_hidden [B, T', 512]`` (with ``return_hidden``)."""
+        branch) and ``temporal_hidden [B, T', 512]`` (with ``return_hidden``).
+
+        ``frame_index [G, P]`` (:func:`hfa_jax.models.packing.pack_index` of ``frame_mask``): run
+        the frame encoder on the ``G * P`` packed valid frames only; padded frames get zero
+        features, which the masked BatchNorm and the temporal encoder ignore."""
         b, t = pixels.shape[:2]
-        cls = self.frame_encoder(pixels.reshape(b * t, *pixels.shape[2:]), deterministic, cls_only=True)
-        x = cls[:, 0].reshape(b, t, -1)  # final-norm CLS per frame
+        if frame_index is None:
+            cls = self.frame_encoder(pixels.reshape(b * t, *pixels.shape[2:]), deterministic, cls_only=True)
+            x = cls[:, 0].reshape(b, t, -1)  # final-norm CLS per frame
+        else:
+            cls = self.frame_encoder(packing.gather_frames(pixels, frame_index), deterministic, cls_only=True)
+            x = packing.scatter_frames(cls[:, 0], frame_index, b, t)
         x = self.frame_proj(x)
         x = self.frame_bn(x, frame_mask, use_running_average=deterministic)
         aux: dict[str, Array] = {}
@@ -167,10 +177,12 @@ class _VisualTrunk(nn.Module):
             aux["temporal_hidden"] = outs[2]
         return outs[0], outs[1], aux
 
-    def encode_frames(self, pixels: Array, frame_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+    def encode_frames(self, pixels: Array, frame_mask: Array, deterministic: bool = True,
+                      frame_index: Array | None = None) -> tuple[Array, Array]:
         """pixels: [B, T, H, W, 3] f32, frame_mask: [B, T] bool ->
-        (y [B, T', 1024], temporal_mask [B, T'] bool), T' = ceil(T / 2)."""
-        y, tmask, _ = self.encode_frames_aux(pixels, frame_mask, deterministic)
+        (y [B, T', 1024], temporal_mask [B, T'] bool), T' = ceil(T / 2). ``frame_index``: see
+        :meth:`encode_frames_aux`."""
+        y, tmask, _ = self.encode_frames_aux(pixels, frame_mask, deterministic, frame_index=frame_index)
         return y, tmask
 
 
@@ -231,10 +243,12 @@ class HFAPretrain(_VisualTrunk):
         desc_ids: Array | None = None,
         desc_mask: Array | None = None,
         desc_vec: Array | None = None,
+        frame_index: Array | None = None,
     ) -> dict[str, Array]:
         cfg = self.cfg
         bg = cfg.beyondgloss
-        y, tmask, aux = self.encode_frames_aux(pixels, frame_mask, deterministic, return_hidden=bg.description)
+        y, tmask, aux = self.encode_frames_aux(pixels, frame_mask, deterministic, return_hidden=bg.description,
+                                               frame_index=frame_index)
         protos = jnp.concatenate([jnp.zeros((1, cfg.proto_dim), self.prototypes.dtype), self.prototypes], 0)
         pg_scores, pg_sim = self.pg_head(y, tmask, protos, deterministic)
 
@@ -290,9 +304,11 @@ class HFATranslate(_VisualTrunk):
         self.mapper = Mapper(cfg.mbart.d_model, dtype=cfg.compute_dtype)
         self.mbart = MBart(cfg.mbart)
 
-    def encode(self, pixels: Array, frame_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
-        """pixels, frame_mask -> (mBART encoder states [B, T', D], encoder mask [B, T'] bool)."""
-        y, tmask = self.encode_frames(pixels, frame_mask, deterministic)
+    def encode(self, pixels: Array, frame_mask: Array, deterministic: bool = True,
+               frame_index: Array | None = None) -> tuple[Array, Array]:
+        """pixels, frame_mask -> (mBART encoder states [B, T', D], encoder mask [B, T'] bool).
+        ``frame_index``: packed valid frames, see :meth:`encode_frames_aux`."""
+        y, tmask = self.encode_frames(pixels, frame_mask, deterministic, frame_index=frame_index)
         h = self.mapper(y)
         states = self.mbart.encode(None, tmask, inputs_embeds=h, deterministic=deterministic)
         return states, tmask
@@ -304,8 +320,9 @@ class HFATranslate(_VisualTrunk):
         decoder_input_ids: Array,
         decoder_mask: Array | None = None,
         deterministic: bool = True,
+        frame_index: Array | None = None,
     ) -> Array:
-        states, tmask = self.encode(pixels, frame_mask, deterministic)
+        states, tmask = self.encode(pixels, frame_mask, deterministic, frame_index=frame_index)
         return self.mbart.decode_full(decoder_input_ids, states, tmask, decoder_mask, deterministic=deterministic)
 
     @nn.nowrap

@@ -213,6 +213,8 @@ def forward(model, stage: str, variables, batch: Mapping[str, jax.Array], pixels
         kw.update({k: batch[k] for k in ("desc_ids", "desc_mask", "desc_vec") if k in batch})
     else:
         args = (pixels, batch["frame_mask"], batch["decoder_input_ids"], batch["target_mask"])
+    if "frame_index" in batch:  # frame packing (data.pack_frames): the ViT sees valid frames only
+        kw["frame_index"] = batch["frame_index"]
     if train:
         out, upd = model.apply(variables, *args, rngs=rngs, mutable=["batch_stats"], **kw)
         return out, upd.get("batch_stats", variables.get("batch_stats", {}))
@@ -537,10 +539,15 @@ def _setup_logging(workdir: str) -> None:
     log.propagate = False
 
 
-def _to_device(batch: Mapping[str, np.ndarray], mesh, keys) -> dict:
-    from hfa_jax.data.sharding import agree_on_time_length, to_global
+def _to_device(batch: Mapping[str, np.ndarray], mesh, keys, pack_levels: int = 0) -> dict:
+    """Host batch -> global arrays on the mesh; with ``pack_levels`` > 0 also the packed-frame
+    index (``frame_index``, one group per data shard, see :mod:`hfa_jax.models.packing`)."""
+    from hfa_jax.data.sharding import agree_on_time_length, packed_frame_index, to_global
 
-    return to_global(agree_on_time_length({k: batch[k] for k in keys}), mesh, mesh_lib.BATCH_AXES)
+    host = agree_on_time_length({k: batch[k] for k in keys})
+    if pack_levels > 0:
+        host["frame_index"] = packed_frame_index(host["frame_mask"], mesh, pack_levels, mesh_lib.BATCH_AXES)
+    return to_global(host, mesh, mesh_lib.BATCH_AXES)
 
 
 def build_trainer(config, workdir: str) -> Trainer:
@@ -842,10 +849,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             with mesh, nn.logical_axis_rules(tr.rules):
                 c = donate.lower(state, dev_batch).compile()
             compiled[key] = c
-            _log_memory(c, time.time() - t0, dict(dev_batch["frames"].shape and
-                                                   {"frames": dev_batch["frames"].shape}))
+            shapes = {k: dev_batch[k].shape for k in ("frames", "frame_index") if k in dev_batch}
+            _log_memory(c, time.time() - t0, shapes)
         return compiled[key](state, dev_batch)
 
+    # The frame encoder runs on the valid frames only, packed to one of data.pack_frames capacity
+    # levels per bucket (one compiled step per bucket and level met).
+    pack_levels = int(dcfg.get("pack_frames", 0))
     eval_jit = jax.jit(tr.eval_fn)
     gen_jit = jax.jit(tr.generate_fn) if tr.generate_fn is not None else None
 
@@ -876,7 +886,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         try:
             while step < tr.total_steps:
                 batch = next(it)
-                dev = _to_device(batch, mesh, _device_keys(tr, batch))
+                dev = _to_device(batch, mesh, _device_keys(tr, batch), pack_levels=pack_levels)
                 state, metrics, finite = step_fn(state, dev)
                 finite = np.asarray(jax.device_get(finite))
                 if not finite.all():

@@ -40,6 +40,7 @@ def test_unknown_field_and_missing_path_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.train\.learning_rate is not a known field"):
         validate.validate(c)
     for field, value, message in (("read_threads", 0, r"config\.data\.read_threads=0 must be positive"),
+                                  ("pack_frames", -1, r"config\.data\.pack_frames=-1 must be >= 0"),
                                   ("padding_chunk", -2, r"config\.data\.augment\.padding_chunk=-2")):
         c = pretrain.get_config("tiny")
         (c.data.augment if field == "padding_chunk" else c.data)[field] = value
