@@ -3,7 +3,10 @@
 
 Both sides get the same shapes (:class:`reference_torch.Shapes`), the same batch layout (one
 clip padded to 3/4 of the frames), the same trainable set (SPEC §2-3) and the same optimiser
-(clip 1.0 -> AdamW wd 0.01 with the one-cycle schedule). A step is forward + backward +
+(clip 1.0 -> AdamW wd 0.01 with the one-cycle schedule). Both run the ViT on the valid frames
+only: the reference by boolean indexing (a dynamic shape, as GFSLT-VLP concatenates clips),
+ours with the trainer's frame packing (``data.pack_frames`` capacity levels; at the default 8
+levels the bench batch packs exactly its valid frames). A step is forward + backward +
 optimiser update, on already-normalised pixels (the augmentation/input path is measured by
 ``bench/bench_input.py``). Ours mirrors the trainer's ``train_step`` (``hfa_jax.train.loop``):
 only the trainable subtree is differentiated, the NaN/Inf guard (``isfinite`` of the loss and
@@ -61,14 +64,39 @@ def hfa_config(s: Shapes, *, dtype: str = "float32"):
     return HFAConfig.from_config(c)
 
 
-def abstract_batch(kind: str, s: Shapes) -> dict:
-    """ShapeDtypeStructs of one batch (pixels [B, T, H, W, 3] f32 normalised)."""
+def pack_levels() -> int:
+    """The trainer's default ``data.pack_frames`` (capacity levels per bucket)."""
+    from configs import validate
+
+    return int(validate.base().data.pack_frames)
+
+
+def reference_frame_mask(s: Shapes):
+    """The reference's layout (``reference_torch.make_batch``): the last clip 3/4 long."""
+    import numpy as np
+
+    fm = np.ones((s.batch, s.frames), bool)
+    if s.batch > 1:
+        fm[-1, (3 * s.frames) // 4:] = False
+    return fm
+
+
+def abstract_batch(kind: str, s: Shapes, packed_frames: int | None = None) -> dict:
+    """ShapeDtypeStructs of one batch (pixels [B, T, H, W, 3] f32 normalised) with the packed
+    frame index ``[1, P]``: ``packed_frames`` P, default the trainer's packing of
+    :func:`reference_frame_mask`; 0 = no packing (every padded frame through the ViT)."""
     import jax
     import jax.numpy as jnp
+
+    from hfa_jax.models.packing import capacity
 
     b, t, L = s.batch, s.frames, s.text_len
     sd = jax.ShapeDtypeStruct
     out = {"pixels": sd((b, t, s.image, s.image, 3), jnp.float32), "frame_mask": sd((b, t), jnp.bool_)}
+    if packed_frames is None:
+        packed_frames = capacity(int(reference_frame_mask(s).sum()), b * t, pack_levels())
+    if packed_frames:
+        out["frame_index"] = sd((1, packed_frames), jnp.int32)
     if kind == "pretrain":
         out.update(text_ids=sd((b, L), jnp.int32), text_mask=sd((b, L), jnp.bool_),
                    pg_targets=sd((b, s.num_pg + 1), jnp.float32))
@@ -83,15 +111,16 @@ def concrete_batch(kind: str, s: Shapes, seed: int = 0) -> dict:
     long, the last text half long) as numpy, channels-last pixels. Values are random."""
     import numpy as np
 
+    from hfa_jax.models.packing import pack_index
+
     rng = np.random.default_rng(seed)
     b, t, L = s.batch, s.frames, s.text_len
-    fm = np.ones((b, t), bool)
+    fm = reference_frame_mask(s)
     tm = np.ones((b, L), bool)
-    if b > 1:
-        fm[-1, (3 * t) // 4:] = False
     tm[-1, L // 2:] = False
     ids = rng.integers(4, s.vocab, (b, L)).astype(np.int32)
-    out = {"pixels": rng.standard_normal((b, t, s.image, s.image, 3), np.float32), "frame_mask": fm}
+    out = {"pixels": rng.standard_normal((b, t, s.image, s.image, 3), np.float32), "frame_mask": fm,
+           "frame_index": pack_index(fm, 1, pack_levels())}
     if kind == "pretrain":
         pg = np.zeros((b, s.num_pg + 1), np.float32)
         pg[:, 1:6] = 1.0
@@ -122,7 +151,7 @@ def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int 
                                             weight_decay=0.01, clip_norm=1.0)
     rules = trainable_rules(STAGE[kind])
     small = dataclasses.replace(s, batch=1, frames=2)
-    dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(kind, small).items()}
+    dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(kind, small, packed_frames=0).items()}
 
     def model_args(batch):
         if kind == "pretrain":
@@ -146,7 +175,7 @@ def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int 
             v = {"params": optim_lib.merge_params(tr, state["frozen"]), **state["buffers"],
                  "batch_stats": state["batch_stats"]}
             out, upd = model.apply(v, *model_args(batch), deterministic=False, rngs={"dropout": rng},
-                                   mutable=["batch_stats"])
+                                   mutable=["batch_stats"], frame_index=batch.get("frame_index"))
             if kind == "pretrain":
                 loss, _ = losses.pretrain_loss(out, batch["pg_targets"])
             else:

@@ -20,6 +20,10 @@ checked against the HBM floor bytes / 3.0 TB/s. PHOENIX14T: 7096 training videos
 buckets (64, 128, 192, 256, 300) and PHOENIX14T's train lengths (GFSLT-VLP ``labels.train``,
 clipped at 300 frames: mean 116.5), a shuffled batch of 16 pads to 244.9 frames on average
 (simulated once over 50 epochs; step cost is linear in frames, see the ``frames_<T>`` rows).
+"Packed" also runs the ViT on the valid frames only (the trainer's default ``data.pack_frames``
+= 8 capacity levels per bucket: 131.5 frames per clip on average in the same simulation): the
+ViT's FLOPs per frame are the slope between two lowerings with 4,800 and 2,400 packed frames,
+the rest of the step scales with the padded length as above.
 
     python bench/cost_model.py [--quick] [--no-compile] [--json FILE]
 """
@@ -44,12 +48,15 @@ TRAIN_VIDEOS = 7096
 STEPS_PER_EPOCH = TRAIN_VIDEOS // PAPER.batch  # 443
 SCHEDULE = (("pretrain", 100), ("finetune1", 100), ("finetune2", 200))
 MEAN_BUCKET_FRAMES = 244.9  # see the module docstring
+MEAN_PACKED_FRAMES = 131.5  # ViT frames per clip with 8 packing levels (module docstring)
 H100 = {"bf16_tflops": 800.0, "hbm_tb_s": 3.0, "assumed_mfu": 0.40}
 
 
-def step_cost(kind: str, s: Shapes, *, dtype: str = "bfloat16", compile: bool = True) -> dict:
+def step_cost(kind: str, s: Shapes, *, dtype: str = "bfloat16", compile: bool = True,
+              packed_frames: int | None = None) -> dict:
     """XLA cost analysis of one training step of ``kind`` ("pretrain", "finetune1",
-    "finetune2") at shapes ``s``, lowered on abstract values (nothing allocated).
+    "finetune2") at shapes ``s``, lowered on abstract values (nothing allocated);
+    ``packed_frames``: frames through the ViT (default: the trainer's packing of the bench layout).
 
     Returns ``{"flops", "bytes", "transcendentals", "source", "seconds"}`` (+ ``xla_memory``
     when compiled)."""
@@ -60,7 +67,7 @@ def step_cost(kind: str, s: Shapes, *, dtype: str = "bfloat16", compile: bool = 
     t0 = time.perf_counter()
     init_state, step = make_step(kind, s, dtype=dtype)
     abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    batch = abstract_batch("pretrain" if kind == "pretrain" else "finetune", s)
+    batch = abstract_batch("pretrain" if kind == "pretrain" else "finetune", s, packed_frames=packed_frames)
     lowered = jax.jit(step, donate_argnums=0).lower(abstract_state, batch)
     out: dict = {}
     if compile:
@@ -120,6 +127,7 @@ def project_h100(costs: dict[str, dict], *, mfu: float = H100["assumed_mfu"]) ->
     bw = H100["hbm_tb_s"] * 1e12
     stages = {}
     total = total_b = 0.0
+    total_p = None
     for kind, epochs in SCHEDULE:
         c = costs[kind]
         step_s = c["flops"] / (peak * mfu)
@@ -129,10 +137,20 @@ def project_h100(costs: dict[str, dict], *, mfu: float = H100["assumed_mfu"]) ->
         hours_b = hours * MEAN_BUCKET_FRAMES / PAPER.frames
         stages[kind] = {"epochs": epochs, "steps": steps, "step_s": step_s, "hbm_floor_s": hbm_floor,
                         "hours_300_frames": hours, "hours_bucketed": hours_b}
+        if "vit_flops_per_frame" in c:
+            vit_full = c["vit_flops_per_frame"] * PAPER.batch * PAPER.frames
+            packed = ((c["flops"] - vit_full) * MEAN_BUCKET_FRAMES / PAPER.frames
+                      + c["vit_flops_per_frame"] * PAPER.batch * MEAN_PACKED_FRAMES)
+            stages[kind]["hours_packed"] = hours * packed / c["flops"]
+            stages[kind]["vit_share"] = vit_full / c["flops"]
+            total_p = (total_p or 0.0) + stages[kind]["hours_packed"]
         total += hours
         total_b += hours_b
-    return {"assumed_mfu": mfu, "peak_tflops": H100["bf16_tflops"], "hbm_tb_s": H100["hbm_tb_s"],
-            "stages": stages, "total_hours_300_frames": total, "total_hours_bucketed": total_b}
+    out = {"assumed_mfu": mfu, "peak_tflops": H100["bf16_tflops"], "hbm_tb_s": H100["hbm_tb_s"],
+           "stages": stages, "total_hours_300_frames": total, "total_hours_bucketed": total_b}
+    if total_p is not None:
+        out["total_hours_packed"] = total_p
+    return out
 
 
 def run(*, quick: bool = False, compile: bool = True, kinds=None, progress=None, machine: dict | None = None) -> dict:
@@ -144,7 +162,12 @@ def run(*, quick: bool = False, compile: bool = True, kinds=None, progress=None,
     for kind, _ in SCHEDULE:
         if kinds and kind not in kinds:
             continue
-        costs[kind] = step_cost(kind, PAPER, compile=compile)
+        full = PAPER.batch * PAPER.frames
+        costs[kind] = step_cost(kind, PAPER, compile=compile, packed_frames=full)
+        # the ViT's FLOPs per frame: slope between two lowerings (FLOPs need no compile)
+        hi = costs[kind] if not compile else step_cost(kind, PAPER, compile=False, packed_frames=full)
+        lo = step_cost(kind, PAPER, compile=False, packed_frames=full // 2)
+        costs[kind]["vit_flops_per_frame"] = (hi["flops"] - lo["flops"]) / (full - full // 2)
         costs[kind]["floor_s_this_machine"] = floor_seconds(costs[kind], peak, bw)
         if progress:
             progress(kind, costs[kind])
@@ -174,9 +197,13 @@ def format_report(r: dict) -> str:
         for kind, st in h["stages"].items():
             hb = f", HBM floor {st['hbm_floor_s']:.3f} s" if st["hbm_floor_s"] is not None else ""
             lines.append(f"  {kind:<10} {st['epochs']:>3} epochs {st['steps']:>6} steps x {st['step_s']:.3f} s{hb} = "
-                         f"{st['hours_300_frames']:.1f} h (all clips padded to 300) / {st['hours_bucketed']:.1f} h bucketed")
+                         f"{st['hours_300_frames']:.1f} h (all clips padded to 300) / {st['hours_bucketed']:.1f} h bucketed"
+                         + (f" / {st['hours_packed']:.1f} h bucketed + packed (ViT {st['vit_share']:.0%} of "
+                            "the 300-frame step)" if "hours_packed" in st else ""))
         lines.append(f"  total: {h['total_hours_300_frames']:.1f} h at 300 frames, {h['total_hours_bucketed']:.1f} h with "
-                     f"length buckets (mean padded length {MEAN_BUCKET_FRAMES} frames)")
+                     f"length buckets (mean padded length {MEAN_BUCKET_FRAMES} frames)"
+                     + (f", {h['total_hours_packed']:.1f} h with the ViT on packed valid frames "
+                        f"({MEAN_PACKED_FRAMES} per clip)" if "total_hours_packed" in h else ""))
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ configs with random weights (no downloads; speed does not depend on the weights)
   ``qkv``; LoRA goes on ``q_proj, k_proj, v_proj, o_proj, fc1, fc2`` (9,216 instead of 6,144
   adapter parameters on the attention input per block: same rank, same FLOP class). Blocks 0-8
   run under ``torch.no_grad()`` (a competent baseline: no activations kept for frozen blocks).
+  Only the valid frames go through it (``pixels[frame_mask]``: GFSLT-VLP likewise concatenates
+  the clips' frames before its CNN), then the features are scattered back to ``[B, T]``.
 - Linear(384->512) -> BatchNorm1d over the valid frames only.
 - temporal encoder written here to SPEC §2: post-LN blocks, local attention |t-s| <= 3 (+ self)
   as a dense boolean mask into ``F.scaled_dot_product_attention`` (what the xformers
@@ -211,15 +213,14 @@ class _Trunk(nn.Module):
         vit = self.frame_encoder
         first = min(self.s.lora_blocks)
         with torch.no_grad():
-            x = vit.embeddings(pixels.flatten(0, 1))
+            x = vit.embeddings(pixels[frame_mask])  # valid frames only: [N_valid, 3, H, W]
             for layer in vit.encoder.layer[:first]:
                 x = layer(x, None)
         for layer in vit.encoder.layer[first:]:
             x = layer(x, None)
-        cls = vit.layernorm(x)[:, 0].view(b, t, -1)
-        h = self.frame_proj(cls)
-        out = torch.zeros_like(h)
-        out[frame_mask] = self.frame_bn(h[frame_mask])
+        h = self.frame_proj(vit.layernorm(x)[:, 0])
+        out = h.new_zeros(b, t, h.shape[-1])
+        out[frame_mask] = self.frame_bn(h)
         return self.temporal(out, frame_mask)
 
 

@@ -46,7 +46,7 @@ def base() -> ml_collections.ConfigDict:
         # > 0: the frame encoder runs on the batch's valid frames only, packed into one of this
         # many capacity levels per bucket (one compiled train step per bucket and level met;
         # same values as unpacked). PHOENIX14T batches are half padding. 0 = every padded frame.
-        pack_frames=4,
+        pack_frames=8,
         crop_size=224,
         max_text_len=64,
         max_description_len=128,  # BeyondGloss descriptions (model.beyondgloss.description)

@@ -61,3 +61,11 @@ def test_h100_projection_arithmetic():
     assert st["hours_300_frames"] == pytest.approx(443 * 200 * 2.0 / 3600)
     assert p["total_hours_300_frames"] == pytest.approx(443 * 400 * 2.0 / 3600)
     assert p["total_hours_bucketed"] == pytest.approx(p["total_hours_300_frames"] * 244.9 / 300)
+    assert "total_hours_packed" not in p
+    # ViT at 1e11 FLOP/frame = 4.8e14 of the 8e14: the rest scales with 244.9/300, the ViT with
+    # 131.5 packed frames per clip
+    costs = {k: {**c, "vit_flops_per_frame": 1e11} for k, c in costs.items()}
+    p = cost_model.project_h100(costs, mfu=0.5)
+    want = (3.2e14 * 244.9 / 300 + 1e11 * 16 * 131.5) / 8e14
+    assert p["stages"]["pretrain"]["vit_share"] == pytest.approx(0.6)
+    assert p["total_hours_packed"] == pytest.approx(p["total_hours_300_frames"] * want)
