@@ -881,12 +881,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---- 7. loop ---------------------------------------------------------------------------
     pbar = tqdm(total=tr.total_steps, initial=step, desc=stage, dynamic_ncols=True,
                 disable=jax.process_index() != 0 or not bool(tcfg.get("progress_bar", True)))
-    window_t, window_n = time.time(), 0
+    window_t, window_n, window_slots, window_vit = time.time(), 0, 0, 0
     with ckpt_lib.PreemptionFlag() as preempt:
         try:
             while step < tr.total_steps:
                 batch = next(it)
                 dev = _to_device(batch, mesh, _device_keys(tr, batch), pack_levels=pack_levels)
+                slots = int(dev["frame_mask"].size)  # global shapes: no transfer
+                window_slots += slots
+                window_vit += int(dev["frame_index"].size) if "frame_index" in dev else slots
                 state, metrics, finite = step_fn(state, dev)
                 finite = np.asarray(jax.device_get(finite))
                 if not finite.all():
@@ -903,7 +906,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     dt = time.time() - window_t
                     m["examples_per_sec"] = window_n * int(tcfg.batch_size) / max(dt, 1e-9)
-                    window_t, window_n = time.time(), 0
+                    # frames the ViT encoded / padded frame slots (< 1 with data.pack_frames)
+                    m["vit_frame_fraction"] = window_vit / max(window_slots, 1)
+                    window_t, window_n, window_slots, window_vit = time.time(), 0, 0, 0
                     tr.writer.write(step, "train", m)
                     pbar.set_postfix(loss=f"{m['loss']:.4f}", ex_s=f"{m['examples_per_sec']:.1f}",
                                      lr=f"{m['lr']:.2e}")

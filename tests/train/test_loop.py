@@ -202,6 +202,8 @@ def test_same_losses_on_1_and_8_devices_data_parallel_and_fsdp(paths, tmp_path):
     with open(os.path.join(one, "train.log")) as f:
         packed = [int(p) for p in re.findall(r"'frame_index': \(1, (\d+)\)", f.read())]
     assert packed and max(packed) < 8 * 32, packed  # the 1-device run did leave padded frames out
+    fractions = _losses(one, "vit_frame_fraction")
+    assert all(0 < f <= 1 for f in fractions.values()) and min(fractions.values()) < 1, fractions
 
 
 def test_sigterm_sets_the_preemption_flag_instead_of_killing():
