@@ -106,3 +106,22 @@ def test_hosts_agree_on_the_time_length(monkeypatch):
     np.testing.assert_array_equal(out["labels"], batch["labels"])
     with pytest.raises(ValueError, match="time steps"):
         sharding.pad_time(batch, 32)
+
+
+def test_hosts_agree_on_the_packed_capacity(monkeypatch):
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from jax.sharding import Mesh
+
+    from hfa_jax.data import sharding
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    mask = np.zeros((2, 8), bool)
+    mask[0, :3] = True  # 3 valid of 16 slots -> 4 at 8 levels (steps of 2)
+    one = sharding.packed_frame_index(mask, mesh, levels=8)
+    np.testing.assert_array_equal(one, [[0, 1, 2, 16]])
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 10], np.int32))
+    out = sharding.packed_frame_index(mask, mesh, levels=8)  # the other host needs 10 slots
+    np.testing.assert_array_equal(out, [[0, 1, 2] + [16] * 7])
