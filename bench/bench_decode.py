@@ -32,13 +32,15 @@ from bench import common  # noqa: E402
 from bench.common import Shapes  # noqa: E402
 
 DECODE = {"full": dict(sentences=4, src_len=64, max_new_tokens=150),
-          "quick": dict(sentences=4, src_len=32, max_new_tokens=30)}
-ITERS = {"full": (1, 5, 60.0), "quick": (1, 3, 20.0)}
+          "quick": dict(sentences=4, src_len=32, max_new_tokens=30),
+          # accelerator rows: a dev-set-sized batch through mBART-large (12+12), half precision
+          "accel": dict(sentences=16, src_len=128, max_new_tokens=150)}
+ITERS = {"full": (1, 5, 60.0), "quick": (1, 3, 20.0), "accel": (2, 5, 60.0)}
 START_ID = 3  # the de_DE id of the trimmed vocabulary (any non-special id will do)
 
 
 def torch_worker(s: Shapes, folder: str, *, sentences: int, src_len: int, max_new_tokens: int,
-                 iters: int, warmup: int, max_seconds: float) -> dict:
+                 iters: int, warmup: int, max_seconds: float, half: bool = False) -> dict:
     import numpy as np
     import torch
     from transformers import GenerationConfig, MBartForConditionalGeneration
@@ -53,6 +55,11 @@ def torch_worker(s: Shapes, folder: str, *, sentences: int, src_len: int, max_ne
     mask = torch.ones(sentences, src_len, dtype=torch.long)
     mask[-1, src_len // 2:] = 0
     np.savez(os.path.join(folder, "inputs.npz"), emb=emb.numpy(), mask=mask.numpy().astype(bool))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if half:  # the accelerator rows: fp16 weights on CUDA (bf16 on CPU, for the smoke test)
+        model = model.to(torch.float16 if device == "cuda" else torch.bfloat16)
+        emb = emb.to(model.dtype)
+    model, emb, mask = model.to(device), emb.to(device), mask.to(device)
     gen = GenerationConfig(num_beams=4, max_new_tokens=max_new_tokens, length_penalty=1.0, early_stopping=False,
                            do_sample=False, decoder_start_token_id=START_ID, eos_token_id=2, pad_token_id=1,
                            bos_token_id=0, forced_eos_token_id=2)
@@ -63,23 +70,27 @@ def torch_worker(s: Shapes, folder: str, *, sentences: int, src_len: int, max_ne
             box["seq"] = model.generate(inputs_embeds=emb, attention_mask=mask, generation_config=gen)
         return box["seq"]
 
-    threads = common.pick_torch_threads(call)
-    times = common.time_calls(call, warmup=max(warmup - 1, 0), iters=iters, max_seconds=max_seconds)
-    seq = box["seq"].numpy()
+    sync = (lambda x: x.cpu()) if device == "cuda" else (lambda x: x)
+    threads = (common.pick_torch_threads(call) if device == "cpu"
+               else {"threads": torch.get_num_threads(), "probe_s": {}})
+    times = common.time_calls(call, warmup=max(warmup - 1, 0), iters=iters, max_seconds=max_seconds, sync=sync)
+    seq = box["seq"].cpu().numpy()
     np.save(os.path.join(folder, "hf_sequences.npy"), seq)
     return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
             "generated_len": int(seq.shape[1] - 1), "threads": threads["threads"],
-            "thread_probe_s": threads["probe_s"]}
+            "thread_probe_s": threads["probe_s"], "device": device, "dtype": str(model.dtype)}
 
 
-def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, max_seconds: float) -> dict:
+def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, max_seconds: float,
+                half: bool = False) -> dict:
     import jax
     import numpy as np
 
     from hfa_jax.models.decode import mbart_generate
     from hfa_jax.models.mbart import from_hf
 
-    module, variables = from_hf(folder, lora_rank=0, decoder_start_token_id=START_ID)
+    extra = {"dtype": "bfloat16"} if half else {}  # bf16 compute (params stay f32)
+    module, variables = from_hf(folder, lora_rank=0, decoder_start_token_id=START_ID, **extra)
     inp = np.load(os.path.join(folder, "inputs.npz"))
     emb, mask = jax.device_put(inp["emb"]), jax.device_put(inp["mask"])
     kw = dict(num_beams=4, max_new_tokens=max_new_tokens, length_penalty=1.0, early_stopping=False,
@@ -101,12 +112,15 @@ def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, ma
     # HF stops when every sentence is done and pads after EOS; compare up to HF's length.
     same = [bool(np.array_equal(ours[i, :n], hf[i, :n])) for i in range(hf.shape[0])]
     return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
-            "compile_s": compile_s, "identical_sequences": int(sum(same)), "sentences": len(same)}
+            "compile_s": compile_s, "identical_sequences": int(sum(same)), "sentences": len(same),
+            "device": jax.devices()[0].device_kind}
 
 
-def rows(*, quick: bool = False, micro: bool = False, progress=None) -> list[dict]:
-    mode = "quick" if quick or micro else "full"
-    s = Shapes()
+def rows(*, quick: bool = False, micro: bool = False, progress=None, accelerator: bool = False) -> list[dict]:
+    """The ``beam_search`` row. ``accelerator``: ours with bf16 compute against ``generate`` in
+    fp16 on CUDA, mBART-large 12+12, 16 sentences (sequences may then differ: half precision)."""
+    mode = "quick" if quick or micro else ("accel" if accelerator else "full")
+    s = Shapes(enc_layers=12, dec_layers=12) if mode == "accel" else Shapes()
     d = dict(DECODE[mode])
     if micro:
         from bench.bench_train import _micro
@@ -118,13 +132,14 @@ def rows(*, quick: bool = False, micro: bool = False, progress=None) -> list[dic
         common_args = ["--shapes", json.dumps(dataclasses.asdict(s)), "--folder", folder,
                        "--sentences", str(d["sentences"]), "--src-len", str(d["src_len"]),
                        "--max-new-tokens", str(d["max_new_tokens"]), "--iters", str(iters),
-                       "--warmup", str(warmup), "--max-seconds", str(max_s)]
+                       "--warmup", str(warmup), "--max-seconds", str(max_s)] + (["--half"] if accelerator else [])
         ref = common.run_worker("bench_decode.py", ["worker", "--side", "torch", *common_args])
         ours = common.run_worker("bench_decode.py", ["worker", "--side", "ours", *common_args])
     n = d["sentences"]
     settings = (f"{n} sentences x 4 beams, source {d['src_len']} embeds (last padded to half), "
                 f"{ref['generated_len']} new tokens (random weights: no early EOS); mBART d{s.d_model} "
-                f"{s.enc_layers}+{s.dec_layers} layers ffn{s.m_ffn} V{s.vocab}, no LoRA; HF generate vs jit beam search")
+                f"{s.enc_layers}+{s.dec_layers} layers ffn{s.m_ffn} V{s.vocab}, no LoRA; HF generate vs jit beam search"
+                + (f"; ours bf16 compute vs HF {ref['dtype']} on {ref['device']}" if accelerator else ""))
     row = {"name": "beam_search", "ours": n / ours["median_s"], "reference": n / ref["median_s"],
            "unit": "sentences/s", "speedup": ref["median_s"] / ours["median_s"], "settings": settings,
            "extra": {"identical_sequences": f"{ours['identical_sequences']}/{ours['sentences']}",
@@ -149,9 +164,11 @@ def main(argv=None) -> None:
     w.add_argument("--iters", type=int, default=5)
     w.add_argument("--warmup", type=int, default=1)
     w.add_argument("--max-seconds", type=float, default=60.0)
+    w.add_argument("--half", action="store_true", help="accelerator rows: half-precision compute")
     r = sub.add_parser("rows")
     r.add_argument("--quick", action="store_true")
     r.add_argument("--micro", action="store_true")
+    r.add_argument("--accelerator", action="store_true", help="bf16 vs fp16 generate on the GPU")
     a = p.parse_args(argv)
     if a.cmd == "worker":
         d = json.loads(a.shapes)
@@ -163,13 +180,13 @@ def main(argv=None) -> None:
         if a.side == "torch":
             res = torch_worker(s, a.folder, sentences=a.sentences, src_len=a.src_len,
                                max_new_tokens=a.max_new_tokens, iters=a.iters, warmup=a.warmup,
-                               max_seconds=a.max_seconds)
+                               max_seconds=a.max_seconds, half=a.half)
         else:
             res = ours_worker(a.folder, max_new_tokens=a.max_new_tokens, iters=a.iters, warmup=a.warmup,
-                              max_seconds=a.max_seconds)
+                              max_seconds=a.max_seconds, half=a.half)
         common.emit(res)
     else:
-        for row in rows(quick=a.quick, micro=a.micro):
+        for row in rows(quick=a.quick, micro=a.micro, accelerator=a.accelerator):
             print(json.dumps(row))
 
 

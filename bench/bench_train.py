@@ -14,6 +14,9 @@ of each gradient group, select of the old state on failure) is included, and the
 donated.
 
 Each side runs in its own subprocess (``worker`` sub-command) so peak RSS is per side.
+``rows --accelerator`` is the GPU variant: ours with bf16 compute, the reference under
+``torch.autocast`` (float16 + ``GradScaler`` on CUDA), ``TRAIN_SHAPES["accel"]``, and our MFU
+(XLA's FLOPs of the compiled step / step time / the bf16 matmul peak measured in the worker).
 
     python bench/bench_train.py rows [--quick] [--only pretrain_step,frames_64]
     python bench/bench_train.py worker --side ours|torch|torch_compile --kind pretrain|finetune \
@@ -195,10 +198,11 @@ def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int 
     return init_state, step
 
 
-def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: float) -> dict:
+def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: float,
+                precision: str = "fp32") -> dict:
     import jax
 
-    init_state, step = make_step(kind, s)
+    init_state, step = make_step(kind, s, dtype="bfloat16" if precision == "mixed" else "float32")
     state = jax.jit(init_state)(jax.random.PRNGKey(0))
     batch = {k: jax.device_put(v) for k, v in concrete_batch(kind, s).items()}
     t0 = time.perf_counter()
@@ -213,9 +217,17 @@ def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: f
     times = common.time_calls(call, warmup=warmup, iters=iters, sync=lambda x: float(x), max_seconds=max_seconds)
     from hfa_jax.train.optim import count_params
 
-    return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
-            "compile_s": compile_s, "xla_memory": common.xla_memory(compiled),
-            "trainable": count_params(box["state"]["trainable"]), "loss": float(call())}
+    out = {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
+           "compile_s": compile_s, "xla_memory": common.xla_memory(compiled),
+           "trainable": count_params(box["state"]["trainable"]), "loss": float(call()),
+           "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
+    if precision == "mixed":  # accelerator rows: model FLOP utilisation against a measured peak
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        out["step_flops"] = float(ca.get("flops", 0.0))
+        out["bf16_peak_tflops"] = common.bf16_matmul_peak_tflops()
+        out["mfu"] = out["step_flops"] / out["median_s"] / (out["bf16_peak_tflops"] * 1e12)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,26 +235,40 @@ def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: f
 # ----------------------------------------------------------------------------------------------
 
 
-def torch_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: float, compile: bool) -> dict:
+def torch_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: float, compile: bool,
+                 precision: str = "fp32") -> dict:
     import torch
 
     from bench import reference_torch as ref
 
-    model, opt, sched = ref.build(kind, s)
-    batch = ref.make_batch(kind, s)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # the accelerator rows compare our bf16 with the reference's fp16 autocast (CPU: bf16)
+    amp = ref.Amp(device, None if precision == "fp32" else
+                  (torch.float16 if device == "cuda" else torch.bfloat16))
+    model, opt, sched = ref.build(kind, s, device=device)
+    batch = ref.move_batch(ref.make_batch(kind, s), device)
     compile_s = 0.0
     if compile:
-        step = ref.compiled_step(model, opt, sched)
+        step = ref.compiled_step(model, opt, sched, amp)
         t0 = time.perf_counter()
         step(batch)  # compiles
         compile_s = time.perf_counter() - t0
     else:
-        step = lambda b: ref.train_step(model, opt, sched, b)  # noqa: E731
-    threads = common.pick_torch_threads(lambda: step(batch))
+        step = lambda b: ref.train_step(model, opt, sched, b, amp)  # noqa: E731
+    if device == "cuda":
+        step(batch)
+        threads = {"threads": torch.get_num_threads(), "probe_s": {}}
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        threads = common.pick_torch_threads(lambda: step(batch))
     times = common.time_calls(lambda: step(batch), warmup=max(warmup - 1, 0), iters=iters, max_seconds=max_seconds)
-    return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
-            "compile_s": compile_s, "trainable": ref.trainable_count(model), "loss": step(batch),
-            "threads": threads["threads"], "thread_probe_s": threads["probe_s"]}
+    out = {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
+           "compile_s": compile_s, "trainable": ref.trainable_count(model), "loss": step(batch),
+           "threads": threads["threads"], "thread_probe_s": threads["probe_s"], "device": device,
+           "amp": str(amp.dtype)}
+    if device == "cuda":
+        out["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,17 +276,21 @@ def torch_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: 
 # ----------------------------------------------------------------------------------------------
 
 # Settings (2-core CPU: each step must take seconds, not minutes).
-TRAIN_SHAPES = {"full": dict(batch=2, frames=16, image=112), "quick": dict(batch=1, frames=8, image=56)}
+TRAIN_SHAPES = {"full": dict(batch=2, frames=16, image=112), "quick": dict(batch=1, frames=8, image=56),
+                # accelerator rows (bf16 vs fp16 autocast): real ViT-S/14 at 224 px and mBART-large
+                "accel": dict(batch=8, frames=64, image=224, enc_layers=12, dec_layers=12, text_len=32)}
 SCALING_FRAMES = (64, 128, 256, 300)
-SCALING_SHAPES = {"full": dict(batch=1, image=28), "quick": dict(batch=1, image=28)}
+SCALING_SHAPES = {"full": dict(batch=1, image=28), "quick": dict(batch=1, image=28),
+                  "accel": dict(batch=1, image=224, enc_layers=12, dec_layers=12, text_len=32)}
 TORCH_COMPILE_TIMEOUT = 600.0  # Inductor on 2 CPU cores takes minutes; give up after this
-ITERS = {"full": (2, 5, 60.0), "quick": (1, 3, 20.0)}  # warmup, iters, max seconds per side
+ITERS = {"full": (2, 5, 60.0), "quick": (1, 3, 20.0), "accel": (3, 10, 60.0)}  # warmup, iters, max s
 
 
-def _run(side: str, kind: str, s: Shapes, mode: str, timeout: float = 1800.0) -> dict:
-    warmup, iters, max_s = ITERS[mode]
+def _run(side: str, kind: str, s: Shapes, mode: str, timeout: float = 1800.0, precision: str = "fp32") -> dict:
+    warmup, iters, max_s = ITERS["quick" if mode == "micro" else mode]
     args = ["worker", "--side", side, "--kind", kind, "--shapes", json.dumps(dataclasses.asdict(s)),
-            "--iters", str(iters), "--warmup", str(warmup), "--max-seconds", str(max_s)]
+            "--iters", str(iters), "--warmup", str(warmup), "--max-seconds", str(max_s),
+            "--precision", precision]
     return common.run_worker("bench_train.py", args, timeout=timeout)
 
 
@@ -271,35 +301,49 @@ def _row(name: str, ours: dict, ref: dict, settings: str, extra: dict) -> dict:
 
 
 def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = False,
-         compile_reference: bool = True, progress: Any = None) -> list[dict]:
+         compile_reference: bool = True, progress: Any = None, accelerator: bool = False) -> list[dict]:
     """Runs the training rows wanted by ``only`` (None = all) and returns them.
 
     ``micro``: toy widths (the smoke test); ``compile_reference``: also time ``torch.compile``
-    (extra field, the main reference stays eager as the issue asks)."""
+    (extra field, the main reference stays eager as the issue asks); ``accelerator``: the GPU
+    rows, ours in bf16 against the reference's autocast (fp16 with a GradScaler on CUDA), at
+    accelerator shapes (``TRAIN_SHAPES["accel"]``), with our MFU against the measured bf16 peak."""
     mode = "quick" if quick or micro else "full"
+    if accelerator:
+        mode = "micro" if micro else "accel"
+    precision = "mixed" if accelerator else "fp32"
+    shapes_key = "quick" if mode == "micro" else mode
     want = lambda n: only is None or n in only  # noqa: E731
     out = []
-    base = Shapes(**TRAIN_SHAPES[mode])
+    base = Shapes(**TRAIN_SHAPES[shapes_key])
     if micro:
         base = _micro(base)
     for kind, name in (("pretrain", "pretrain_step"), ("finetune", "finetune_step")):
         if not want(name):
             continue
-        ours = _run("ours", kind, base, mode)
-        ref = _run("torch", kind, base, mode)
+        ours = _run("ours", kind, base, mode, precision=precision)
+        ref = _run("torch", kind, base, mode, precision=precision)
         extra = {"clips_per_s_ours": base.batch / ours["median_s"], "clips_per_s_ref": base.batch / ref["median_s"],
                  "peak_rss_mib_ours": ours["peak_rss_mib"], "peak_rss_mib_ref": ref["peak_rss_mib"],
                  "xla_memory_ours": ours["xla_memory"], "compile_s_ours": ours["compile_s"],
                  "trainable_ours": ours["trainable"], "trainable_ref": ref["trainable"],
-                 "times_ours": ours["times"], "times_ref": ref["times"], "ref_threads": ref["threads"]}
+                 "times_ours": ours["times"], "times_ref": ref["times"], "ref_threads": ref["threads"],
+                 "backend_ours": ours["backend"], "device_ours": ours["device_kind"], "device_ref": ref["device"],
+                 "precision": f"ours {'bfloat16' if accelerator else 'float32'}, reference {ref['amp']}"}
+        for k in ("mfu", "step_flops", "bf16_peak_tflops"):
+            if k in ours:
+                extra[f"{k}_ours"] = ours[k]
+        if "peak_device_mib" in ref:
+            extra["peak_device_mib_ref"] = ref["peak_device_mib"]
         if compile_reference and not micro:
             try:
-                rc = _run("torch_compile", kind, base, mode, timeout=TORCH_COMPILE_TIMEOUT)
+                rc = _run("torch_compile", kind, base, mode, timeout=TORCH_COMPILE_TIMEOUT, precision=precision)
                 extra.update(ref_compiled_s=rc["median_s"], ref_compile_time_s=rc["compile_s"],
                              speedup_vs_compiled=rc["median_s"] / ours["median_s"])
             except Exception as e:  # noqa: BLE001 - reported in the table, not fatal
                 extra["ref_compiled_error"] = str(e).strip().splitlines()[-1][:200]
-        out.append(_row(name, ours, ref, base.describe(), extra))
+        settings = base.describe() + ("; bf16 vs autocast" if accelerator else "")
+        out.append(_row(name, ours, ref, settings, extra))
         if progress:
             progress(out[-1])
     frames = SCALING_FRAMES if not micro else (8, 16)
@@ -307,11 +351,11 @@ def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = Fal
         name = f"frames_{t}"
         if not want(name):
             continue
-        s = dataclasses.replace(Shapes(**SCALING_SHAPES[mode]), frames=t)
+        s = dataclasses.replace(Shapes(**SCALING_SHAPES[shapes_key]), frames=t)
         if micro:
             s = _micro(s)
-        ours = _run("ours", "finetune", s, mode)
-        ref = _run("torch", "finetune", s, mode)
+        ours = _run("ours", "finetune", s, mode, precision=precision)
+        ref = _run("torch", "finetune", s, mode, precision=precision)
         extra = {"s_per_frame_ours": ours["median_s"] / t, "s_per_frame_ref": ref["median_s"] / t,
                  "peak_rss_mib_ours": ours["peak_rss_mib"], "peak_rss_mib_ref": ref["peak_rss_mib"],
                  "xla_memory_ours": ours["xla_memory"], "ref_threads": ref["threads"]}
@@ -339,10 +383,12 @@ def main(argv=None) -> None:
     w.add_argument("--iters", type=int, default=5)
     w.add_argument("--warmup", type=int, default=2)
     w.add_argument("--max-seconds", type=float, default=60.0)
+    w.add_argument("--precision", choices=("fp32", "mixed"), default="fp32")
     r = sub.add_parser("rows")
     r.add_argument("--quick", action="store_true")
     r.add_argument("--micro", action="store_true")
     r.add_argument("--only", default=None)
+    r.add_argument("--accelerator", action="store_true", help="GPU rows: bf16 vs fp16 autocast, MFU")
     a = p.parse_args(argv)
     if a.cmd == "worker":
         d = json.loads(a.shapes)
@@ -351,14 +397,15 @@ def main(argv=None) -> None:
         s = Shapes(**d)
         if a.side == "ours":
             common.enable_jax_cache()
-            res = ours_worker(a.kind, s, iters=a.iters, warmup=a.warmup, max_seconds=a.max_seconds)
+            res = ours_worker(a.kind, s, iters=a.iters, warmup=a.warmup, max_seconds=a.max_seconds,
+                              precision=a.precision)
         else:
             res = torch_worker(a.kind, s, iters=a.iters, warmup=a.warmup, max_seconds=a.max_seconds,
-                               compile=a.side == "torch_compile")
+                               compile=a.side == "torch_compile", precision=a.precision)
         common.emit(res)
     else:
         only = set(a.only.split(",")) if a.only else None
-        for row in rows(quick=a.quick, only=only, micro=a.micro):
+        for row in rows(quick=a.quick, only=only, micro=a.micro, accelerator=a.accelerator):
             print(json.dumps(row))
 
 

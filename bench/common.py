@@ -27,6 +27,7 @@ __all__ = [
     "time_calls",
     "pick_torch_threads",
     "enable_jax_cache",
+    "bf16_matmul_peak_tflops",
     "median",
     "peak_rss_mb",
     "emit",
@@ -118,6 +119,21 @@ def pick_torch_threads(fn: Callable[[], Any], sync: Callable[[Any], Any] = lambd
     best = min(probe, key=probe.get)
     torch.set_num_threads(best)
     return {"threads": best, "probe_s": probe}
+
+
+def bf16_matmul_peak_tflops(n: int | None = None, iters: int = 10) -> float:
+    """This device's measured bf16 matmul rate (best of ``iters`` jit ``dot`` calls of two
+    n x n matrices; n = 8192 on accelerators, 1024 on CPU): the denominator of the
+    accelerator rows' MFU, measured in the same run as the step it divides."""
+    import jax
+    import jax.numpy as jnp
+
+    if n is None:
+        n = 1024 if jax.default_backend() == "cpu" else 8192
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    dot = jax.jit(lambda x, y: x @ y)
+    times = time_calls(lambda: dot(a, a), warmup=2, iters=iters, sync=jax.block_until_ready)
+    return 2 * n**3 / min(times) / 1e12
 
 
 def enable_jax_cache() -> str | None:

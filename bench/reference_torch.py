@@ -32,6 +32,7 @@ Bench code only (imports torch); never imported by ``hfa_jax``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -68,9 +69,9 @@ __all__ = [
 def _rope(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """x: [B, N, T, H] -> RoPE with interleaved pairs (x[2i], x[2i+1])."""
     t, h = x.shape[-2], x.shape[-1]
-    inv = base ** (-torch.arange(0, h, 2, dtype=torch.float32) / h)
-    ang = torch.arange(t, dtype=torch.float32)[:, None] * inv[None]  # [T, H/2]
-    sin, cos = ang.sin(), ang.cos()
+    inv = base ** (-torch.arange(0, h, 2, dtype=torch.float32, device=x.device) / h)
+    ang = torch.arange(t, dtype=torch.float32, device=x.device)[:, None] * inv[None]  # [T, H/2]
+    sin, cos = ang.sin().to(x.dtype), ang.cos().to(x.dtype)
     x0, x1 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
 
@@ -117,7 +118,7 @@ class RefTemporalBlock(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = _rope(q), _rope(k)
-        idx = torch.arange(t)
+        idx = torch.arange(t, device=x.device)
         diff = idx[:, None] - idx[None, :]
         allowed = ((diff.abs() <= self.window)[None] & mask[:, None, :]) | (diff == 0)[None]
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
@@ -138,7 +139,7 @@ class RefTemporalEncoder(nn.Module):
         self.out_proj = nn.Linear(d, out_dim)
 
     def forward(self, x, mask):
-        x = x + _sinusoid(x.shape[1], x.shape[2])[None]
+        x = x + _sinusoid(x.shape[1], x.shape[2]).to(x.device)[None]
         for i, blk in enumerate(self.blocks):
             if i == 2:
                 x = self.pool((x * mask[..., None]).transpose(1, 2)).transpose(1, 2)
@@ -238,23 +239,23 @@ class RefHFAPretrain(_Trunk):
 
     def forward(self, pixels, frame_mask, text_ids, text_mask, pg_targets):
         y, tmask = self.encode_frames(pixels, frame_mask)
-        protos = torch.cat([torch.zeros(1, 300), self.prototypes], 0)
+        protos = torch.cat([self.prototypes.new_zeros(1, 300), self.prototypes], 0)
         h = F.normalize(self.pg_proj(self.pg_drop(y)), dim=-1)
         sim = h @ F.normalize(protos, dim=-1).T  # [B, T', V+1]
         class_p = sim.div(0.1).softmax(-1)
-        time_p = sim.div(0.1).masked_fill(~tmask[..., None], torch.finfo(torch.float32).min).softmax(1)
+        time_p = sim.div(0.1).masked_fill(~tmask[..., None], torch.finfo(sim.dtype).min).softmax(1)
         scores = (class_p * time_p).sum(1).clamp(1e-8, 1 - 1e-8)
         pg_loss = F.binary_cross_entropy_with_logits(scores, pg_targets)
 
         b = y.shape[0]
         vin = torch.cat([self.cls_token.expand(b, -1, -1), y], 1)
-        vmask = torch.cat([torch.ones(b, 1, dtype=torch.bool), tmask], 1)
+        vmask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=y.device), tmask], 1)
         video = self.video_encoder(inputs_embeds=vin, attention_mask=vmask.long()).last_hidden_state.mean(1)
         with torch.no_grad():
             text = self.text_encoder(input_ids=text_ids, attention_mask=text_mask.long()).last_hidden_state.mean(1)
         video, text = F.normalize(video, dim=-1), F.normalize(text, dim=-1)
         lpv = self.logit_scale.exp() * video @ text.T
-        target = F.softmax(10 * torch.eye(b), 1)
+        target = F.softmax(10 * torch.eye(b, device=y.device), 1)
         kl = lambda lg: F.kl_div(F.log_softmax(lg, 1), target, reduction="batchmean")  # noqa: E731
         return 0.5 * (kl(lpv) + kl(lpv.T)) + pg_loss
 
@@ -299,10 +300,11 @@ def trainable_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build(kind: str, s: Shapes, *, total_steps: int = 1000, seed: int = 0):
-    """kind "pretrain" | "finetune" -> (model in train mode, optimizer, scheduler)."""
+def build(kind: str, s: Shapes, *, total_steps: int = 1000, seed: int = 0, device: str = "cpu"):
+    """kind "pretrain" | "finetune" -> (model in train mode on ``device``, optimizer, scheduler)."""
     torch.manual_seed(seed)
     model = RefHFAPretrain(s) if kind == "pretrain" else RefHFATranslate(s)
+    model = model.to(device)
     _freeze(model, kind)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -333,24 +335,61 @@ def make_batch(kind: str, s: Shapes, seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def train_step(model, opt, sched, batch: dict[str, torch.Tensor]) -> float:
-    """One optimiser step (forward, backward, clip 1.0, AdamW, OneCycleLR). Returns the loss."""
+class Amp:
+    """Mixed precision the way PyTorch training scripts do it: ``torch.autocast`` around the
+    forward and, for float16, a ``GradScaler`` (unscale before clipping). ``dtype`` None = fp32.
+    The accelerator rows use float16 on CUDA (the issue's "fp16 autocast"); CPU autocast only
+    supports bfloat16, which is what the CPU smoke test of this path uses."""
+
+    def __init__(self, device: str, dtype: torch.dtype | None):
+        self.device_type = torch.device(device).type
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(self.device_type) if dtype == torch.float16 else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def move_batch(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def train_step(model, opt, sched, batch: dict[str, torch.Tensor], amp: Amp | None = None) -> float:
+    """One optimiser step (forward, backward, clip 1.0, AdamW, OneCycleLR). Returns the loss
+    (``float`` waits for the device)."""
     opt.zero_grad(set_to_none=True)
-    loss = model(**batch)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    opt.step()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if amp is None or amp.dtype is None:
+        loss = model(**batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    else:
+        with amp.autocast():
+            loss = model(**batch)
+        if amp.scaler is not None:
+            amp.scaler.scale(loss).backward()
+            amp.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            amp.scaler.step(opt)
+            amp.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
     sched.step()
     return float(loss.detach())
 
 
-def compiled_step(model, opt, sched):
+def compiled_step(model, opt, sched, amp: Amp | None = None):
     """``torch.compile`` on the model forward (the optimizer step stays eager, as is usual);
     returns a train-step callable like :func:`train_step`."""
     cmodel = torch.compile(model)
 
     def step(batch):
-        return train_step(cmodel, opt, sched, batch)
+        return train_step(cmodel, opt, sched, batch, amp)
 
     return step
 

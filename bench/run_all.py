@@ -91,6 +91,11 @@ def format_extras(rows: list[dict]) -> str:
         if "cpu_mfu_ours" in e:
             bits.append(f"CPU MFU {e['cpu_mfu_ours']:.0%} of measured matmul peak "
                         f"({e['step_tflop']:.3f} TFLOP/step)")
+        if "mfu_ours" in e:
+            bits.append(f"MFU {e['mfu_ours']:.0%} of the measured bf16 peak {e['bf16_peak_tflops_ours']:.1f} "
+                        f"TFLOP/s ({e['step_flops_ours'] / 1e12:.2f} TFLOP/step, {e['device_ours']})")
+        if "peak_device_mib_ref" in e:
+            bits.append(f"reference peak device memory {e['peak_device_mib_ref']:.0f} MiB")
         if "compile_s_ours" in e:
             bits.append(f"our compile {e['compile_s_ours']:.0f} s")
         if "padding_fraction_ours" in e:
@@ -149,6 +154,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--no-cost-model", action="store_true", help="skip the cost model")
     p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile reference")
     p.add_argument("--quick-input", action="store_true", help="the input_pipeline row in its --quick form")
+    p.add_argument("--accelerator", action="store_true",
+                   help="GPU rows: ours in bf16 vs the reference's autocast (fp16 on CUDA) at accelerator "
+                        "shapes, with our MFU against the measured bf16 peak")
     p.add_argument("--jax-cache", default=os.path.join(tempfile.gettempdir(), "hfa_bench_jax_cache"),
                    help="JAX persistent compilation cache for our workers ('' disables)")
     a = p.parse_args(argv)
@@ -175,11 +183,12 @@ def main(argv=None) -> list[dict]:
         from bench import bench_train
 
         rows += bench_train.rows(quick=a.quick, only=train_wanted, micro=a.micro,
-                                 compile_reference=not a.no_torch_compile, progress=progress)
+                                 compile_reference=not a.no_torch_compile, progress=progress,
+                                 accelerator=a.accelerator)
     if want("beam_search"):
         from bench import bench_decode
 
-        rows += bench_decode.rows(quick=a.quick, micro=a.micro, progress=progress)
+        rows += bench_decode.rows(quick=a.quick, micro=a.micro, progress=progress, accelerator=a.accelerator)
     if want("input_pipeline") and not a.micro:
         rows.append(input_pipeline_row(a.quick or a.quick_input))
         progress(rows[-1])
@@ -189,7 +198,7 @@ def main(argv=None) -> list[dict]:
     from bench import cost_model
 
     need_cost = want("cost_model") and not a.no_cost_model and not a.micro
-    need_mfu = any(r["name"] in ("pretrain_step", "finetune_step") for r in rows)
+    need_mfu = not a.accelerator and any(r["name"] in ("pretrain_step", "finetune_step") for r in rows)
     machine = cost_model.measure_machine(quick=a.quick or a.micro) if (need_cost or need_mfu) else None
     if need_mfu:
         cpu_mfu(rows, machine, quick=a.quick, micro=a.micro)

@@ -69,3 +69,16 @@ def test_h100_projection_arithmetic():
     want = (3.2e14 * 244.9 / 300 + 1e11 * 16 * 131.5) / 8e14
     assert p["stages"]["pretrain"]["vit_share"] == pytest.approx(0.6)
     assert p["total_hours_packed"] == pytest.approx(p["total_hours_300_frames"] * want)
+
+
+def test_accelerator_rows_run_on_cpu(tmp_path):
+    # The GPU rows (ours bf16 vs the reference's autocast, MFU against the measured bf16 peak)
+    # must be ready when a GPU is lent; on CPU the same code runs with bf16 autocast.
+    out = tmp_path / "rows.json"
+    run_all.main(["--micro", "--accelerator", "--only", "finetune_step", "--no-torch-compile", "--json", str(out)])
+    (r,) = json.loads(out.read_text())
+    e = r["extra"]
+    assert r["name"] == "finetune_step" and r["ours"] > 0 and r["reference"] > 0
+    assert e["precision"] == "ours bfloat16, reference torch.bfloat16"
+    assert e["step_flops_ours"] > 0 and e["bf16_peak_tflops_ours"] > 0
+    assert e["mfu_ours"] == pytest.approx(e["step_flops_ours"] / r["ours"] / (e["bf16_peak_tflops_ours"] * 1e12))
