@@ -98,6 +98,7 @@ def abstract_batch(kind: str, s: Shapes, packed_frames: int | None = None) -> di
     out = {"pixels": sd((b, t, s.image, s.image, 3), jnp.float32), "frame_mask": sd((b, t), jnp.bool_)}
     if packed_frames is None:
         packed_frames = capacity(int(reference_frame_mask(s).sum()), b * t, pack_levels())
+        packed_frames = 0 if packed_frames == b * t else packed_frames  # full: unpacked, as the trainer
     if packed_frames:
         out["frame_index"] = sd((1, packed_frames), jnp.int32)
     if kind == "pretrain":
@@ -122,8 +123,10 @@ def concrete_batch(kind: str, s: Shapes, seed: int = 0) -> dict:
     tm = np.ones((b, L), bool)
     tm[-1, L // 2:] = False
     ids = rng.integers(4, s.vocab, (b, L)).astype(np.int32)
-    out = {"pixels": rng.standard_normal((b, t, s.image, s.image, 3), np.float32), "frame_mask": fm,
-           "frame_index": pack_index(fm, 1, pack_levels())}
+    out = {"pixels": rng.standard_normal((b, t, s.image, s.image, 3), np.float32), "frame_mask": fm}
+    index = pack_index(fm, 1, pack_levels())
+    if index.size < fm.size:  # as the trainer: a batch without padding runs the unpacked program
+        out["frame_index"] = index
     if kind == "pretrain":
         pg = np.zeros((b, s.num_pg + 1), np.float32)
         pg[:, 1:6] = 1.0
