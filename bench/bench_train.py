@@ -115,7 +115,7 @@ def concrete_batch(kind: str, s: Shapes, seed: int = 0) -> dict:
     long, the last text half long) as numpy, channels-last pixels. Values are random."""
     import numpy as np
 
-    from hfa_jax.models.packing import pack_index
+    from hfa_jax.models.packing import leaves_out_frames, pack_index
 
     rng = np.random.default_rng(seed)
     b, t, L = s.batch, s.frames, s.text_len
@@ -125,7 +125,7 @@ def concrete_batch(kind: str, s: Shapes, seed: int = 0) -> dict:
     ids = rng.integers(4, s.vocab, (b, L)).astype(np.int32)
     out = {"pixels": rng.standard_normal((b, t, s.image, s.image, 3), np.float32), "frame_mask": fm}
     index = pack_index(fm, 1, pack_levels())
-    if index.size < fm.size:  # as the trainer: a batch without padding runs the unpacked program
+    if leaves_out_frames(index, fm):  # as the trainer: otherwise the unpacked program runs
         out["frame_index"] = index
     if kind == "pretrain":
         pg = np.zeros((b, s.num_pg + 1), np.float32)

@@ -32,7 +32,7 @@ from hfa_jax.errors import ConfigError
 
 Array = jax.Array
 
-__all__ = ["capacity", "pack_index", "gather_frames", "scatter_frames"]
+__all__ = ["capacity", "pack_index", "leaves_out_frames", "gather_frames", "scatter_frames"]
 
 
 def capacity(valid: int, group_frames: int, levels: int) -> int:
@@ -64,6 +64,12 @@ def pack_index(frame_mask: np.ndarray, groups: int, levels: int, min_capacity: i
         pos = np.flatnonzero(flat[g])
         index[g, : pos.size] = pos
     return index
+
+
+def leaves_out_frames(index: np.ndarray, frame_mask: np.ndarray) -> bool:
+    """Whether ``index`` packs fewer frames than the batch has slots. If not, the caller runs the
+    plain (unpacked) program: a gather and scatter of every frame would buy nothing."""
+    return int(np.size(index)) < int(np.size(frame_mask))
 
 
 def gather_frames(frames: Array, index: Array) -> Array:

@@ -546,8 +546,10 @@ def _to_device(batch: Mapping[str, np.ndarray], mesh, keys, pack_levels: int = 0
 
     host = agree_on_time_length({k: batch[k] for k in keys})
     if pack_levels > 0:
+        from hfa_jax.models.packing import leaves_out_frames
+
         index = packed_frame_index(host["frame_mask"], mesh, pack_levels, mesh_lib.BATCH_AXES)
-        if index.size < host["frame_mask"].size:  # a full batch runs the plain (unpacked) program
+        if leaves_out_frames(index, host["frame_mask"]):
             host["frame_index"] = index
     return to_global(host, mesh, mesh_lib.BATCH_AXES)
 

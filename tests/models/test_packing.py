@@ -32,6 +32,7 @@ def test_pack_index_groups_and_filler():
     one = packing.pack_index(mask, groups=1, levels=4)  # 16 slots, steps of 4, 6 valid -> 8
     np.testing.assert_array_equal(one, [[0, 1, 4, 5, 6, 8, 16, 16]])
     assert packing.pack_index(mask, groups=1, levels=4, min_capacity=12).shape == (1, 12)
+    assert packing.leaves_out_frames(one, mask) and not packing.leaves_out_frames(np.zeros((1, 16)), mask)
     with pytest.raises(ConfigError, match="do not split into 3"):
         packing.pack_index(mask, groups=3, levels=4)
 
