@@ -356,7 +356,10 @@ class HFATranslate(_VisualTrunk):
         feos = mcfg.forced_eos_token_id if forced_eos_token_id == -1 else forced_eos_token_id
         fbos = mcfg.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
         states, mask = self.apply(variables, pixels, frame_mask, method=HFATranslate.encode)
-        init_fn, dec_fn = decode_lib.mbart_step_fns(self, variables, method_owner=lambda m: m.mbart)
+        init_fn, dec_fn = decode_lib.mbart_step_fns(
+            self, variables, method_owner=lambda m: m.mbart, mbart_path=("mbart",),
+            lora_scale=lora_scale(mcfg.lora_rank, mcfg.lora_alpha),
+        )
         return decode_lib.generate(
             init_fn, dec_fn, states, mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
             decoder_start_token_id=start, eos_token_id=mcfg.eos_token_id, pad_token_id=mcfg.pad_token_id,

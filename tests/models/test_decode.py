@@ -113,3 +113,41 @@ def test_beam_search_rejects_bad_early_stopping():
     with pytest.raises(ValueError, match="early_stopping"):
         decode.beam_search(lambda t, c: (None, c), {}, batch_size=1, decoder_start_token_id=0, eos_token_id=2,
                            pad_token_id=1, early_stopping="sometimes")
+
+
+@pytest.mark.parametrize("transpose", [True, False])
+def test_decoding_variables_merge_adapters_same_logits(transpose):
+    """The decoding steps run with merged adapters (and [out, in] kernels on CPU): same logits
+    as the unmerged model, step after step through the cache."""
+    cfg = mbart.MBartConfig(vocab_size=VOCAB, d_model=D, encoder_layers=1, decoder_layers=2,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                            decoder_ffn_dim=64, max_position_embeddings=40, lora_rank=4, lora_alpha=8.0,
+                            lora_targets=("decoder.self_attn.q_proj", "decoder.self_attn.v_proj",
+                                          "decoder.encoder_attn.q_proj", "decoder.encoder_attn.v_proj"))
+    module = mbart.MBart(cfg)
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, VOCAB, (3, 6)))
+    mask = jnp.ones((3, 6), bool).at[2, 4:].set(False)
+    variables = module.init(jax.random.key(0), ids, mask, ids[:, :2])
+    rng = np.random.default_rng(1)
+    variables = jax.tree_util.tree_map_with_path(  # non-zero adapters, else merging is a no-op
+        lambda p, a: jnp.asarray(rng.normal(0, 3.0, a.shape), a.dtype) if "lora_b" in jax.tree_util.keystr(p) else a,
+        variables)
+    step_vars = decode.decoding_variables(variables, lora_scale=2.0, transpose_kernels=transpose)
+    names = {jax.tree_util.keystr(p).split("'")[-2]
+             for p, _ in jax.tree_util.tree_flatten_with_path(step_vars["params"]["decoder"])[0]}
+    assert "lora_a" not in names and ("kernel_t" in names) == transpose and ("kernel" in names) != transpose
+    init_fn, dec_fn = decode.mbart_step_fns(module, variables, lora_scale=2.0, transpose_kernels=transpose)
+    states = module.apply(variables, ids, mask, method=module.encode)
+    cache = init_fn(states, 5)
+    ref_cache = module.apply(variables, states, 5, method=lambda m, s, n: m.init_cache(s, n))
+    tokens = jnp.asarray([[START]] * 3)
+    for step in range(4):
+        logits, cache = dec_fn(tokens, cache, mask)
+        ref, ref_cache = module.apply(variables, tokens, ref_cache, mask, method=lambda m, t, c, e: m.decode(t, c, e))
+        np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4, err_msg=f"step {step}")
+        tokens = jnp.argmax(logits[:, -1:], axis=-1).astype(jnp.int32)
+    # A wrong scale gives different logits: the merge is really in the decoding path.
+    _, bad_fn = decode.mbart_step_fns(module, variables, lora_scale=1.0, transpose_kernels=transpose)
+    bad, _ = bad_fn(jnp.asarray([[START]] * 3), init_fn(states, 5), mask)
+    good, _ = dec_fn(jnp.asarray([[START]] * 3), init_fn(states, 5), mask)
+    assert float(jnp.abs(bad - good).max()) > 1e-2

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hfa_jax.models.lora import LoRADense, merge_lora
+from hfa_jax.models.lora import LoRADense, decoding_layout, merge_lora
 
 
 def _x(shape=(3, 5, 16), seed=0):
@@ -100,3 +100,16 @@ def test_merge_matches_unmerged():
     assert float(jnp.abs(y - m.apply(merge_lora(v, 1.0), x)).max()) > 1e-3  # wrong scale differs
     with pytest.raises(ValueError, match="no scale rule"):
         merge_lora(v, [(r"^a/", 1.0)])
+
+
+def test_decoding_layout_same_values_adapters_untouched():
+    x = _x()
+    m = _Two()
+    v = m.init(jax.random.key(0), x)
+    plain = {"params": {"a": merge_lora(v, 1.0)["params"]["a"], "b": v["params"]["b"]}}
+    t = decoding_layout(plain)
+    # The merged layer is stored transposed; the one with an adapter keeps its kernel.
+    assert set(t["params"]["a"]) == {"kernel_t", "bias"}
+    np.testing.assert_array_equal(t["params"]["a"]["kernel_t"], np.asarray(plain["params"]["a"]["kernel"]).T)
+    assert "kernel" in t["params"]["b"] and "lora_a" in t["params"]["b"]
+    np.testing.assert_allclose(m.apply(t, x), m.apply(plain, x), rtol=1e-6, atol=1e-6)
