@@ -25,7 +25,7 @@ token), and the loop is a ``lax.while_loop`` that stops when every batch item is
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import flax.struct
 import jax
@@ -37,7 +37,7 @@ from hfa_jax.models import lora as lora_lib
 Array = jax.Array
 EarlyStopping = bool | Literal["never"]
 
-__all__ = ["BeamSearchOutput", "beam_search", "generate", "decoding_variables", "mbart_step_fns", "mbart_generate"]
+__all__ = ["BeamSearchOutput", "beam_search", "cache_schedule", "generate", "decoding_variables", "mbart_step_fns", "mbart_generate"]
 
 _NEG = -1.0e9  # HF's "very large negative" for masked beams (not -inf: keeps arithmetic finite)
 
@@ -66,6 +66,8 @@ def beam_search(
     forced_bos_token_id: int | None = None,
     forced_eos_token_id: int | None = None,
     reorder_cache: Callable[[Any, Array], Any] | None = None,
+    cache_lengths: Sequence[int] | None = None,
+    grow_cache: Callable[[Any, int], Any] | None = None,
 ) -> BeamSearchOutput:
     """Run beam search (pure; call under ``jax.jit`` with the keyword arguments static).
 
@@ -74,9 +76,14 @@ def beam_search(
         ``N = batch_size * num_beams`` (rows ordered batch-major: row ``b * K + k``); it must
         advance the cache by one position.
       cache: the initial cache for N rows (e.g. :meth:`hfa_jax.models.mbart.MBart.init_cache`
-        with ``max_length >= 1 + max_new_tokens``).
+        with ``max_length >= max_new_tokens``, or ``cache_lengths[0]`` when those are given).
       reorder_cache: ``(cache, rows [N]) -> cache`` gathering cache rows after beam reordering;
         default :func:`hfa_jax.models.mbart.reorder_cache`.
+      cache_lengths: increasing decoder-position capacities of the cache, the last
+        ``>= max_length - 1``; the search runs one loop per length and calls ``grow_cache`` in
+        between (see :func:`cache_schedule`). None: ``cache`` is used as given for all steps.
+      grow_cache: ``(cache, length) -> cache`` with room for ``length`` positions; default
+        :func:`hfa_jax.models.mbart.grow_cache`.
       Other arguments: as transformers' ``generate``.
 
     Returns:
@@ -88,6 +95,10 @@ def beam_search(
         from hfa_jax.models.mbart import reorder_cache as _mbart_reorder
 
         reorder_cache = _mbart_reorder
+    if grow_cache is None:
+        from hfa_jax.models.mbart import grow_cache as _mbart_grow
+
+        grow_cache = _mbart_grow
     b, k = batch_size, num_beams
     keep = 2 * k  # max(2, 1 + n_eos) * K with a single EOS id
     prompt_len = 1
@@ -183,8 +194,38 @@ def beam_search(
             scores=scores, finished=finished, unsatisfied=unsatisfied, go_on=go_on, cache=cache,
         )
 
-    final = jax.lax.while_loop(lambda st: st["go_on"], body, state)
+    if cache_lengths is None:
+        final = jax.lax.while_loop(lambda st: st["go_on"], body, state)
+    else:
+        lengths = tuple(int(n) for n in cache_lengths)
+        if not lengths or list(lengths) != sorted(set(lengths)) or lengths[-1] < max_length - 1:
+            raise ValueError(f"cache_lengths must increase and end at >= max_length - 1 = {max_length - 1}, "
+                             f"got {lengths}")
+        final = state
+        for i, length in enumerate(lengths):
+            if i > 0:
+                final = {**final, "cache": grow_cache(final["cache"], length)}
+            # A step at cur_len writes cache position cur_len - 1: this loop runs while that fits.
+            final = jax.lax.while_loop(lambda st, n=length: st["go_on"] & (st["cur_len"] <= n), body, final)
     return BeamSearchOutput(sequences=final["seqs"][:, 0], scores=final["scores"][:, 0])
+
+
+def cache_schedule(max_length: int, first: int = 32) -> tuple[int, ...]:
+    """Cache capacities for a search of at most ``max_length`` tokens: ``first``, doubling, then
+    ``max_length - 1`` (the positions ever written).
+
+    Why segments: a decoding step's cache work (beam reordering, self-attention) is proportional
+    to the cache's static length, not to the tokens decoded so far. One cache of the maximum
+    length makes every step of a 20-token sentence pay for 150 positions; with this schedule a
+    step pays for at most twice what it uses, at the price of one more compiled loop body per
+    segment (4 for ``max_length`` 151). transformers grows its cache by concatenation every step.
+    """
+    last = max(int(max_length) - 1, 1)
+    out, n = [], int(first)
+    while n < last:
+        out.append(n)
+        n *= 2
+    return tuple(out) + (last,)
 
 
 def decoding_variables(
@@ -280,17 +321,20 @@ def generate(
     early_stopping: EarlyStopping = False,
     forced_bos_token_id: int | None = None,
     forced_eos_token_id: int | None = None,
+    cache_lengths: Sequence[int] | None = None,
 ) -> BeamSearchOutput:
     """Beam-search translation from encoder states (pure; jit with the keywords static).
 
     encoder_states: [B, S, D], encoder_mask: [B, S] bool. ``init_cache_fn``/``decode_fn``: see
     :func:`mbart_step_fns`. Each batch item is repeated ``num_beams`` times (batch-major), as HF's
-    ``_expand_inputs_for_generation``.
+    ``_expand_inputs_for_generation``. ``cache_lengths``: the self-attention cache grows through
+    these capacities (default :func:`cache_schedule`; ``(max_new_tokens,)`` for one static cache).
     """
     b = encoder_states.shape[0]
     states = jnp.repeat(encoder_states, num_beams, axis=0)
     mask = jnp.repeat(encoder_mask.astype(bool), num_beams, axis=0)
-    cache = init_cache_fn(states, 1 + max_new_tokens)
+    lengths = cache_schedule(1 + max_new_tokens) if cache_lengths is None else tuple(cache_lengths)
+    cache = init_cache_fn(states, lengths[0])
 
     def step(tokens, c):
         logits, c = decode_fn(tokens, c, mask)
@@ -301,13 +345,14 @@ def generate(
         decoder_start_token_id=decoder_start_token_id, eos_token_id=eos_token_id,
         pad_token_id=pad_token_id, length_penalty=length_penalty, early_stopping=early_stopping,
         forced_bos_token_id=forced_bos_token_id, forced_eos_token_id=forced_eos_token_id,
+        cache_lengths=lengths,
     )
 
 
 @functools.partial(
     jax.jit,
     static_argnames=("module", "num_beams", "max_new_tokens", "length_penalty", "early_stopping",
-                     "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id"),
+                     "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id", "cache_lengths"),
 )
 def mbart_generate(
     module,
@@ -323,12 +368,13 @@ def mbart_generate(
     decoder_start_token_id: int | None = None,
     forced_bos_token_id: int | None = None,
     forced_eos_token_id: int | None = -1,
+    cache_lengths: tuple[int, ...] | None = None,
 ) -> BeamSearchOutput:
     """Encode and beam-search with a standalone :class:`~hfa_jax.models.mbart.MBart` (jitted).
 
     input_ids: [B, S] (or inputs_embeds [B, S, D]), attention_mask: [B, S] bool.
     Special ids default to the module config (``forced_eos_token_id=-1`` means "the config's";
-    pass None to disable). Returns :class:`BeamSearchOutput`.
+    pass None to disable); ``cache_lengths``: see :func:`generate`. Returns :class:`BeamSearchOutput`.
     """
     cfg = module.cfg
     start = cfg.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
@@ -342,6 +388,6 @@ def mbart_generate(
         init_fn, dec_fn, states, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
         decoder_start_token_id=start, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
         length_penalty=length_penalty, early_stopping=early_stopping,
-        forced_bos_token_id=fbos, forced_eos_token_id=feos,
+        forced_bos_token_id=fbos, forced_eos_token_id=feos, cache_lengths=cache_lengths,
     )
 

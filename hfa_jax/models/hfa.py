@@ -339,13 +339,15 @@ class HFATranslate(_VisualTrunk):
         decoder_start_token_id: int | None = None,
         forced_bos_token_id: int | None = None,
         forced_eos_token_id: int | None = -1,
+        cache_lengths: tuple[int, ...] | None = None,
     ):
         """Beam-search translation (call on the unbound module: ``model.generate(vars, ...)``;
         jit it with the keywords static). Returns :class:`hfa_jax.models.decode.BeamSearchOutput`
         (``sequences [B, 1 + max_new_tokens]`` starting with the start token).
 
         ``decoder_start_token_id`` defaults to ``cfg.mbart.decoder_start_token_id`` (de_DE);
-        ``forced_eos_token_id=-1`` means the mBART config's value, None disables it.
+        ``forced_eos_token_id=-1`` means the mBART config's value, None disables it;
+        ``cache_lengths``: the decoding cache's growth (:func:`hfa_jax.models.decode.generate`).
         """
         from hfa_jax.models import decode as decode_lib
 
@@ -364,7 +366,7 @@ class HFATranslate(_VisualTrunk):
             init_fn, dec_fn, states, mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
             decoder_start_token_id=start, eos_token_id=mcfg.eos_token_id, pad_token_id=mcfg.pad_token_id,
             length_penalty=length_penalty, early_stopping=early_stopping,
-            forced_bos_token_id=fbos, forced_eos_token_id=feos,
+            forced_bos_token_id=fbos, forced_eos_token_id=feos, cache_lengths=cache_lengths,
         )
 
 

@@ -707,6 +707,20 @@ class MBart(nn.Module):
         return self.lm_head(h), cache
 
 
+def grow_cache(cache: dict, length: int) -> dict:
+    """The same cache with room for ``length`` decoder positions (zero slots appended to the
+    self-attention keys/values; the mask in :meth:`MBartDecoder.__call__` hides them until
+    written). See :func:`hfa_jax.models.decode.cache_schedule` for why caches grow."""
+
+    def pad(x: Array) -> Array:
+        extra = length - x.shape[2]
+        if extra < 0:
+            raise ValueError(f"grow_cache: cache holds {x.shape[2]} positions, cannot shrink to {length}")
+        return jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
+
+    return {"index": cache["index"], "self": jax.tree.map(pad, cache["self"]), "cross": cache["cross"]}
+
+
 def reorder_cache(cache: dict, indices: Array) -> dict:
     """Gather the self-attention cache rows [N, ...] by ``indices`` [N] (beam reordering).
 

@@ -62,8 +62,10 @@ def _hf_generate(model, ids, mask, embeds=None, **kw):
         dict(max_new_tokens=16, length_penalty=1.0, early_stopping=False),
         dict(max_new_tokens=12, length_penalty=0.6, early_stopping=True),
         dict(max_new_tokens=10, length_penalty=1.5, early_stopping="never", forced_bos_token_id=7, embeds=True),
+        # The self-attention cache grown in segments (decode.cache_schedule) gives the same search.
+        dict(max_new_tokens=16, length_penalty=1.0, early_stopping=False, cache_lengths=(3, 4, 9, 16)),
     ],
-    ids=["lp1.0-es_false", "lp0.6-es_true", "lp1.5-es_never-forced_bos-embeds"],
+    ids=["lp1.0-es_false", "lp0.6-es_true", "lp1.5-es_never-forced_bos-embeds", "segmented-cache"],
 )
 def test_beam_search_matches_hf_generate(models, settings):
     model, module, variables, ids, mask = models
@@ -71,10 +73,12 @@ def test_beam_search_matches_hf_generate(models, settings):
     embeds = None
     if settings.pop("embeds", False):
         embeds = np.random.default_rng(1).normal(size=(N_INPUTS, 8, D)).astype(np.float32)
+    cache_lengths = settings.pop("cache_lengths", None)
     ref = _hf_generate(model, ids, mask, embeds, **settings)
     out = decode.mbart_generate(
         module, variables, None if embeds is not None else jnp.asarray(ids), jnp.asarray(mask),
-        None if embeds is None else jnp.asarray(embeds), num_beams=4, decoder_start_token_id=START, **settings,
+        None if embeds is None else jnp.asarray(embeds), num_beams=4, decoder_start_token_id=START,
+        cache_lengths=cache_lengths, **settings,
     )
     seqs = np.asarray(out.sequences)
     assert seqs.shape == (N_INPUTS, 1 + settings["max_new_tokens"])
@@ -151,3 +155,20 @@ def test_decoding_variables_merge_adapters_same_logits(transpose):
     bad, _ = bad_fn(jnp.asarray([[START]] * 3), init_fn(states, 5), mask)
     good, _ = dec_fn(jnp.asarray([[START]] * 3), init_fn(states, 5), mask)
     assert float(jnp.abs(bad - good).max()) > 1e-2
+
+
+def test_cache_schedule_and_growth():
+    assert decode.cache_schedule(151) == (32, 64, 128, 150)
+    assert decode.cache_schedule(31) == (30,)
+    assert decode.cache_schedule(17, first=4) == (4, 8, 16)
+    cache = {"index": jnp.asarray(3), "self": {"layers_0": {"k": jnp.ones((2, 4, 5, 8)), "v": jnp.ones((2, 4, 5, 8))}},
+             "cross": {"layers_0": {"k": jnp.ones((2, 4, 7, 8)), "v": jnp.ones((2, 4, 7, 8))}}}
+    grown = mbart.grow_cache(cache, 9)
+    assert grown["self"]["layers_0"]["k"].shape == (2, 4, 9, 8) and grown["cross"] is cache["cross"]
+    np.testing.assert_array_equal(grown["self"]["layers_0"]["v"][:, :, :5], 1.0)
+    np.testing.assert_array_equal(grown["self"]["layers_0"]["v"][:, :, 5:], 0.0)
+    with pytest.raises(ValueError, match="cannot shrink"):
+        mbart.grow_cache(cache, 4)
+    with pytest.raises(ValueError, match="cache_lengths must increase"):
+        decode.beam_search(lambda t, c: (None, c), {}, batch_size=1, max_new_tokens=10, decoder_start_token_id=0,
+                           eos_token_id=2, pad_token_id=1, cache_lengths=(4, 8))
