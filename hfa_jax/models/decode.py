@@ -19,7 +19,10 @@ Semantics are those of transformers' ``generate(num_beams=K)`` (the vectorised b
   sets ``forced_eos_token_id = 2``).
 
 Shapes are static: ``max_length = 1 + max_new_tokens`` (the decoder prompt is the single start
-token), and the loop is a ``lax.while_loop`` that stops when every batch item is done.
+token), and the loop is a ``lax.while_loop`` that stops when every batch item is done. For
+speed (measured in bench/RESULTS.md), :func:`generate` grows the self-attention cache in
+segments (:func:`cache_schedule`: one loop per segment) and runs the decoding steps with
+:func:`decoding_variables` (adapters merged; kernels ``[out, in]`` on CPU).
 """
 
 from __future__ import annotations
