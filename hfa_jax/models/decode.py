@@ -40,7 +40,8 @@ from hfa_jax.models import lora as lora_lib
 Array = jax.Array
 EarlyStopping = bool | Literal["never"]
 
-__all__ = ["BeamSearchOutput", "beam_search", "cache_schedule", "generate", "decoding_variables", "mbart_step_fns", "mbart_generate"]
+__all__ = ["BeamSearchOutput", "beam_search", "cache_schedule", "generate", "decoding_variables",
+           "mbart_step_fns", "mbart_generate"]
 
 _NEG = -1.0e9  # HF's "very large negative" for masked beams (not -inf: keeps arithmetic finite)
 
@@ -244,9 +245,10 @@ def decoding_variables(
     Why: a decoding step multiplies only ``batch x beams`` rows by every decoder weight, so its
     time is the weight matrices' and every extra matrix counts. Merged adapters (computed once
     per call, :func:`hfa_jax.models.lora.merge_lora`) remove the two rank-r products per LoRA
-    projection and step; ``[out, in]`` kernels (:func:`hfa_jax.models.lora.decoding_layout`)
-    make XLA:CPU's skinny matmuls ~1.5x faster. On GPU/TPU both operand orders run at the same
-    speed, so ``transpose_kernels=None`` (auto) transposes on CPU only. Values are unchanged up
+    projection and step; with ``[out, in]`` kernels (:func:`hfa_jax.models.lora.decoding_layout`)
+    XLA:CPU's beam search over a d=1024 decoder ran 1.26x faster (bench/RESULTS.md). On GPU/TPU
+    both operand orders run at the same speed, so ``transpose_kernels=None`` (auto) transposes
+    on CPU only. Values are unchanged up
     to float32 rounding of the merge.
 
     Args:
