@@ -146,10 +146,7 @@ def merge_lora(variables: Any, scales: float | Sequence[tuple[str, float]] = 1.0
       Computed in float32 at highest precision.
     """
 
-    def walk(node: Any, path: str) -> Any:
-        if not isinstance(node, dict) and not hasattr(node, "items"):
-            return node
-        node = dict(node)
+    def merge(node: dict, path: str) -> dict:
         if "lora_a" in node and "lora_b" in node and "kernel" in node:
             s = _scale_for(f"{path}/kernel" if path else "kernel", scales)
             k = node["kernel"]
@@ -160,6 +157,20 @@ def merge_lora(variables: Any, scales: float | Sequence[tuple[str, float]] = 1.0
             )
             node["kernel"] = (jnp.asarray(k, jnp.float32) + s * delta).astype(jnp.asarray(k).dtype)
             del node["lora_a"], node["lora_b"]
+        return node
+
+    return _map_param_nodes(variables, merge)
+
+
+def _map_param_nodes(variables: Any, fn: Callable[[dict, str], dict]) -> Any:
+    """Rebuild a params tree bottom-up, passing every dict node (a copy) and its '/'-joined path
+    to ``fn`` before descending into what ``fn`` returns. ``variables`` is a Flax variables dict
+    (only ``params`` is walked) or a bare params tree."""
+
+    def walk(node: Any, path: str) -> Any:
+        if not isinstance(node, dict) and not hasattr(node, "items"):
+            return node
+        node = fn(dict(node), path)
         return {key: walk(value, f"{path}/{key}" if path else key) for key, value in node.items()}
 
     if isinstance(variables, dict) and "params" in variables:
@@ -175,9 +186,10 @@ def decoding_layout(variables: Any) -> Any:
     For autoregressive decoding on CPU: each step multiplies a few rows (batch x beams) by every
     weight matrix, and XLA:CPU's decoding loop runs those skinny products faster with the weight
     in ``[out, in]`` order (contiguous rows of the contraction) than in ``[in, out]`` (beam search
-    1.26x faster at d=1024, bench/RESULTS.md). Values are
-    unchanged; :class:`LoRADense` reads ``kernel_t`` when it is present. Layers that still carry an
-    adapter are left alone (merge them first with :func:`merge_lora`).
+    1.26x faster at d=1024, bench/RESULTS.md). Values are unchanged; :class:`LoRADense` reads
+    ``kernel_t`` when it is present. Layers that still carry an adapter are left alone (merge them
+    first with :func:`merge_lora`). Only for trees of ``LoRADense`` layers (``nn.Dense`` does not
+    read ``kernel_t``), e.g. the mBART decoder (:func:`hfa_jax.models.decode.decoding_variables`).
 
     Args:
       variables: a Flax variables dict (``{"params": ...}``) or a bare params tree.
@@ -186,18 +198,11 @@ def decoding_layout(variables: Any) -> Any:
       The same tree with ``kernel`` replaced by ``kernel_t`` in every 2-D, adapter-free dense node.
     """
 
-    def walk(node: Any) -> Any:
-        if not isinstance(node, dict) and not hasattr(node, "items"):
-            return node
-        node = dict(node)
+    def transpose(node: dict, path: str) -> dict:
         kernel = node.get("kernel")
         if kernel is not None and "lora_a" not in node and getattr(kernel, "ndim", 0) == 2:
             node["kernel_t"] = jnp.transpose(kernel)
             del node["kernel"]
-        return {key: walk(value) for key, value in node.items()}
+        return node
 
-    if isinstance(variables, dict) and "params" in variables:
-        out = dict(variables)
-        out["params"] = walk(variables["params"])
-        return out
-    return walk(variables)
+    return _map_param_nodes(variables, transpose)
