@@ -236,7 +236,7 @@ def decoding_variables(
     variables: Any,
     *,
     mbart_path: tuple[str, ...] = (),
-    lora_scale: float = 1.0,
+    lora_scale: float | None = None,
     transpose_kernels: bool | None = None,
 ) -> Any:
     """The variables the cached decoding steps run with: the mBART decoder's LoRA adapters merged
@@ -254,7 +254,7 @@ def decoding_variables(
     Args:
       variables: the model's variables; ``variables["params"][mbart_path...]`` is the MBart
         params tree (``()`` for a standalone :class:`~hfa_jax.models.mbart.MBart`).
-      lora_scale: the mBART adapters' ``alpha / r``.
+      lora_scale: the mBART adapters' ``alpha / r`` (required when the decoder has adapters).
       transpose_kernels: True / False, or None for "on CPU".
     """
     if transpose_kernels is None:
@@ -263,7 +263,13 @@ def decoding_variables(
     node = params
     for key in mbart_path:
         node = node[key]
-    decoder = lora_lib.merge_lora(node["decoder"], lora_scale)
+    decoder = node["decoder"]
+    paths = jax.tree_util.tree_flatten_with_path(decoder)[0]
+    if any(getattr(path[-1], "key", None) == "lora_a" for path, _ in paths):
+        if lora_scale is None:
+            raise ValueError("decoding_variables: the mBART decoder has LoRA adapters; pass "
+                             "lora_scale = alpha / r (mbart_step_fns reads it from the model config)")
+        decoder = lora_lib.merge_lora(decoder, lora_scale)
     if transpose_kernels:
         decoder = lora_lib.decoding_layout(decoder)
 
@@ -284,7 +290,7 @@ def mbart_step_fns(
     method_owner: Callable | None = None,
     *,
     mbart_path: tuple[str, ...] = (),
-    lora_scale: float = 1.0,
+    lora_scale: float | None = None,
     transpose_kernels: bool | None = None,
 ):
     """``(init_cache_fn, decode_fn)`` for an :class:`~hfa_jax.models.mbart.MBart` held directly
@@ -295,9 +301,13 @@ def mbart_step_fns(
     init_cache_fn(encoder_states [N, S, D], max_length) -> cache;
     decode_fn(tokens [N, L], cache, encoder_mask [N, S]) -> (logits [N, L, V], cache).
     ``decode_fn`` runs with :func:`decoding_variables` (adapters merged, kernels transposed on
-    CPU; ``lora_scale`` = the adapters' ``alpha / r``), built once here.
+    CPU; ``lora_scale`` = the adapters' ``alpha / r``, by default from the MBart's config), built
+    once here.
     """
     owner = method_owner or (lambda m: m)
+    if lora_scale is None:
+        mcfg = owner(module.bind(variables)).cfg
+        lora_scale = lora_lib.lora_scale(mcfg.lora_rank, mcfg.lora_alpha)
     step_variables = decoding_variables(
         variables, mbart_path=mbart_path, lora_scale=lora_scale, transpose_kernels=transpose_kernels
     )
@@ -388,7 +398,7 @@ def mbart_generate(
     feos = cfg.forced_eos_token_id if forced_eos_token_id == -1 else forced_eos_token_id
     fbos = cfg.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
     states = module.apply(variables, input_ids, attention_mask, inputs_embeds=inputs_embeds, method=module.encode)
-    init_fn, dec_fn = mbart_step_fns(module, variables, lora_scale=lora_lib.lora_scale(cfg.lora_rank, cfg.lora_alpha))
+    init_fn, dec_fn = mbart_step_fns(module, variables)
     return generate(
         init_fn, dec_fn, states, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
         decoder_start_token_id=start, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,

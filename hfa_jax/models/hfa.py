@@ -359,8 +359,7 @@ class HFATranslate(_VisualTrunk):
         fbos = mcfg.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
         states, mask = self.apply(variables, pixels, frame_mask, method=HFATranslate.encode)
         init_fn, dec_fn = decode_lib.mbart_step_fns(
-            self, variables, method_owner=lambda m: m.mbart, mbart_path=("mbart",),
-            lora_scale=lora_scale(mcfg.lora_rank, mcfg.lora_alpha),
+            self, variables, method_owner=lambda m: m.mbart, mbart_path=("mbart",)
         )
         return decode_lib.generate(
             init_fn, dec_fn, states, mask, num_beams=num_beams, max_new_tokens=max_new_tokens,

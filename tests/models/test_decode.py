@@ -150,6 +150,12 @@ def test_decoding_variables_merge_adapters_same_logits(transpose):
         ref, ref_cache = module.apply(variables, tokens, ref_cache, mask, method=lambda m, t, c, e: m.decode(t, c, e))
         np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4, err_msg=f"step {step}")
         tokens = jnp.argmax(logits[:, -1:], axis=-1).astype(jnp.int32)
+    # mbart_step_fns reads alpha / r = 2 from the config; decoding_variables alone needs it.
+    default_fn = decode.mbart_step_fns(module, variables, transpose_kernels=transpose)[1]
+    np.testing.assert_array_equal(default_fn(jnp.asarray([[START]] * 3), init_fn(states, 5), mask)[0],
+                                  dec_fn(jnp.asarray([[START]] * 3), init_fn(states, 5), mask)[0])
+    with pytest.raises(ValueError, match="pass lora_scale"):
+        decode.decoding_variables(variables)
     # A wrong scale gives different logits: the merge is really in the decoding path.
     _, bad_fn = decode.mbart_step_fns(module, variables, lora_scale=1.0, transpose_kernels=transpose)
     bad, _ = bad_fn(jnp.asarray([[START]] * 3), init_fn(states, 5), mask)
