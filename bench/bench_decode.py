@@ -47,6 +47,7 @@ def torch_worker(s: Shapes, folder: str, *, sentences: int, src_len: int, max_ne
 
     from bench.reference_torch import hf_mbart_config
 
+    common.log(f"torch generate: {sentences} sentences, {max_new_tokens} new tokens, half={half}")
     torch.manual_seed(0)
     model = MBartForConditionalGeneration(hf_mbart_config(s, decoder_start_token_id=START_ID)).eval()
     model.save_pretrained(folder)
@@ -60,6 +61,7 @@ def torch_worker(s: Shapes, folder: str, *, sentences: int, src_len: int, max_ne
         model = model.to(torch.float16 if device == "cuda" else torch.bfloat16)
         emb = emb.to(model.dtype)
     model, emb, mask = model.to(device), emb.to(device), mask.to(device)
+    common.log(f"built and saved; timing on {device}")
     gen = GenerationConfig(num_beams=4, max_new_tokens=max_new_tokens, length_penalty=1.0, early_stopping=False,
                            do_sample=False, decoder_start_token_id=START_ID, eos_token_id=2, pad_token_id=1,
                            bos_token_id=0, forced_eos_token_id=2)
@@ -74,6 +76,7 @@ def torch_worker(s: Shapes, folder: str, *, sentences: int, src_len: int, max_ne
     threads = (common.pick_torch_threads(call) if device == "cpu"
                else {"threads": torch.get_num_threads(), "probe_s": {}})
     times = common.time_calls(call, warmup=max(warmup - 1, 0), iters=iters, max_seconds=max_seconds, sync=sync)
+    common.log(f"median {common.median(times):.3f} s per batch over {len(times)} calls")
     seq = box["seq"].cpu().numpy()
     np.save(os.path.join(folder, "hf_sequences.npy"), seq)
     return {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
@@ -90,6 +93,7 @@ def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, ma
     from hfa_jax.models.mbart import from_hf
 
     extra = {"dtype": "bfloat16"} if half else {}  # bf16 compute (params stay f32)
+    common.log(f"ours beam search on {jax.devices()[0].device_kind}: {max_new_tokens} new tokens, half={half}")
     module, variables = from_hf(folder, lora_rank=0, decoder_start_token_id=START_ID, **extra)
     inp = np.load(os.path.join(folder, "inputs.npz"))
     emb, mask = jax.device_put(inp["emb"]), jax.device_put(inp["mask"])
@@ -99,6 +103,7 @@ def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, ma
     out = mbart_generate(module, variables, None, mask, emb, **kw)
     jax.block_until_ready(out.sequences)
     compile_s = time.perf_counter() - t0
+    common.log(f"first call (compile) {compile_s:.1f} s; timing")
     box = {}
 
     def call():
@@ -106,6 +111,7 @@ def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, ma
         return box["out"].sequences
 
     times = common.time_calls(call, warmup=warmup, iters=iters, sync=jax.block_until_ready, max_seconds=max_seconds)
+    common.log(f"median {common.median(times):.3f} s per batch over {len(times)} calls")
     ours = np.asarray(box["out"].sequences)
     hf = np.load(os.path.join(folder, "hf_sequences.npy"))
     n = min(ours.shape[1], hf.shape[1])

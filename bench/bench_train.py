@@ -205,12 +205,19 @@ def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: f
                 precision: str = "fp32") -> dict:
     import jax
 
+    common.log(f"ours {kind} on {jax.devices()[0].device_kind}: {s.describe()}")
     init_state, step = make_step(kind, s, dtype="bfloat16" if precision == "mixed" else "float32")
-    state = jax.jit(init_state)(jax.random.PRNGKey(0))
+    # Initialise on the host CPU, then copy: the init program (every initialiser of the model)
+    # runs once, and compiling it for a GPU (autotuning included) cost minutes on an H100.
+    with jax.default_device(jax.devices("cpu")[0]):
+        state = jax.jit(init_state)(jax.random.PRNGKey(0))
+    state = jax.block_until_ready(jax.device_put(state, jax.devices()[0]))
     batch = {k: jax.device_put(v) for k, v in concrete_batch(kind, s).items()}
+    common.log("initialised; compiling the step")
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    common.log(f"compiled in {compile_s:.1f} s; timing")
     box = {"state": state}
 
     def call():
@@ -218,12 +225,14 @@ def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: f
         return loss
 
     times = common.time_calls(call, warmup=warmup, iters=iters, sync=lambda x: float(x), max_seconds=max_seconds)
+    common.log(f"median {common.median(times):.4f} s/step over {len(times)} steps")
     from hfa_jax.train.optim import count_params
 
     out = {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
            "compile_s": compile_s, "xla_memory": common.xla_memory(compiled),
            "trainable": count_params(box["state"]["trainable"]), "loss": float(call()),
-           "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
+           "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+           "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if precision == "mixed":  # accelerator rows: model FLOP utilisation against a measured peak
         ca = compiled.cost_analysis()
         ca = ca[0] if isinstance(ca, (list, tuple)) else ca
@@ -248,8 +257,10 @@ def torch_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: 
     # the accelerator rows compare our bf16 with the reference's fp16 autocast (CPU: bf16)
     amp = ref.Amp(device, None if precision == "fp32" else
                   (torch.float16 if device == "cuda" else torch.bfloat16))
+    common.log(f"torch {kind} on {device} ({'compiled' if compile else 'eager'}, amp {amp.dtype}): {s.describe()}")
     model, opt, sched = ref.build(kind, s, device=device)
     batch = ref.move_batch(ref.make_batch(kind, s), device)
+    common.log("built; warming up")
     compile_s = 0.0
     if compile:
         step = ref.compiled_step(model, opt, sched, amp)
@@ -265,6 +276,7 @@ def torch_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: 
     else:
         threads = common.pick_torch_threads(lambda: step(batch))
     times = common.time_calls(lambda: step(batch), warmup=max(warmup - 1, 0), iters=iters, max_seconds=max_seconds)
+    common.log(f"median {common.median(times):.4f} s/step over {len(times)} steps")
     out = {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
            "compile_s": compile_s, "trainable": ref.trainable_count(model), "loss": step(batch),
            "threads": threads["threads"], "thread_probe_s": threads["probe_s"], "device": device,
@@ -332,7 +344,8 @@ def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = Fal
                  "trainable_ours": ours["trainable"], "trainable_ref": ref["trainable"],
                  "times_ours": ours["times"], "times_ref": ref["times"], "ref_threads": ref["threads"],
                  "backend_ours": ours["backend"], "device_ours": ours["device_kind"], "device_ref": ref["device"],
-                 "precision": f"ours {'bfloat16' if accelerator else 'float32'}, reference {ref['amp']}"}
+                 "precision": f"ours {'bfloat16' if accelerator else 'float32'}, reference {ref['amp']}",
+                 "xla_flags_ours": ours.get("xla_flags", "")}
         for k in ("mfu", "step_flops", "bf16_peak_tflops"):
             if k in ours:
                 extra[f"{k}_ours"] = ours[k]

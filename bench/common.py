@@ -32,6 +32,7 @@ __all__ = [
     "peak_rss_mb",
     "emit",
     "run_worker",
+    "log",
     "xla_memory",
     "machine",
     "versions",
@@ -170,23 +171,35 @@ def emit(result: dict) -> None:
 def run_worker(script: str, args: Sequence[str], *, timeout: float = 1800.0, env: dict | None = None) -> dict:
     """Runs ``python bench/<script> <args>`` in a subprocess and returns its result dict.
 
-    Raises RuntimeError with the worker's stderr tail when it fails or prints no result.
+    The worker's stderr (its progress lines, :func:`log`) goes straight to ours, live, so a long
+    accelerator run shows where its time goes even if it is stopped. Raises RuntimeError with
+    the worker's stdout tail when it fails or prints no result (its stderr is already shown).
     """
     cmd = [sys.executable, os.path.join(BENCH_DIR, script), *args]
     e = dict(os.environ)
     e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
     e.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    e.setdefault("PYTHONUNBUFFERED", "1")
     if env:
         e.update(env)
     try:
-        p = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"worker {' '.join(cmd[1:3])} ... timed out after {timeout:.0f} s") from exc
     for line in p.stdout.splitlines()[::-1]:
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
-    tail = (p.stderr or "")[-3000:] + (p.stdout or "")[-1000:]
-    raise RuntimeError(f"worker {' '.join(cmd[1:])} failed (exit {p.returncode}):\n{tail}")
+    raise RuntimeError(f"worker {' '.join(cmd[1:])} failed (exit {p.returncode}; its stderr is above):\n"
+                       f"{(p.stdout or '')[-1000:]}")
+
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Worker side: one progress line on stderr, with seconds since the worker started."""
+    sys.stderr.write(f"    [{os.path.basename(sys.argv[0])} {time.perf_counter() - _T0:6.1f} s] {msg}\n")
+    sys.stderr.flush()
 
 
 def xla_memory(compiled) -> dict[str, float]:

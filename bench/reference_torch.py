@@ -216,13 +216,20 @@ class _Trunk(nn.Module):
         with torch.no_grad():
             x = vit.embeddings(pixels[frame_mask])  # valid frames only: [N_valid, 3, H, W]
             for layer in vit.encoder.layer[:first]:
-                x = layer(x, None)
+                x = _block(layer, x)
         for layer in vit.encoder.layer[first:]:
-            x = layer(x, None)
+            x = _block(layer, x)
         h = self.frame_proj(vit.layernorm(x)[:, 0])
         out = h.new_zeros(b, t, h.shape[-1])
         out[frame_mask] = self.frame_bn(h)
         return self.temporal(out, frame_mask)
+
+
+def _block(layer, x: torch.Tensor) -> torch.Tensor:
+    """One ``Dinov2Layer``: its forward takes the hidden states alone (transformers 5.17 refuses
+    a positional mask) and returns a tensor (older versions: a one-tuple)."""
+    out = layer(x)
+    return out[0] if isinstance(out, tuple) else out
 
 
 class RefHFAPretrain(_Trunk):
