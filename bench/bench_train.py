@@ -55,7 +55,7 @@ def hfa_config(s: Shapes, *, dtype: str = "float32"):
 
     c = model_config("paper").to_dict()
     c["vit"].update(width=s.vit_width, depth=s.vit_depth, num_heads=s.vit_heads, mlp_dim=s.vit_mlp,
-                    lora_blocks=tuple(s.lora_blocks))
+                    lora_blocks=tuple(s.lora_blocks), attention=s.vit_attention)
     c["temporal"].update(width=s.t_width, num_heads=s.t_heads, mlp_dim=s.t_mlp, out_dim=s.d_model)
     c["mbart"].update(vocab_size=s.vocab, d_model=s.d_model, encoder_layers=s.enc_layers,
                       decoder_layers=s.dec_layers, encoder_attention_heads=s.m_heads,
@@ -316,13 +316,15 @@ def _row(name: str, ours: dict, ref: dict, settings: str, extra: dict) -> dict:
 
 
 def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = False,
-         compile_reference: bool = True, progress: Any = None, accelerator: bool = False) -> list[dict]:
+         compile_reference: bool = True, progress: Any = None, accelerator: bool = False,
+         vit_attention: str = "xla") -> list[dict]:
     """Runs the training rows wanted by ``only`` (None = all) and returns them.
 
     ``micro``: toy widths (the smoke test); ``compile_reference``: also time ``torch.compile``
     (extra field, the main reference stays eager as the issue asks); ``accelerator``: the GPU
     rows, ours in bf16 against the reference's autocast (fp16 with a GradScaler on CUDA), at
-    accelerator shapes (``TRAIN_SHAPES["accel"]``), with our MFU against the measured bf16 peak."""
+    accelerator shapes (``TRAIN_SHAPES["accel"]``), with our MFU against the measured bf16 peak;
+    ``vit_attention``: our ViT's attention implementation ("xla", "auto": cuDNN where it applies)."""
     mode = "quick" if quick or micro else "full"
     if accelerator:
         mode = "micro" if micro else "accel"
@@ -330,7 +332,7 @@ def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = Fal
     shapes_key = "quick" if mode == "micro" else mode
     want = lambda n: only is None or n in only  # noqa: E731
     out = []
-    base = Shapes(**TRAIN_SHAPES[shapes_key])
+    base = Shapes(**TRAIN_SHAPES[shapes_key], vit_attention=vit_attention)
     if micro:
         base = _micro(base)
     for kind, name in (("pretrain", "pretrain_step"), ("finetune", "finetune_step")):
@@ -367,7 +369,7 @@ def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = Fal
         name = f"frames_{t}"
         if not want(name):
             continue
-        s = dataclasses.replace(Shapes(**SCALING_SHAPES[shapes_key]), frames=t)
+        s = dataclasses.replace(Shapes(**SCALING_SHAPES[shapes_key]), frames=t, vit_attention=vit_attention)
         if micro:
             s = _micro(s)
         ours = _run("ours", "finetune", s, mode, precision=precision)

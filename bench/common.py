@@ -72,12 +72,16 @@ class Shapes:
     vocab: int = 2172
     num_pg: int = 2322
     max_pos: int = 1024
+    # ours only: the ViT's attention (``ViTConfig.attention``); the reference always uses SDPA,
+    # which picks flash attention on CUDA by itself
+    vit_attention: str = "xla"
 
     def describe(self) -> str:
         return (f"B={self.batch} T={self.frames} {self.image}px; ViT-S/14 {self.vit_depth}x{self.vit_width} "
                 f"(LoRA blocks {','.join(map(str, self.lora_blocks))}); temporal {self.t_width}/"
                 f"{self.t_heads}h 2+2; mBART d{self.d_model} {self.enc_layers}+{self.dec_layers} layers "
-                f"ffn{self.m_ffn} V{self.vocab}; L={self.text_len}")
+                f"ffn{self.m_ffn} V{self.vocab}; L={self.text_len}"
+                + (f"; our ViT attention {self.vit_attention}" if self.vit_attention != "xla" else ""))
 
 
 def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int, sync: Callable[[Any], Any] = lambda x: x,

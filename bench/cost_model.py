@@ -121,9 +121,13 @@ def floor_seconds(cost: dict, peak_flops: float, bandwidth: float) -> float:
     return max(compute, cost["bytes"] / bandwidth)
 
 
-def project_h100(costs: dict[str, dict], *, mfu: float = H100["assumed_mfu"]) -> dict:
-    """Projected wall time of the paper schedule on one H100 (see the module docstring)."""
-    peak = H100["bf16_tflops"] * 1e12
+def project_h100(costs: dict[str, dict], *, mfu: float = H100["assumed_mfu"],
+                 peak_tflops: float = H100["bf16_tflops"], mfu_source: str = "assumed") -> dict:
+    """Projected wall time of the paper schedule on one H100 (see the module docstring).
+    ``mfu``/``peak_tflops``: the assumed 40 % of ~800 TFLOP/s, or an MFU measured on an H100
+    (``bench/run_all.py --accelerator``) with the peak measured in the same run
+    (``mfu_source="measured ..."``)."""
+    peak = peak_tflops * 1e12
     bw = H100["hbm_tb_s"] * 1e12
     stages = {}
     total = total_b = 0.0
@@ -146,14 +150,15 @@ def project_h100(costs: dict[str, dict], *, mfu: float = H100["assumed_mfu"]) ->
             total_p = (total_p or 0.0) + stages[kind]["hours_packed"]
         total += hours
         total_b += hours_b
-    out = {"assumed_mfu": mfu, "peak_tflops": H100["bf16_tflops"], "hbm_tb_s": H100["hbm_tb_s"],
+    out = {"assumed_mfu": mfu, "mfu_source": mfu_source, "peak_tflops": peak_tflops, "hbm_tb_s": H100["hbm_tb_s"],
            "stages": stages, "total_hours_300_frames": total, "total_hours_bucketed": total_b}
     if total_p is not None:
         out["total_hours_packed"] = total_p
     return out
 
 
-def run(*, quick: bool = False, compile: bool = True, kinds=None, progress=None, machine: dict | None = None) -> dict:
+def run(*, quick: bool = False, compile: bool = True, kinds=None, progress=None, machine: dict | None = None,
+        projection: dict | None = None) -> dict:
     """Everything the cost model prints: machine, per-stage costs, floors, H100 projection."""
     machine = machine or measure_machine(quick=quick)
     peak = machine["matmul_gflops_best"] * 1e9
@@ -174,7 +179,7 @@ def run(*, quick: bool = False, compile: bool = True, kinds=None, progress=None,
     out = {"shapes": dataclasses.asdict(PAPER), "dtype": "bfloat16", "machine": machine, "costs": costs,
            "date": common.utc_now()}
     if all(k in costs for k, _ in SCHEDULE):
-        out["h100"] = project_h100(costs)
+        out["h100"] = project_h100(costs, **(projection or {}))
     return out
 
 
@@ -192,8 +197,9 @@ def format_report(r: dict) -> str:
         lines.append(f"{kind:<10} {c['flops'] / 1e12:>11.2f} {c['bytes'] / 1e9:>9.1f} {c['floor_s_this_machine']:>20.1f}")
     h = r.get("h100")
     if h:
-        lines.append(f"PROJECTION (not measured) on one H100: {h['peak_tflops']:.0f} TFLOP/s bf16 dense x assumed MFU "
-                     f"{h['assumed_mfu']:.0%}, HBM {h['hbm_tb_s']} TB/s; {STEPS_PER_EPOCH} steps/epoch")
+        lines.append(f"PROJECTION (not measured) on one H100: {h['peak_tflops']:.0f} TFLOP/s bf16 dense x "
+                     f"{h.get('mfu_source', 'assumed')} MFU {h['assumed_mfu']:.1%}, HBM {h['hbm_tb_s']} TB/s; "
+                     f"{STEPS_PER_EPOCH} steps/epoch")
         for kind, st in h["stages"].items():
             hb = f", HBM floor {st['hbm_floor_s']:.3f} s" if st["hbm_floor_s"] is not None else ""
             lines.append(f"  {kind:<10} {st['epochs']:>3} epochs {st['steps']:>6} steps x {st['step_s']:.3f} s{hb} = "
@@ -212,8 +218,17 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="smaller machine probes")
     p.add_argument("--no-compile", action="store_true", help="pre-optimisation cost analysis only (fast)")
     p.add_argument("--json", help="write the result here")
+    p.add_argument("--mfu", type=float, default=None,
+                   help="project with this MFU (e.g. the one run_all.py --accelerator measured) instead of 40%%")
+    p.add_argument("--peak-tflops", type=float, default=H100["bf16_tflops"],
+                   help="bf16 peak for the projection (the one measured with --mfu)")
     a = p.parse_args(argv)
-    r = run(quick=a.quick, compile=not a.no_compile,
+    projection = None
+    if a.mfu is not None:
+        if not 0.0 < a.mfu <= 1.0:
+            p.error(f"--mfu must be a fraction in (0, 1], got {a.mfu}")
+        projection = {"mfu": a.mfu, "peak_tflops": a.peak_tflops, "mfu_source": "measured"}
+    r = run(quick=a.quick, compile=not a.no_compile, projection=projection,
             progress=lambda k, c: print(f"  {k}: {c['flops'] / 1e12:.2f} TFLOP ({c['seconds']:.0f} s)", file=sys.stderr))
     print(format_report(r))
     if a.json:

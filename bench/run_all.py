@@ -157,6 +157,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--accelerator", action="store_true",
                    help="GPU rows: ours in bf16 vs the reference's autocast (fp16 on CUDA) at accelerator "
                         "shapes, with our MFU against the measured bf16 peak")
+    p.add_argument("--vit-attention", choices=("xla", "auto", "cudnn"), default="xla",
+                   help="our ViT's attention in the training rows ('auto': cuDNN flash attention where "
+                        "JAX supports it, as the reference's SDPA picks flash attention on CUDA)")
     p.add_argument("--jax-cache", default=os.path.join(tempfile.gettempdir(), "hfa_bench_jax_cache"),
                    help="JAX persistent compilation cache for our workers ('' disables)")
     a = p.parse_args(argv)
@@ -184,7 +187,7 @@ def main(argv=None) -> list[dict]:
 
         rows += bench_train.rows(quick=a.quick, only=train_wanted, micro=a.micro,
                                  compile_reference=not a.no_torch_compile, progress=progress,
-                                 accelerator=a.accelerator)
+                                 accelerator=a.accelerator, vit_attention=a.vit_attention)
     if want("beam_search"):
         from bench import bench_decode
 

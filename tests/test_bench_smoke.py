@@ -69,16 +69,23 @@ def test_h100_projection_arithmetic():
     want = (3.2e14 * 244.9 / 300 + 1e11 * 16 * 131.5) / 8e14
     assert p["stages"]["pretrain"]["vit_share"] == pytest.approx(0.6)
     assert p["total_hours_packed"] == pytest.approx(p["total_hours_300_frames"] * want)
+    # a measured MFU and peak replace the assumed ones: 8e14 / (400e12 x 0.25) = 8 s/step
+    m = cost_model.project_h100(costs, mfu=0.25, peak_tflops=400.0, mfu_source="measured")
+    assert m["stages"]["finetune2"]["step_s"] == pytest.approx(8.0) and m["mfu_source"] == "measured"
+    assert m["total_hours_packed"] == pytest.approx(4 * p["total_hours_packed"])
 
 
 def test_accelerator_rows_run_on_cpu(tmp_path):
     # The GPU rows (ours bf16 vs the reference's autocast, MFU against the measured bf16 peak)
     # must be ready when a GPU is lent; on CPU the same code runs with bf16 autocast.
     out = tmp_path / "rows.json"
-    run_all.main(["--micro", "--accelerator", "--only", "finetune_step", "--no-torch-compile", "--json", str(out)])
+    # (with the ViT attention a GPU run would pick: "auto" falls back to XLA's on CPU)
+    run_all.main(["--micro", "--accelerator", "--vit-attention", "auto", "--only", "finetune_step",
+                  "--no-torch-compile", "--json", str(out)])
     (r,) = json.loads(out.read_text())
     e = r["extra"]
     assert r["name"] == "finetune_step" and r["ours"] > 0 and r["reference"] > 0
+    assert "our ViT attention auto" in r["settings"]
     assert e["precision"] == "ours bfloat16, reference torch.bfloat16"
     assert e["step_flops_ours"] > 0 and e["bf16_peak_tflops_ours"] > 0
     assert e["mfu_ours"] == pytest.approx(e["step_flops_ours"] / r["ours"] / (e["bf16_peak_tflops_ours"] * 1e12))
