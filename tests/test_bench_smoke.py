@@ -89,3 +89,28 @@ def test_accelerator_rows_run_on_cpu(tmp_path):
     assert e["precision"] == "ours bfloat16, reference torch.bfloat16"
     assert e["step_flops_ours"] > 0 and e["bf16_peak_tflops_ours"] > 0
     assert e["mfu_ours"] == pytest.approx(e["step_flops_ours"] / r["ours"] / (e["bf16_peak_tflops_ours"] * 1e12))
+
+
+def test_gpu_probe_groups_device_ops(tmp_path):
+    # bench/gpu_probe.py reads jax.profiler's perfetto trace: only the device lanes count, and
+    # the numbered instances of one fusion (one per layer) are summed as one kind.
+    import gzip
+
+    from bench import gpu_probe
+
+    ev = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+          {"ph": "X", "pid": 1, "name": "fusion.12", "dur": 300.0},
+          {"ph": "X", "pid": 1, "name": "fusion.7", "dur": 100.0},
+          {"ph": "X", "pid": 1, "name": "gemm", "dur": 200.0},
+          {"ph": "X", "pid": 2, "name": "host_work", "dur": 5000.0}]
+    run = tmp_path / "plugins" / "profile" / "run1"
+    run.mkdir(parents=True)
+    with gzip.open(run / "host.trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": ev}, f)
+    rows, busy = gpu_probe.device_op_table(str(tmp_path), steps=2)
+    assert busy == pytest.approx(0.3)  # (300 + 100 + 200) us over 2 steps, in ms
+    assert [(r["name"], r["count"]) for r in rows] == [("fusion", 1.0), ("gemm", 0.5)]
+    assert rows[0]["ms_per_step"] == pytest.approx(0.2) and rows[0]["share"] == pytest.approx(400 / 600)
+    with pytest.raises(FileNotFoundError, match="trace.json.gz"):
+        gpu_probe.device_op_table(str(tmp_path / "empty"), steps=1)

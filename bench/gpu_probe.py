@@ -1,0 +1,171 @@
+"""One-call probe of our training step on an accelerator: variants side by side, MFU, and where
+the device time goes.
+
+GPUs come to this project in short leases (30 device-minutes, a fresh machine per call), so
+this script does in one process what a lease is for: for each ViT attention variant (``xla``:
+the paper config, scores materialised; ``auto``: ``jax.nn.dot_product_attention`` picks cuDNN's
+fused kernel where it applies) it builds the training step at the accelerator shapes of
+``bench/bench_train.py`` (``TRAIN_SHAPES["accel"]``, bf16 compute), initialises it on the host
+CPU, compiles it, times it (median after warm-up) and reads its FLOPs from the compiled module;
+it measures the bf16 matmul peak once, and for one variant records a ``jax.profiler`` trace of
+a few steps and prints the device ops that take the time. XLA flags are per process: run the
+script once per flag set (``XLA_FLAGS=... python bench/gpu_probe.py``).
+
+    python bench/gpu_probe.py [--kind finetune] [--variants xla,auto] [--profile auto] \\
+        [--out DIR] [--json FILE]
+
+``--micro`` runs toy widths (the CPU smoke test; numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+from bench.common import Shapes  # noqa: E402
+
+VARIANTS = ("xla", "auto", "cudnn")
+
+
+def build(kind: str, s: Shapes):
+    """-> (compiled step, state, batch, compile seconds), state initialised on the host CPU."""
+    import jax
+
+    from bench.bench_train import concrete_batch, make_step
+
+    init_state, step = make_step(kind, s, dtype="bfloat16")
+    with jax.default_device(jax.devices("cpu")[0]):
+        state = jax.jit(init_state)(jax.random.PRNGKey(0))
+    state = jax.block_until_ready(jax.device_put(state, jax.devices()[0]))
+    batch = {k: jax.device_put(v) for k, v in concrete_batch(kind, s).items()}
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    return compiled, state, batch, time.perf_counter() - t0
+
+
+def device_op_table(trace_dir: str, steps: int, top: int = 25) -> tuple[list[dict], float]:
+    """Sums the complete events of the device lanes of the newest perfetto trace under
+    ``trace_dir`` by op name (trailing ``.N`` instance numbers dropped, so the 12 copies of a
+    layer's fusion count as one kind). Returns (rows of ``name, ms_per_step, count, share``,
+    busy ms per step); ``count`` is per step. Device lanes are the processes whose name
+    mentions a GPU/TPU device; on a CPU-only run (the smoke test) every lane counts."""
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
+    if not files:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: did jax.profiler write a perfetto trace?")
+    with gzip.open(files[-1], "rt") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    pname = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = {p for p, n in pname.items() if re.search(r"GPU|TPU|/device:", n)}
+    lanes = device or set(pname)
+    total = collections.Counter()
+    count = collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or e.get("pid") not in lanes or "dur" not in e:
+            continue
+        name = re.sub(r"(\.\d+)+$", "", str(e.get("name", "?")))
+        total[name] += float(e["dur"])
+        count[name] += 1
+    busy = sum(total.values()) / 1e3 / steps
+    rows = [{"name": n, "ms_per_step": t / 1e3 / steps, "count": count[n] / steps,
+             "share": t / max(sum(total.values()), 1e-9)} for n, t in total.most_common(top)]
+    return rows, busy
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kind", choices=("finetune", "pretrain"), default="finetune")
+    p.add_argument("--variants", default="xla,auto", help=f"comma-separated ViT attention variants of {VARIANTS}")
+    p.add_argument("--profile", default="auto", help="the variant to trace ('' = none)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 3 warm-up steps)")
+    p.add_argument("--out", default="gpu_probe_out", help="folder for the trace")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--micro", action="store_true", help="toy widths (smoke test)")
+    a = p.parse_args(argv)
+    variants = [v for v in a.variants.split(",") if v]
+    bad = sorted(set(variants + ([a.profile] if a.profile else [])) - set(VARIANTS))
+    if bad:
+        p.error(f"unknown variant(s) {bad}; choose from {VARIANTS}")
+    if a.profile and a.profile not in variants:
+        p.error(f"--profile {a.profile!r} must be one of --variants {variants}")
+
+    import jax
+
+    from bench.bench_train import TRAIN_SHAPES, _micro
+
+    base = Shapes(**TRAIN_SHAPES["accel"])
+    if a.micro:
+        base = _micro(base)
+    dev = jax.devices()[0]
+    print(f"{common.utc_now()} {dev.device_kind} ({jax.default_backend()}), XLA_FLAGS="
+          f"{os.environ.get('XLA_FLAGS', '')!r}; {a.kind} step at {base.describe()}", flush=True)
+    peak = common.bf16_matmul_peak_tflops(n=1024 if a.micro else None)
+    common.log(f"bf16 matmul peak {peak:.1f} TFLOP/s")
+    results: dict = {"device": dev.device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""), "kind": a.kind,
+                     "shapes": dataclasses.asdict(base), "bf16_peak_tflops": peak, "variants": {}}
+    for v in variants:
+        s = dataclasses.replace(base, vit_attention=v)
+        common.log(f"variant {v}: building and compiling")
+        try:
+            compiled, state, batch, compile_s = build(a.kind, s)
+        except Exception as e:  # noqa: BLE001 - e.g. cuDNN refusing a shape: report it, go on
+            common.log(f"variant {v} failed: {type(e).__name__}: {str(e)[:300]}")
+            results["variants"][v] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            continue
+        box = {"state": state}
+
+        def call():
+            box["state"], loss = compiled(box["state"], batch)
+            return loss
+
+        times = common.time_calls(call, warmup=3, iters=a.steps, sync=lambda x: float(x))
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        flops = float(ca.get("flops", 0.0))
+        med = common.median(times)
+        r = {"median_s": med, "times": times, "compile_s": compile_s, "step_tflop": flops / 1e12,
+             "mfu": flops / med / (peak * 1e12), "xla_memory": common.xla_memory(compiled)}
+        common.log(f"variant {v}: {med * 1e3:.1f} ms/step, {flops / 1e12:.2f} TFLOP, MFU {r['mfu']:.1%} "
+                   f"(compile {compile_s:.0f} s)")
+        if v == a.profile:
+            trace_dir = os.path.join(a.out, f"trace_{v}")
+            n = 3
+            jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+            for _ in range(n):
+                float(call())
+            jax.profiler.stop_trace()
+            rows, busy = device_op_table(trace_dir, n)
+            r["profile"] = {"busy_ms_per_step": busy, "top_ops": rows}
+            print(f"\ndevice ops of variant {v} ({n} traced steps; busy {busy:.1f} ms/step, "
+                  f"wall {med * 1e3:.1f} ms/step):")
+            for row in rows:
+                print(f"  {row['ms_per_step']:8.2f} ms {row['share']:6.1%} x{row['count']:<5g} {row['name'][:110]}")
+        results["variants"][v] = r
+        del compiled, state, box
+    print("\nvariant   ms/step   TFLOP/step   MFU     compile")
+    for v, r in results["variants"].items():
+        if "error" in r:
+            print(f"{v:<8}  failed: {r['error'][:100]}")
+        else:
+            print(f"{v:<8} {r['median_s'] * 1e3:8.1f} {r['step_tflop']:12.2f} {r['mfu']:7.1%} {r['compile_s']:8.0f} s")
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
