@@ -27,6 +27,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -55,16 +56,21 @@ def build(kind: str, s: Shapes):
     return compiled, state, batch, time.perf_counter() - t0
 
 
+def newest_trace(trace_dir: str) -> str:
+    """The newest perfetto trace (``*.trace.json.gz``) jax.profiler wrote under ``trace_dir``."""
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
+    if not files:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: did jax.profiler write a perfetto trace?")
+    return files[-1]
+
+
 def device_op_table(trace_dir: str, steps: int, top: int = 25) -> tuple[list[dict], float]:
     """Sums the complete events of the device lanes of the newest perfetto trace under
     ``trace_dir`` by op name (trailing ``.N`` instance numbers dropped, so the 12 copies of a
     layer's fusion count as one kind). Returns (rows of ``name, ms_per_step, count, share``,
     busy ms per step); ``count`` is per step. Device lanes are the processes whose name
     mentions a GPU/TPU device; on a CPU-only run (the smoke test) every lane counts."""
-    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
-    if not files:
-        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: did jax.profiler write a perfetto trace?")
-    with gzip.open(files[-1], "rt") as f:
+    with gzip.open(newest_trace(trace_dir), "rt") as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     pname = {e["pid"]: e.get("args", {}).get("name", "") for e in events
@@ -91,7 +97,8 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", default="xla,auto", help=f"comma-separated ViT attention variants of {VARIANTS}")
     p.add_argument("--profile", default="auto", help="the variant to trace ('' = none)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 3 warm-up steps)")
-    p.add_argument("--out", default="gpu_probe_out", help="folder for the trace")
+    p.add_argument("--out", default="gpu_probe_out",
+                   help="folder for the trace (also copied to OUT/trace_<variant>.json.gz, for ui.perfetto.dev)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--micro", action="store_true", help="toy widths (smoke test)")
     a = p.parse_args(argv)
@@ -148,6 +155,8 @@ def main(argv=None) -> dict:
                 float(call())
             jax.profiler.stop_trace()
             rows, busy = device_op_table(trace_dir, n)
+            # a copy next to --out's top: jax.profiler nests its files four folders down
+            shutil.copyfile(newest_trace(trace_dir), os.path.join(a.out, f"trace_{v}.json.gz"))
             r["profile"] = {"busy_ms_per_step": busy, "top_ops": rows}
             print(f"\ndevice ops of variant {v} ({n} traced steps; busy {busy:.1f} ms/step, "
                   f"wall {med * 1e3:.1f} ms/step):")
