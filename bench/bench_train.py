@@ -201,17 +201,24 @@ def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int 
     return init_state, step
 
 
+def init_on_host(init_state, seed: int = 0):
+    """``init_state(key)`` run on the host CPU, the result copied to the default device. Why: the
+    init program (every initialiser of the model) runs once, and compiling it for a GPU took
+    190 s on an H100 (40 s on a 2-core CPU)."""
+    import jax
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        state = jax.jit(init_state)(jax.random.PRNGKey(seed))
+    return jax.block_until_ready(jax.device_put(state, jax.devices()[0]))
+
+
 def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: float,
                 precision: str = "fp32") -> dict:
     import jax
 
     common.log(f"ours {kind} on {jax.devices()[0].device_kind}: {s.describe()}")
     init_state, step = make_step(kind, s, dtype="bfloat16" if precision == "mixed" else "float32")
-    # Initialise on the host CPU, then copy: the init program (every initialiser of the model)
-    # runs once, and compiling it for a GPU (autotuning included) cost minutes on an H100.
-    with jax.default_device(jax.devices("cpu")[0]):
-        state = jax.jit(init_state)(jax.random.PRNGKey(0))
-    state = jax.block_until_ready(jax.device_put(state, jax.devices()[0]))
+    state = init_on_host(init_state)
     batch = {k: jax.device_put(v) for k, v in concrete_batch(kind, s).items()}
     common.log("initialised; compiling the step")
     t0 = time.perf_counter()

@@ -44,12 +44,10 @@ def build(kind: str, s: Shapes):
     """-> (compiled step, state, batch, compile seconds), state initialised on the host CPU."""
     import jax
 
-    from bench.bench_train import concrete_batch, make_step
+    from bench.bench_train import concrete_batch, init_on_host, make_step
 
     init_state, step = make_step(kind, s, dtype="bfloat16")
-    with jax.default_device(jax.devices("cpu")[0]):
-        state = jax.jit(init_state)(jax.random.PRNGKey(0))
-    state = jax.block_until_ready(jax.device_put(state, jax.devices()[0]))
+    state = init_on_host(init_state)
     batch = {k: jax.device_put(v) for k, v in concrete_batch(kind, s).items()}
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
