@@ -35,7 +35,7 @@ def measure(kind: str, s: Shapes, lengths, *, iters: int = 5) -> dict:
     import jax
     import numpy as np
 
-    from bench.bench_train import concrete_batch, make_step, pack_levels
+    from bench.bench_train import CompiledStep, concrete_batch, make_step, pack_levels
     from hfa_jax.models.packing import pack_index
 
     init_state, step = make_step(kind, s)
@@ -50,15 +50,8 @@ def measure(kind: str, s: Shapes, lengths, *, iters: int = 5) -> dict:
             batch["frame_index"] = index
             out["packed_frames"] = int(index.size)
         batch = {k: jax.device_put(v) for k, v in batch.items()}
-        state = jax.jit(init_state)(jax.random.PRNGKey(0))
-        compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-        box = {"state": state}
-
-        def call():
-            box["state"], loss = compiled(box["state"], batch)
-            return loss
-
-        times = common.time_calls(call, warmup=2, iters=iters, sync=lambda x: float(x))
+        run = CompiledStep(step, jax.jit(init_state)(jax.random.PRNGKey(0)), batch)
+        times = run.time(warmup=2, iters=iters)
         out[f"{name}_s"] = common.median(times)
         out[f"{name}_times"] = times
     out["speedup"] = out["padded_s"] / out["packed_s"]

@@ -212,6 +212,33 @@ def init_on_host(init_state, seed: int = 0):
     return jax.block_until_ready(jax.device_put(state, jax.devices()[0]))
 
 
+class CompiledStep:
+    """A training step compiled for ``(state, batch)`` with the state donated, as the trainer
+    runs it. Calling it runs one step on the held state and returns the loss."""
+
+    def __init__(self, step, state, batch):
+        import jax
+
+        t0 = time.perf_counter()
+        self.compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.state, self.batch = state, batch
+
+    def __call__(self):
+        self.state, loss = self.compiled(self.state, self.batch)
+        return loss
+
+    def time(self, *, warmup: int, iters: int, max_seconds: float | None = None) -> list[float]:
+        """Wall seconds per step (``common.time_calls``; the loss read back syncs)."""
+        return common.time_calls(self, warmup=warmup, iters=iters, sync=float, max_seconds=max_seconds)
+
+    def flops(self) -> float:
+        """FLOPs of one step from the compiled module's cost analysis."""
+        ca = self.compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca  # older jax: one dict per computation
+        return float(ca.get("flops", 0.0))
+
+
 def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: float,
                 precision: str = "fp32") -> dict:
     import jax
@@ -221,29 +248,19 @@ def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: f
     state = init_on_host(init_state)
     batch = {k: jax.device_put(v) for k, v in concrete_batch(kind, s).items()}
     common.log("initialised; compiling the step")
-    t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    common.log(f"compiled in {compile_s:.1f} s; timing")
-    box = {"state": state}
-
-    def call():
-        box["state"], loss = compiled(box["state"], batch)
-        return loss
-
-    times = common.time_calls(call, warmup=warmup, iters=iters, sync=lambda x: float(x), max_seconds=max_seconds)
+    run = CompiledStep(step, state, batch)
+    common.log(f"compiled in {run.compile_s:.1f} s; timing")
+    times = run.time(warmup=warmup, iters=iters, max_seconds=max_seconds)
     common.log(f"median {common.median(times):.4f} s/step over {len(times)} steps")
     from hfa_jax.train.optim import count_params
 
     out = {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
-           "compile_s": compile_s, "xla_memory": common.xla_memory(compiled),
-           "trainable": count_params(box["state"]["trainable"]), "loss": float(call()),
+           "compile_s": run.compile_s, "xla_memory": common.xla_memory(run.compiled),
+           "trainable": count_params(run.state["trainable"]), "loss": float(run()),
            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
            "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if precision == "mixed":  # accelerator rows: model FLOP utilisation against a measured peak
-        ca = compiled.cost_analysis()
-        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-        out["step_flops"] = float(ca.get("flops", 0.0))
+        out["step_flops"] = run.flops()
         out["bf16_peak_tflops"] = common.bf16_matmul_peak_tflops()
         out["mfu"] = out["step_flops"] / out["median_s"] / (out["bf16_peak_tflops"] * 1e12)
     return out

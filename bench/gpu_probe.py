@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import sys
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,17 +40,15 @@ VARIANTS = ("xla", "auto", "cudnn")
 
 
 def build(kind: str, s: Shapes):
-    """-> (compiled step, state, batch, compile seconds), state initialised on the host CPU."""
+    """-> the compiled bf16 step (``bench_train.CompiledStep``), state initialised on the host CPU."""
     import jax
 
-    from bench.bench_train import concrete_batch, init_on_host, make_step
+    from bench.bench_train import CompiledStep, concrete_batch, init_on_host, make_step
 
     init_state, step = make_step(kind, s, dtype="bfloat16")
     state = init_on_host(init_state)
     batch = {k: jax.device_put(v) for k, v in concrete_batch(kind, s).items()}
-    t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-    return compiled, state, batch, time.perf_counter() - t0
+    return CompiledStep(step, state, batch)
 
 
 def newest_trace(trace_dir: str) -> str:
@@ -125,32 +122,24 @@ def main(argv=None) -> dict:
         s = dataclasses.replace(base, vit_attention=v)
         common.log(f"variant {v}: building and compiling")
         try:
-            compiled, state, batch, compile_s = build(a.kind, s)
+            run = build(a.kind, s)
         except Exception as e:  # noqa: BLE001 - e.g. cuDNN refusing a shape: report it, go on
             common.log(f"variant {v} failed: {type(e).__name__}: {str(e)[:300]}")
             results["variants"][v] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             continue
-        box = {"state": state}
-
-        def call():
-            box["state"], loss = compiled(box["state"], batch)
-            return loss
-
-        times = common.time_calls(call, warmup=3, iters=a.steps, sync=lambda x: float(x))
-        ca = compiled.cost_analysis()
-        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-        flops = float(ca.get("flops", 0.0))
+        times = run.time(warmup=3, iters=a.steps)
+        flops = run.flops()
         med = common.median(times)
-        r = {"median_s": med, "times": times, "compile_s": compile_s, "step_tflop": flops / 1e12,
-             "mfu": flops / med / (peak * 1e12), "xla_memory": common.xla_memory(compiled)}
+        r = {"median_s": med, "times": times, "compile_s": run.compile_s, "step_tflop": flops / 1e12,
+             "mfu": flops / med / (peak * 1e12), "xla_memory": common.xla_memory(run.compiled)}
         common.log(f"variant {v}: {med * 1e3:.1f} ms/step, {flops / 1e12:.2f} TFLOP, MFU {r['mfu']:.1%} "
-                   f"(compile {compile_s:.0f} s)")
+                   f"(compile {run.compile_s:.0f} s)")
         if v == a.profile:
             trace_dir = os.path.join(a.out, f"trace_{v}")
             n = 3
             jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
             for _ in range(n):
-                float(call())
+                float(run())
             jax.profiler.stop_trace()
             rows, busy = device_op_table(trace_dir, n)
             # a copy next to --out's top: jax.profiler nests its files four folders down
@@ -161,7 +150,7 @@ def main(argv=None) -> dict:
             for row in rows:
                 print(f"  {row['ms_per_step']:8.2f} ms {row['share']:6.1%} x{row['count']:<5g} {row['name'][:110]}")
         results["variants"][v] = r
-        del compiled, state, box
+        del run  # frees the variant's buffers before the next compiles
     print("\nvariant   ms/step   TFLOP/step   MFU     compile")
     for v, r in results["variants"].items():
         if "error" in r:
