@@ -59,10 +59,21 @@ def newest_trace(trace_dir: str) -> str:
     return files[-1]
 
 
+def op_kind(name: str) -> str:
+    """A device kernel's kind: cuBLAS/CUTLASS GEMMs as one ``gemm``, cuDNN's fused attention as
+    one ``attention (cuDNN)``, and an XLA fusion by its name without the instance number
+    (``loop_pad_fusion_46`` and ``fusion.12`` -> ``loop_pad_fusion``, ``fusion``), so the copies of
+    a layer's ops count together."""
+    if re.search(r"nvjet|cutlass|gemm|xmma|cublas", name, re.I):
+        return "gemm"
+    if re.search(r"cudnn|fmha|flash|sdpa", name, re.I):
+        return "attention (cuDNN)"
+    return re.sub(r"([._]\d+)+$", "", name)
+
+
 def device_op_table(trace_dir: str, steps: int, top: int = 25) -> tuple[list[dict], float]:
     """Sums the complete events of the device lanes of the newest perfetto trace under
-    ``trace_dir`` by op name (trailing ``.N`` instance numbers dropped, so the 12 copies of a
-    layer's fusion count as one kind). Returns (rows of ``name, ms_per_step, count, share``,
+    ``trace_dir`` by :func:`op_kind`. Returns (rows of ``name, ms_per_step, count, share``,
     busy ms per step); ``count`` is per step. Device lanes are the processes whose name
     mentions a GPU/TPU device; on a CPU-only run (the smoke test) every lane counts."""
     with gzip.open(newest_trace(trace_dir), "rt") as f:
@@ -77,7 +88,7 @@ def device_op_table(trace_dir: str, steps: int, top: int = 25) -> tuple[list[dic
     for e in events:
         if e.get("ph") != "X" or e.get("pid") not in lanes or "dur" not in e:
             continue
-        name = re.sub(r"(\.\d+)+$", "", str(e.get("name", "?")))
+        name = op_kind(str(e.get("name", "?")))
         total[name] += float(e["dur"])
         count[name] += 1
     busy = sum(total.values()) / 1e3 / steps
@@ -95,6 +106,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="gpu_probe_out",
                    help="folder for the trace (also copied to OUT/trace_<variant>.json.gz, for ui.perfetto.dev)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--model-tflop", type=float,
+                   help="model TFLOP per step for MFU, where this jax's lowered cost analysis gives none "
+                        "(jax 0.11.2 on a GPU; bench/cost_model.py's step_cost on a CPU gives it)")
     p.add_argument("--micro", action="store_true", help="toy widths (smoke test)")
     a = p.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]
@@ -108,6 +122,8 @@ def main(argv=None) -> dict:
 
     from bench.bench_train import TRAIN_SHAPES, _micro
 
+    cache = common.enable_jax_cache()  # HFA_BENCH_JAX_CACHE: a later lease can carry the compiles
+
     base = Shapes(**TRAIN_SHAPES["accel"])
     if a.micro:
         base = _micro(base)
@@ -117,6 +133,7 @@ def main(argv=None) -> dict:
     peak = common.bf16_matmul_peak_tflops(n=1024 if a.micro else None)
     common.log(f"bf16 matmul peak {peak:.1f} TFLOP/s")
     results: dict = {"device": dev.device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""), "kind": a.kind,
+                     "jax_cache": cache,
                      "shapes": dataclasses.asdict(base), "bf16_peak_tflops": peak, "variants": {}}
     for v in variants:
         s = dataclasses.replace(base, vit_attention=v)
@@ -128,12 +145,14 @@ def main(argv=None) -> dict:
             results["variants"][v] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             continue
         times = run.time(warmup=3, iters=a.steps)
-        flops = run.flops()
         med = common.median(times)
-        r = {"median_s": med, "times": times, "compile_s": run.compile_s, "step_tflop": flops / 1e12,
-             "mfu": flops / med / (peak * 1e12), "xla_memory": common.xla_memory(run.compiled)}
-        common.log(f"variant {v}: {med * 1e3:.1f} ms/step, {flops / 1e12:.2f} TFLOP, MFU {r['mfu']:.1%} "
-                   f"(compile {run.compile_s:.0f} s)")
+        common.log(f"variant {v}: {med * 1e3:.1f} ms/step (compile {run.compile_s:.0f} s)")
+        flops = a.model_tflop * 1e12 if a.model_tflop else run.flops()
+        r = {"median_s": med, "times": times, "compile_s": run.compile_s, "xla_memory": common.xla_memory(run.compiled),
+             "step_tflop": flops / 1e12 if flops else None, "mfu": flops / med / (peak * 1e12) if flops else None,
+             "tflop_source": "--model-tflop" if a.model_tflop else "lowered cost analysis"}
+        if flops:
+            common.log(f"variant {v}: {flops / 1e12:.2f} TFLOP ({r['tflop_source']}), MFU {r['mfu']:.1%}")
         if v == a.profile:
             trace_dir = os.path.join(a.out, f"trace_{v}")
             n = 3
@@ -145,6 +164,9 @@ def main(argv=None) -> dict:
             # a copy next to --out's top: jax.profiler nests its files four folders down
             shutil.copyfile(newest_trace(trace_dir), os.path.join(a.out, f"trace_{v}.json.gz"))
             r["profile"] = {"busy_ms_per_step": busy, "top_ops": rows}
+            # the optimised HLO: maps the trace's fusion names to what they compute
+            with gzip.open(os.path.join(a.out, f"hlo_{v}.txt.gz"), "wt") as f:
+                f.write(run.compiled.as_text())
             print(f"\ndevice ops of variant {v} ({n} traced steps; busy {busy:.1f} ms/step, "
                   f"wall {med * 1e3:.1f} ms/step):")
             for row in rows:
@@ -156,7 +178,8 @@ def main(argv=None) -> dict:
         if "error" in r:
             print(f"{v:<8}  failed: {r['error'][:100]}")
         else:
-            print(f"{v:<8} {r['median_s'] * 1e3:8.1f} {r['step_tflop']:12.2f} {r['mfu']:7.1%} {r['compile_s']:8.0f} s")
+            tf, mfu = (f"{r['step_tflop']:12.2f}", f"{r['mfu']:7.1%}") if r["mfu"] else (f"{'?':>12}", f"{'?':>7}")
+            print(f"{v:<8} {r['median_s'] * 1e3:8.1f} {tf} {mfu} {r['compile_s']:8.0f} s")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

@@ -102,7 +102,8 @@ def test_gpu_probe_groups_device_ops(tmp_path):
           {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
           {"ph": "X", "pid": 1, "name": "fusion.12", "dur": 300.0},
           {"ph": "X", "pid": 1, "name": "fusion.7", "dur": 100.0},
-          {"ph": "X", "pid": 1, "name": "gemm", "dur": 200.0},
+          {"ph": "X", "pid": 1, "name": "nvjet_sm90_tst_192x192_64x3", "dur": 150.0},
+          {"ph": "X", "pid": 1, "name": "void cutlass::Kernel2<cutlass_75_tensorop>", "dur": 50.0},
           {"ph": "X", "pid": 2, "name": "host_work", "dur": 5000.0}]
     run = tmp_path / "plugins" / "profile" / "run1"
     run.mkdir(parents=True)
@@ -110,7 +111,9 @@ def test_gpu_probe_groups_device_ops(tmp_path):
         json.dump({"traceEvents": ev}, f)
     rows, busy = gpu_probe.device_op_table(str(tmp_path), steps=2)
     assert busy == pytest.approx(0.3)  # (300 + 100 + 200) us over 2 steps, in ms
-    assert [(r["name"], r["count"]) for r in rows] == [("fusion", 1.0), ("gemm", 0.5)]
+    assert [(r["name"], r["count"]) for r in rows] == [("fusion", 1.0), ("gemm", 1.0)]
+    assert gpu_probe.op_kind("loop_pad_fusion_46") == "loop_pad_fusion"
+    assert gpu_probe.op_kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention (cuDNN)"
     assert rows[0]["ms_per_step"] == pytest.approx(0.2) and rows[0]["share"] == pytest.approx(400 / 600)
     with pytest.raises(FileNotFoundError, match="trace.json.gz"):
         gpu_probe.device_op_table(str(tmp_path / "empty"), steps=1)

@@ -82,7 +82,10 @@ class ViTConfig:
     lora_dropout: float = 0.1
     dtype: str | None = None  # compute dtype ("float32", "bfloat16"; None = float32); params float32
     remat: bool = False
-    attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" | "cudnn" | "auto"
+    # jax.nn.dot_product_attention implementation: "xla" (scores materialised, every backend),
+    # "cudnn" (fused flash attention: GPU, bf16/fp16 only) or "auto" (cudnn where it applies,
+    # else xla; jax's own implementation=None always means xla)
+    attention: str = "xla"
     # False (SPEC): the blocks below the first LoRA block are frozen and run under stop_gradient
     # (no gradient, no stored activations). True: gradient through every block, for a ViT trained
     # from scratch or fully fine-tuned; the freezing table then decides what is updated.
@@ -193,6 +196,27 @@ def resample_pos_embed(pos: Array, grid_h: int, grid_w: int, method: str) -> Arr
 
 
 # --------------------------------------------------------------------------- modules
+def _attention_impl(choice: str, dtype: Any, head_dim: int) -> str:
+    """``ViTConfig.attention`` -> the ``jax.nn.dot_product_attention`` implementation for a
+    compute dtype and head width. "auto" takes cuDNN's fused kernel where JAX accepts it (a GPU,
+    bf16/fp16, head_dim a multiple of 8 up to 128): with "xla" an H100 fine-tuning step spends
+    ~25 % of its device time padding, transposing and soft-maxing the materialised scores
+    (bench/RESULTS.md)."""
+    if choice != "auto":
+        return choice
+    fused_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+                and head_dim % 8 == 0 and head_dim <= 128)
+    return "cudnn" if fused_ok else "xla"
+
+
+def _padded_length(n: int, impl: str) -> int:
+    """Token count the blocks run at. cuDNN's kernel (as JAX calls it for training) takes only
+    even sequence lengths, and 1 + 256 tokens is odd: with "cudnn" the token axis is padded to a
+    multiple of 8 once at the input (also the GEMMs' alignment) and the padded keys are masked
+    by length, instead of padding q/k/v in every layer."""
+    return -(-n // 8) * 8 if impl == "cudnn" else n
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with the fused qkv projection. x: [B, N, D] -> [B, N, D]."""
 
@@ -200,9 +224,11 @@ class Attention(nn.Module):
     lora: bool
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True, query_rows: int | None = None) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, query_rows: int | None = None,
+                 valid_tokens: int | None = None) -> Array:
         """``query_rows``: only the first that many tokens attend (keys/values still come from
-        all N); the output is then [B, query_rows, D]."""
+        all N); the output is then [B, query_rows, D]. ``valid_tokens``: keys from that index on
+        are padding (masked out)."""
         cfg = self.cfg
         b, n, d = x.shape
         r = cfg.lora_rank if self.lora else 0
@@ -211,8 +237,12 @@ class Attention(nn.Module):
         )
         qkv = dense(3 * d, "qkv")(x, deterministic).reshape(b, n, 3, cfg.num_heads, d // cfg.num_heads)
         q, k, v = qkv[:, :query_rows, 0], qkv[:, :, 1], qkv[:, :, 2]
-        impl = None if cfg.attention == "auto" else cfg.attention
-        h = jax.nn.dot_product_attention(q, k, v, implementation=impl).reshape(b, q.shape[1], d)
+        impl = _attention_impl(cfg.attention, q.dtype, q.shape[-1])
+        if query_rows is not None and query_rows % 2:
+            impl = "xla"  # an odd query count (the CLS-only last block): cuDNN refuses it, and it is tiny
+        lengths = None if valid_tokens is None or valid_tokens == n else jnp.full((b,), valid_tokens, jnp.int32)
+        h = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=impl)
+        h = h.reshape(b, q.shape[1], d)
         return dense(d, "proj")(h, deterministic)
 
 
@@ -224,12 +254,13 @@ class Block(nn.Module):
     lora: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True, query_rows: int | None = None) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, query_rows: int | None = None,
+                 valid_tokens: int | None = None) -> Array:
         cfg = self.cfg
         d = x.shape[-1]
         ln = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name=name)  # noqa: E731
         ls = lambda name: self.param(name, nn.initializers.constant(cfg.layerscale_init), (d,))  # noqa: E731
-        h = Attention(cfg, self.lora, name="attn")(ln("norm1")(x), deterministic, query_rows)
+        h = Attention(cfg, self.lora, name="attn")(ln("norm1")(x), deterministic, query_rows, valid_tokens)
         x = x[:, :query_rows] + h * ls("ls1").astype(h.dtype)
         h = _MLP(cfg, self.lora, name="mlp")(ln("norm2")(x), deterministic)
         return x + h * ls("ls2").astype(h.dtype)
@@ -306,8 +337,12 @@ class ViT(nn.Module):
             tokens.append(jnp.broadcast_to(reg, (b, cfg.num_registers, d)).astype(dtype))
         tokens.append((x + pos[:, 1:].astype(dtype)).astype(dtype))
         x = jnp.concatenate(tokens, axis=1)
+        n = x.shape[1]
+        n_run = _padded_length(n, _attention_impl(cfg.attention, dtype, d // cfg.num_heads))
+        if n_run > n:  # zero tokens: finite through LayerNorm and the MLP, masked as keys, cut below
+            x = jnp.pad(x, ((0, 0), (0, n_run - n), (0, 0)))
 
-        block_cls = nn.remat(Block, static_argnums=(2, 3)) if cfg.remat else Block
+        block_cls = nn.remat(Block, static_argnums=(2, 3, 4)) if cfg.remat else Block
         first = cfg.first_trainable_block
         for i in range(cfg.depth):
             if i == first and not cfg.train_all_blocks:
@@ -315,9 +350,10 @@ class ViT(nn.Module):
                 x = jax.lax.stop_gradient(x)
             lora = cfg.lora_rank > 0 and i in cfg.lora_blocks
             rows = 1 if cls_only and i == cfg.depth - 1 else None
-            x = block_cls(cfg, lora=lora, name=f"block_{i}")(x, deterministic, rows)
+            x = block_cls(cfg, lora=lora, name=f"block_{i}")(x, deterministic, rows, n)
         if first >= cfg.depth:
             x = jax.lax.stop_gradient(x)
+        x = x[:, :n]
         return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm")(x)
 
 

@@ -345,3 +345,50 @@ def test_patch_embed_is_the_stride_p_conv(size, dtype):
     g_conv = jax.grad(lambda v, x: (conv.apply(v, x).astype(jnp.float32) ** 2).sum(), argnums=(0, 1))(v, x)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_conv)):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * 10, rtol=tol)
+
+
+def test_auto_attention_picks_cudnn_only_where_it_applies(monkeypatch):
+    # jax.nn.dot_product_attention(implementation=None) always runs XLA's materialised scores;
+    # our "auto" must take cuDNN's fused kernel on a GPU in bf16/fp16 and fall back elsewhere.
+    from hfa_jax.models import vit as vit_lib
+
+    pick = vit_lib._attention_impl
+    assert pick("auto", jnp.bfloat16, 64) == "xla"  # this CPU
+    assert pick("cudnn", jnp.bfloat16, 64) == "cudnn" and pick("xla", jnp.bfloat16, 64) == "xla"
+    monkeypatch.setattr(vit_lib.jax, "default_backend", lambda: "gpu")
+    assert pick("auto", jnp.bfloat16, 64) == "cudnn"
+    assert pick("auto", jnp.float32, 64) == "xla" and pick("auto", jnp.bfloat16, 36) == "xla"
+    assert vit_lib._padded_length(257, "cudnn") == 264 and vit_lib._padded_length(257, "xla") == 257
+
+
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_padded_tokens_change_nothing(monkeypatch, cls_only):
+    """The cuDNN path runs the blocks on a token axis padded to a multiple of 8 with the padded
+    keys masked by length; padding must not change the output or the gradients. Forced here on
+    the XLA path, which takes the same ``key_value_seq_lengths``."""
+    from hfa_jax.models import vit as vit_lib
+
+    cfg = ViTConfig(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(1, 2), lora_rank=2,
+                    lora_alpha=2.0)
+    m = ViT(cfg)
+    x = jnp.asarray(_pixels(2, 28, 42))  # 1 + 6 tokens
+    p = jax.jit(m.init)(jax.random.key(0), x)["params"]
+    p = jax.tree_util.tree_map_with_path(
+        lambda path, a: a + 0.1 if "lora_b" in jax.tree_util.keystr(path) else a, p)
+
+    def run():
+        f = lambda q: m.apply({"params": q}, x, cls_only=cls_only)  # noqa: E731
+        return jax.jit(f)(p), jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(f(q)))))(p)
+
+    y0, g0 = run()
+    monkeypatch.setattr(vit_lib, "_padded_length", lambda n, impl: n + 5)
+    y1, g1 = run()
+    assert y1.shape == y0.shape
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y0), atol=1e-5, rtol=1e-5)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-4,
+                                   err_msg=jax.tree_util.keystr(path))
+    # and the masking is what makes it so: without it the padded keys leak into the softmax
+    monkeypatch.setattr(vit_lib.jnp, "full", lambda shape, v, dtype: jnp.zeros(shape, dtype) + 10**6)
+    y2, _ = run()
+    assert float(jnp.abs(y2 - y0).max()) > 1e-3
