@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from hfa_jax.errors import ConfigError
+from hfa_jax.models.dropout import Dropout
 from hfa_jax.models.heads import torch_dense
 
 Array = jax.Array
@@ -159,7 +160,7 @@ class HandPoseFeedback(nn.Module):
     def __call__(self, x: Array, pred: Array, deterministic: bool = True) -> Array:
         d = x.shape[-1]
         fb = torch_dense(d, pred.shape[-1], self.dtype, name="up")(pred)
-        fb = nn.Dropout(self.dropout)(fb, deterministic=deterministic)
+        fb = Dropout(self.dropout)(fb, deterministic=deterministic)
         h = jnp.concatenate([x.astype(fb.dtype), fb], axis=-1)
         h = torch_dense(d, 2 * d, self.dtype, name="fuse")(h)
         return nn.gelu(h, approximate=False)

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from hfa_jax.models.dropout import Dropout
+
 Array = jax.Array
 
 __all__ = ["torch_linear_init", "torch_dense", "MaskedBatchNorm", "PseudoGlossHead", "Mapper", "cosine_similarity"]
@@ -112,7 +114,7 @@ class PseudoGlossHead(nn.Module):
 
     @nn.compact
     def __call__(self, y: Array, mask: Array, protos: Array, deterministic: bool = True) -> tuple[Array, Array]:
-        h = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        h = Dropout(self.dropout)(y, deterministic=deterministic)
         h = torch_dense(self.proto_dim, y.shape[-1], self.dtype, name="proj")(h)
         sim = cosine_similarity(h, protos)  # [B, T', V+1]
         if self.learnable_tau:

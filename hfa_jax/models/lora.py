@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from hfa_jax.models.dropout import Dropout
+
 Array = jax.Array
 Dtype = Any
 
@@ -92,7 +94,7 @@ class LoRADense(nn.Module):
         if has_adapter:
             a = self.param("lora_a", self.lora_a_init, (in_features, self.rank), self.param_dtype)
             b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features), self.param_dtype)
-            h = nn.Dropout(rate=self.dropout)(xc, deterministic=deterministic)
+            h = Dropout(rate=self.dropout)(xc, deterministic=deterministic)
             h = jnp.einsum("...i,ir->...r", h, a.astype(dtype), precision=self.precision)
             h = _lora_up(h, b.astype(dtype), self.precision)
             y = y + h * jnp.asarray(lora_scale(self.rank, self.alpha), dtype)

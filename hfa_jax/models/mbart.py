@@ -56,6 +56,8 @@ import numpy as np
 
 from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import attention as attention_lib
+from hfa_jax.models import dropout as dropout_lib
+from hfa_jax.models.dropout import Dropout
 from hfa_jax.models.lora import LoRADense
 
 Array = jax.Array
@@ -240,8 +242,7 @@ def _attend(
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1)
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
+        probs = dropout_lib.dropout(dropout_rng, dropout_rate, probs).astype(v.dtype)
         return jnp.einsum("bnts,bsnh->btnh", probs, v)
     if impl == "cudnn" and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         try:
@@ -338,8 +339,8 @@ class MBartEncoderLayer(nn.Module):
         self.fc1 = _make_fc(cfg, "encoder", "fc1", cfg.encoder_ffn_dim)
         self.fc2 = _make_fc(cfg, "encoder", "fc2", cfg.d_model)
         self.final_layer_norm = _layer_norm(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.act_drop = nn.Dropout(cfg.activation_dropout)
+        self.drop = Dropout(cfg.dropout)
+        self.act_drop = Dropout(cfg.activation_dropout)
 
     def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> Array:
         h = self.self_attn_layer_norm(x)
@@ -385,8 +386,8 @@ class MBartDecoderLayer(nn.Module):
         self.fc1 = _make_fc(cfg, "decoder", "fc1", cfg.decoder_ffn_dim)
         self.fc2 = _make_fc(cfg, "decoder", "fc2", cfg.d_model)
         self.final_layer_norm = _layer_norm(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.act_drop = nn.Dropout(cfg.activation_dropout)
+        self.drop = Dropout(cfg.dropout)
+        self.act_drop = Dropout(cfg.activation_dropout)
 
     def cross_key_value(self, encoder_states: Array) -> dict[str, Array]:
         """encoder_states [B, S, D] -> {"k", "v"}: [B, H, S, Dh], head-major like the self cache
@@ -483,7 +484,7 @@ class MBartEncoder(nn.Module):
         cls = _layer_cls(MBartEncoderLayer, cfg)
         self.layers = [cls(cfg) for _ in range(cfg.encoder_layers)]
         self.layer_norm = _layer_norm(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def _tokens(self) -> nn.Module:
         return self.shared_embedding if self.shared_embedding is not None else self.embed_tokens
@@ -544,7 +545,7 @@ class MBartDecoder(nn.Module):
         cls = _layer_cls(MBartDecoderLayer, cfg)
         self.layers = [cls(cfg) for _ in range(cfg.decoder_layers)]
         self.layer_norm = _layer_norm(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def cross_cache(self, encoder_states: Array) -> dict[str, dict[str, Array]]:
         """Per-layer cross-attention keys/values of the encoder states [N, S, D]."""

@@ -22,6 +22,7 @@ import flax.linen as nn
 import numpy as np
 
 from hfa_jax.models.attention import apply_rope, local_attention
+from hfa_jax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -134,20 +135,20 @@ class TemporalBlock(nn.Module):
         ).reshape(b, t, d)
         # GPT-2-style scaled init of the output projection: 0.02 / sqrt(2 * num_blocks).
         h = dense(d, 0.02 / np.sqrt(2 * cfg.num_blocks), "out")(h)
-        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        h = Dropout(cfg.dropout)(h, deterministic=deterministic)
         gamma = self.param("layer_scale", nn.initializers.constant(cfg.layerscale_init), (d,))
         h = h * gamma.astype(h.dtype)
-        h = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path1")(
+        h = Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path1")(
             h, deterministic=deterministic
         )
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm1")(x + h)
 
         h = dense(cfg.mlp_dim, 0.02, "fc1")(x)
         h = nn.gelu(h, approximate=False)
-        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        h = Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = dense(d, 0.02, "fc2")(h)
-        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
-        h = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path2")(
+        h = Dropout(cfg.dropout)(h, deterministic=deterministic)
+        h = Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path2")(
             h, deterministic=deterministic
         )
         return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm2")(x + h)
