@@ -230,8 +230,9 @@ class CompiledStep:
         return loss
 
     def time(self, *, warmup: int, iters: int, max_seconds: float | None = None) -> list[float]:
-        """Wall seconds per step (``common.time_calls``; the loss read back syncs)."""
-        return common.time_calls(self, warmup=warmup, iters=iters, sync=float, max_seconds=max_seconds)
+        """Seconds per step as the trainer runs them: step i+1 is queued before step i's loss
+        is read back (``common.time_calls_pipelined``)."""
+        return common.time_calls_pipelined(self, warmup=warmup, iters=iters, sync=float, max_seconds=max_seconds)
 
     def flops(self) -> float | None:
         """FLOPs of one step: XLA's cost analysis of the lowered module, the model FLOPs that

@@ -25,6 +25,7 @@ __all__ = [
     "Shapes",
     "RESULT_PREFIX",
     "time_calls",
+    "time_calls_pipelined",
     "pick_torch_threads",
     "enable_jax_cache",
     "bf16_matmul_peak_tflops",
@@ -101,6 +102,31 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int, sync: Callable
         out.append(time.perf_counter() - t0)
         if max_seconds is not None and len(out) >= 2 and time.perf_counter() - start > max_seconds:
             break
+    return out
+
+
+def time_calls_pipelined(fn: Callable[[], Any], *, warmup: int, iters: int, sync: Callable[[Any], Any],
+                         max_seconds: float | None = None) -> list[float]:
+    """Like :func:`time_calls`, but each call's result is synced only after the next call is
+    queued, as our trainer runs its steps (it reads a step's finiteness flags one step late):
+    the host's dispatch of step i+1 overlaps the device's step i. Each entry is the time
+    between two consecutive completions, the steady-state seconds per call."""
+    prev = fn()
+    for _ in range(warmup):
+        cur = fn()
+        sync(prev)
+        prev = cur
+    out: list[float] = []
+    start = last = time.perf_counter()
+    for _ in range(iters):
+        cur = fn()
+        sync(prev)
+        now = time.perf_counter()
+        out.append(now - last)
+        last, prev = now, cur
+        if max_seconds is not None and len(out) >= 2 and now - start > max_seconds:
+            break
+    sync(prev)
     return out
 
 

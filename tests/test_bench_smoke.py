@@ -117,3 +117,23 @@ def test_gpu_probe_groups_device_ops(tmp_path):
     assert rows[0]["ms_per_step"] == pytest.approx(0.2) and rows[0]["share"] == pytest.approx(400 / 600)
     with pytest.raises(FileNotFoundError, match="trace.json.gz"):
         gpu_probe.device_op_table(str(tmp_path / "empty"), steps=1)
+
+
+def test_pipelined_timing_queues_the_next_call_before_reading_the_last():
+    # our training rows are timed as the trainer runs: step i+1 dispatched before step i is read
+    from bench import common
+
+    events, n = [], iter(range(100))
+
+    def fn():
+        i = next(n)
+        events.append(("call", i))
+        return i
+
+    times = common.time_calls_pipelined(fn, warmup=2, iters=4, sync=lambda i: events.append(("sync", i)))
+    assert len(times) == 4 and all(t >= 0 for t in times)
+    calls = [i for kind, i in events if kind == "call"]
+    syncs = [i for kind, i in events if kind == "sync"]
+    assert calls == list(range(7)) and syncs == list(range(7))  # 1 + 2 warm-up + 4 timed, all read
+    for i in range(6):  # call i+1 is queued before result i is read
+        assert events.index(("call", i + 1)) < events.index(("sync", i))

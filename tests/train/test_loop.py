@@ -123,9 +123,13 @@ def test_resume_after_crash_equals_uninterrupted_run(paths, tmp_path):
     assert not np.allclose(moved["temporal"]["out_proj"]["kernel"], pa["temporal"]["out_proj"]["kernel"])
 
 
-def test_nan_stops_with_step_and_quantity_and_keeps_last_checkpoint(paths, tmp_path):
+@pytest.mark.parametrize("log_every", [1, 5])
+def test_nan_stops_with_step_and_quantity_and_keeps_last_checkpoint(paths, tmp_path, log_every):
+    # log_every=5: step 3 is no logging/checkpoint step, so its flags are read one step late,
+    # after step 4 is queued: the error still names step 3 and nothing after it is saved
     wd = str(tmp_path / "nan")
     c = tiny_config(paths, steps=6)
+    c.train.log_every_steps = log_every
     c.train.debug_nan_at_step = 2  # the third update
     with pytest.raises(loop.NonFiniteError, match=r"non-finite loss at step 3 .*last good checkpoint is step 2"):
         loop.run(c, wd)
