@@ -157,12 +157,15 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--accelerator", action="store_true",
                    help="GPU rows: ours in bf16 vs the reference's autocast (fp16 on CUDA) at accelerator "
                         "shapes, with our MFU against the measured bf16 peak")
-    p.add_argument("--vit-attention", choices=("xla", "auto", "cudnn"), default="xla",
-                   help="our ViT's attention in the training rows ('auto': cuDNN flash attention where "
-                        "JAX supports it, as the reference's SDPA picks flash attention on CUDA)")
+    p.add_argument("--vit-attention", choices=("xla", "auto", "cudnn"), default=None,
+                   help="our ViT's attention in the training rows ('auto', the paper config's and the "
+                        "default with --accelerator: cuDNN's fused kernel on a GPU in bf16, as the "
+                        "reference's SDPA picks flash attention on CUDA; 'xla' otherwise, the same on CPU)")
     p.add_argument("--jax-cache", default=os.path.join(tempfile.gettempdir(), "hfa_bench_jax_cache"),
                    help="JAX persistent compilation cache for our workers ('' disables)")
     a = p.parse_args(argv)
+    if a.vit_attention is None:
+        a.vit_attention = "auto" if a.accelerator else "xla"
     only = set(a.only.split(",")) if a.only else None
     if only:
         bad = sorted(only - set(ROW_ORDER) - {"cost_model"})

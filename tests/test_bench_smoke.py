@@ -79,9 +79,8 @@ def test_accelerator_rows_run_on_cpu(tmp_path):
     # The GPU rows (ours bf16 vs the reference's autocast, MFU against the measured bf16 peak)
     # must be ready when a GPU is lent; on CPU the same code runs with bf16 autocast.
     out = tmp_path / "rows.json"
-    # (with the ViT attention a GPU run would pick: "auto" falls back to XLA's on CPU)
-    run_all.main(["--micro", "--accelerator", "--vit-attention", "auto", "--only", "finetune_step",
-                  "--no-torch-compile", "--json", str(out)])
+    # (--accelerator defaults to the ViT attention a GPU run picks: "auto", XLA's on CPU)
+    run_all.main(["--micro", "--accelerator", "--only", "finetune_step", "--no-torch-compile", "--json", str(out)])
     (r,) = json.loads(out.read_text())
     e = r["extra"]
     assert r["name"] == "finetune_step" and r["ours"] > 0 and r["reference"] > 0
