@@ -33,7 +33,6 @@ Bench code only (imports torch); never imported by ``hfa_jax``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from typing import Any
 
