@@ -35,6 +35,7 @@ rebuilds tensors from raw storages (any other global is refused).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -241,7 +242,14 @@ class Attention(nn.Module):
         if query_rows is not None and query_rows % 2:
             impl = "xla"  # an odd query count (the CLS-only last block): cuDNN refuses it, and it is tiny
         lengths = None if valid_tokens is None or valid_tokens == n else jnp.full((b,), valid_tokens, jnp.int32)
-        h = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=impl)
+        attend = functools.partial(jax.nn.dot_product_attention, q, k, v, key_value_seq_lengths=lengths)
+        if impl == "cudnn" and cfg.attention == "auto":
+            try:  # "auto" must run everywhere: JAX refuses cuDNN at trace time on some GPUs/versions
+                h = attend(implementation="cudnn")
+            except (NotImplementedError, RuntimeError, ValueError):
+                h = attend(implementation="xla")
+        else:
+            h = attend(implementation=impl)
         h = h.reshape(b, q.shape[1], d)
         return dense(d, "proj")(h, deterministic)
 

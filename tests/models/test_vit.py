@@ -1,6 +1,7 @@
 """DINOv2 ViT: parity with transformers' PyTorch Dinov2Model, position resampling vs torch's
 interpolate, the torch-free checkpoint readers, LoRA/stop-gradient, and bad checkpoints."""
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -392,3 +393,24 @@ def test_padded_tokens_change_nothing(monkeypatch, cls_only):
     monkeypatch.setattr(vit_lib.jnp, "full", lambda shape, v, dtype: jnp.zeros(shape, dtype) + 10**6)
     y2, _ = run()
     assert float(jnp.abs(y2 - y0).max()) > 1e-3
+
+
+def test_auto_falls_back_to_xla_where_cudnn_refuses(monkeypatch):
+    # "auto" picks cuDNN on a GPU; where JAX then refuses it at trace time (an older GPU or
+    # cuDNN, a shape it does not take) the model must still run, on XLA's path, same values.
+    from hfa_jax.models import vit as vit_lib
+
+    cfg = ViTConfig(width=32, depth=2, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(1,), lora_rank=2,
+                    lora_alpha=2.0, dtype="bfloat16")
+    x = jnp.asarray(_pixels(2, 28, 42))
+    m_xla = ViT(cfg)
+    p = jax.jit(m_xla.init)(jax.random.key(0), x)["params"]
+    ref = jax.jit(m_xla.apply)({"params": p}, x)
+    # pretend this CPU is a GPU: "auto" resolves to cuDNN (and pads 7 tokens to 8), which this
+    # jax refuses here ("cuDNN is not detected")
+    monkeypatch.setattr(vit_lib.jax, "default_backend", lambda: "gpu")
+    m_auto = ViT(dataclasses.replace(cfg, attention="auto"))
+    out = jax.jit(m_auto.apply)({"params": p}, x)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=0.05)
+    with pytest.raises(RuntimeError, match="cuDNN"):  # an explicit "cudnn" is not second-guessed
+        jax.jit(ViT(dataclasses.replace(cfg, attention="cudnn")).apply)({"params": p}, x)
