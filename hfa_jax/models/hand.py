@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from hfa_jax.errors import ConfigError
+from hfa_jax.models.activations import gelu
 from hfa_jax.models.dropout import Dropout
 from hfa_jax.models.heads import torch_dense
 
@@ -142,7 +143,7 @@ class HandPoseStudent(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         h = torch_dense(self.hand_dim, x.shape[-1], self.dtype, name="proj")(x)
-        return nn.gelu(h, approximate=False)
+        return gelu(h)
 
 
 class HandPoseFeedback(nn.Module):
@@ -163,7 +164,7 @@ class HandPoseFeedback(nn.Module):
         fb = Dropout(self.dropout)(fb, deterministic=deterministic)
         h = jnp.concatenate([x.astype(fb.dtype), fb], axis=-1)
         h = torch_dense(d, 2 * d, self.dtype, name="fuse")(h)
-        return nn.gelu(h, approximate=False)
+        return gelu(h)
 
 
 class HandPoseBranch(nn.Module):
@@ -201,6 +202,6 @@ class DescriptionProjector(nn.Module):
 
     @nn.compact
     def __call__(self, h: Array, mask: Array) -> Array:
-        z = nn.gelu(torch_dense(self.features, h.shape[-1], self.dtype, name="proj")(h), approximate=False)
+        z = gelu(torch_dense(self.features, h.shape[-1], self.dtype, name="proj")(h))
         v = pool_time(z, mask, self.masked)
         return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)

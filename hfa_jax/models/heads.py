@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from hfa_jax.models.activations import gelu
 from hfa_jax.models.dropout import Dropout
 
 Array = jax.Array
@@ -138,4 +139,4 @@ class Mapper(nn.Module):
     def __call__(self, x: Array) -> Array:
         x = torch_dense(self.features, x.shape[-1], self.dtype, name="linear")(x)
         x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
-        return nn.gelu(x, approximate=False)
+        return gelu(x)

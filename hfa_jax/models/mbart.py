@@ -56,6 +56,7 @@ import numpy as np
 
 from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import attention as attention_lib
+from hfa_jax.models.activations import gelu
 from hfa_jax.models import dropout as dropout_lib
 from hfa_jax.models.dropout import Dropout
 from hfa_jax.models.lora import LoRADense
@@ -198,7 +199,7 @@ class MBartConfig:
 
 
 _ACTIVATIONS = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF "gelu" = exact erf GELU
+    "gelu": gelu,  # HF "gelu" = exact erf GELU, computed as torch does (models/activations.py)
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from hfa_jax.models.activations import gelu
 from hfa_jax.models.attention import apply_rope, local_attention
 from hfa_jax.models.dropout import Dropout
 
@@ -144,7 +145,7 @@ class TemporalBlock(nn.Module):
         x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm1")(x + h)
 
         h = dense(cfg.mlp_dim, 0.02, "fc1")(x)
-        h = nn.gelu(h, approximate=False)
+        h = gelu(h)
         h = Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = dense(d, 0.02, "fc2")(h)
         h = Dropout(cfg.dropout)(h, deterministic=deterministic)

@@ -48,6 +48,7 @@ import flax.linen as nn
 import numpy as np
 
 from hfa_jax.errors import CheckpointError
+from hfa_jax.models.activations import gelu
 from hfa_jax.models.lora import LoRADense
 
 Array = jax.Array
@@ -284,7 +285,7 @@ class _MLP(nn.Module):
         r = cfg.lora_rank if self.lora else 0
         kw = dict(rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype)
         h = LoRADense(cfg.mlp_dim, name="fc1", **kw)(x, deterministic)
-        h = nn.gelu(h, approximate=False)
+        h = gelu(h)
         return LoRADense(x.shape[-1], name="fc2", **kw)(h, deterministic)
 
 
