@@ -24,6 +24,8 @@ __all__ = [
     "local_attention",
     "local_attention_mask",
     "IMPLEMENTATIONS",
+    "cudnn_applicable",
+    "cudnn_attention",
 ]
 
 IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "naive")
@@ -145,22 +147,37 @@ def _warn_once(msg: str) -> None:
     _log.warning(msg)
 
 
+def cudnn_applicable(dtype) -> bool:
+    """Whether cuDNN's fused attention can run here at all: a GPU and bf16/fp16 compute."""
+    return jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, *, who: str, fallback: str, warn_not_applicable: bool = True,
+                    **kwargs) -> Array | None:
+    """``jax.nn.dot_product_attention(..., implementation="cudnn", **kwargs)`` in q's dtype, or
+    None where it cannot run: not :func:`cudnn_applicable` (warned once unless
+    ``warn_not_applicable`` is False), or refused by JAX at trace time for this GPU, cuDNN
+    version or shape (always warned once, naming ``who`` and the ``fallback`` the caller takes)."""
+    if not cudnn_applicable(q.dtype):
+        if warn_not_applicable:
+            _warn_once(f"{who}: cuDNN attention needs a GPU and bf16/fp16 compute; using {fallback!r}")
+        return None
+    try:
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs).astype(q.dtype)
+    except Exception as e:  # noqa: BLE001 - cuDNN rejects at trace time with various types
+        _warn_once(f"{who}: cuDNN attention unavailable ({type(e).__name__}: {e}); using {fallback!r}")
+        return None
+
+
 def _cudnn(q, k, v, key_mask, window, chunk_size):
     """cuDNN's fused attention only accepts causal-style sliding windows (right extent 0), so
     the symmetric |t-s| <= w band cannot be expressed as ``local_window_size``. On GPU we pass
     the band as a dense boolean mask to the cuDNN kernel (bf16/fp16 only); anywhere cuDNN is not
     available (CPU, TPU, fp32, unsupported shapes) we fall back to the chunked implementation,
     which gives identical results."""
-    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
-        try:
-            return jax.nn.dot_product_attention(
-                q, k, v, mask=local_attention_mask(key_mask, window), implementation="cudnn"
-            ).astype(q.dtype)
-        except Exception as e:  # noqa: BLE001 - cuDNN rejects at trace time with various types
-            _warn_once(f"cuDNN attention unavailable ({type(e).__name__}: {e}); using 'chunked'")
-    else:
-        _warn_once("cuDNN attention needs a GPU and bf16/fp16 inputs; using 'chunked'")
-    return _chunked(q, k, v, key_mask, window, chunk_size)
+    out = cudnn_attention(q, k, v, mask=local_attention_mask(key_mask, window), who="temporal encoder",
+                          fallback="chunked")
+    return out if out is not None else _chunked(q, k, v, key_mask, window, chunk_size)
 
 
 def local_attention(

@@ -245,19 +245,11 @@ def _attend(
         probs = jax.nn.softmax(logits, axis=-1)
         probs = dropout_lib.dropout(dropout_rng, dropout_rate, probs).astype(v.dtype)
         return jnp.einsum("bnts,bsnh->btnh", probs, v)
-    if impl == "cudnn" and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
-        try:
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn").astype(q.dtype)
-        except Exception as e:  # noqa: BLE001 - cuDNN rejects unsupported shapes at trace time
-            _warn_once(f"mBART: cuDNN attention unavailable ({type(e).__name__}: {e}); using 'xla'")
-    elif impl == "cudnn":
-        _warn_once("mBART: cuDNN attention needs a GPU and bf16/fp16 compute; using 'xla'")
+    if impl == "cudnn":
+        out = attention_lib.cudnn_attention(q, k, v, mask=mask, who="mBART", fallback="xla")
+        if out is not None:
+            return out
     return attention_lib.dot_product_attention(q, k, v, mask=mask)
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_once(msg: str) -> None:
-    _log.warning(msg)
 
 
 class MBartAttention(nn.Module):

@@ -35,7 +35,6 @@ rebuilds tensors from raw storages (any other global is refused).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import pickle
@@ -48,6 +47,7 @@ import flax.linen as nn
 import numpy as np
 
 from hfa_jax.errors import CheckpointError
+from hfa_jax.models import attention as attention_lib
 from hfa_jax.models.activations import gelu
 from hfa_jax.models.lora import LoRADense
 
@@ -206,8 +206,7 @@ def _attention_impl(choice: str, dtype: Any, head_dim: int) -> str:
     (bench/RESULTS.md)."""
     if choice != "auto":
         return choice
-    fused_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-                and head_dim % 8 == 0 and head_dim <= 128)
+    fused_ok = attention_lib.cudnn_applicable(dtype) and head_dim % 8 == 0 and head_dim <= 128
     return "cudnn" if fused_ok else "xla"
 
 
@@ -243,14 +242,12 @@ class Attention(nn.Module):
         if query_rows is not None and query_rows % 2:
             impl = "xla"  # an odd query count (the CLS-only last block): cuDNN refuses it, and it is tiny
         lengths = None if valid_tokens is None or valid_tokens == n else jnp.full((b,), valid_tokens, jnp.int32)
-        attend = functools.partial(jax.nn.dot_product_attention, q, k, v, key_value_seq_lengths=lengths)
-        if impl == "cudnn" and cfg.attention == "auto":
-            try:  # "auto" must run everywhere: JAX refuses cuDNN at trace time on some GPUs/versions
-                h = attend(implementation="cudnn")
-            except (NotImplementedError, RuntimeError, ValueError):
-                h = attend(implementation="xla")
-        else:
-            h = attend(implementation=impl)
+        h = None
+        if impl == "cudnn" and cfg.attention == "auto":  # "auto" runs everywhere: XLA where JAX refuses cuDNN
+            h = attention_lib.cudnn_attention(q, k, v, key_value_seq_lengths=lengths, who="ViT", fallback="xla")
+            impl = "xla"
+        if h is None:
+            h = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=impl)
         h = h.reshape(b, q.shape[1], d)
         return dense(d, "proj")(h, deterministic)
 
