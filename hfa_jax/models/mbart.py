@@ -33,11 +33,11 @@ pretraining) owns its token embedding as ``params/embed_tokens/embedding``; ever
 the same names as under ``params/encoder``. :func:`encoder_variables` converts imported
 :class:`MBart` variables to that layout.
 
-Decoding cache (explicit pure pytree, see :meth:`MBart.init_cache`)::
+Decoding cache (explicit pure pytree, see :meth:`MBart.init_cache`), head-major::
 
     {"index": int32 [],                     # number of decoder positions already written
-     "self":  {"layers_{i}": {"k": [N, T_max, H, Dh], "v": [N, T_max, H, Dh]}},
-     "cross": {"layers_{i}": {"k": [N, S, H, Dh],     "v": [N, S, H, Dh]}}}
+     "self":  {"layers_{i}": {"k": [N, H, T_max, Dh], "v": [N, H, T_max, Dh]}},
+     "cross": {"layers_{i}": {"k": [N, H, S, Dh],     "v": [N, H, S, Dh]}}}
 """
 
 from __future__ import annotations

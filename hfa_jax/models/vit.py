@@ -236,8 +236,10 @@ class Attention(nn.Module):
         dense = lambda f, name: LoRADense(  # noqa: E731
             f, rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype, name=name
         )
-        qkv = dense(3 * d, "qkv")(x, deterministic).reshape(b, n, 3, cfg.num_heads, d // cfg.num_heads)
-        q, k, v = qkv[:, :query_rows, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # q, k, v from the fused qkv parameters as three contiguous arrays (LoRADense ``splits``)
+        q, k, v = (t.reshape(b, n, cfg.num_heads, d // cfg.num_heads)
+                   for t in dense(3 * d, "qkv")(x, deterministic, splits=3))
+        q = q[:, :query_rows]
         impl = _attention_impl(cfg.attention, q.dtype, q.shape[-1])
         if query_rows is not None and query_rows % 2:
             impl = "xla"  # an odd query count (the CLS-only last block): cuDNN refuses it, and it is tiny

@@ -75,6 +75,36 @@ def test_gradients_match_definition_for_any_leading_dims(shape):
     np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rank", [0, 4])
+def test_splits_are_slices_of_the_full_output(rank):
+    """``splits=3`` (the ViT's q/k/v) returns the three column blocks of the unsplit output,
+    with the same dropout mask on the adapter input and the same gradients."""
+    x = _x((2, 5, 16), seed=3)
+    m = LoRADense(24, rank=rank, alpha=8.0, dropout=0.5)
+    p = m.init(jax.random.key(1), x)["params"]
+    if rank:
+        p = {**p, "lora_b": jnp.asarray(np.random.default_rng(4).standard_normal((rank, 24)), jnp.float32)}
+    rngs = {"dropout": jax.random.key(7)}
+    w = jnp.asarray(np.random.default_rng(5).standard_normal((2, 5, 24)), jnp.float32)
+
+    def full(q, y):
+        return jnp.sum(jnp.sin(m.apply({"params": q}, y, deterministic=False, rngs=rngs)) * w)
+
+    def split(q, y):
+        parts = m.apply({"params": q}, y, deterministic=False, rngs=rngs, splits=3)
+        assert len(parts) == 3 and all(t.shape == (2, 5, 8) for t in parts)
+        return jnp.sum(jnp.sin(jnp.concatenate(parts, -1)) * w)
+
+    np.testing.assert_allclose(split(p, x), full(p, x), rtol=1e-6)
+    g, gx = jax.grad(split, argnums=(0, 1))(p, x)
+    r, rx = jax.grad(full, argnums=(0, 1))(p, x)
+    for k in p:
+        np.testing.assert_allclose(np.asarray(g[k]), np.asarray(r[k]), atol=1e-5, rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="do not split into 5"):
+        m.apply({"params": p}, x, splits=5)
+
+
 class _Two(nn.Module):
     @nn.compact
     def __call__(self, x):
