@@ -13,6 +13,7 @@ With random weights EOS is (almost) never the best token, so every hypothesis ru
 ``max_new_tokens``: the measured rate is the worst case for a sentence of that length.
 
     python bench/bench_decode.py rows [--quick]
+    python bench/bench_decode.py floor      # the full row's weight products alone (the bound)
 """
 
 from __future__ import annotations
@@ -122,6 +123,47 @@ def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, ma
             "device": jax.devices()[0].device_kind}
 
 
+def matmul_floor(s: Shapes, *, sentences: int, max_new_tokens: int, beams: int = 4, repeats: int = 5) -> dict:
+    """Seconds per batch of only the decoder's weight products: per step and layer the self
+    q/k/v/out, cross q/out, fc1 and fc2 products on ``sentences x beams`` rows, plus the LM head,
+    with random ``[out, in]`` kernels (the layout our CPU decoding uses), ``max_new_tokens`` steps
+    in one jitted ``fori_loop``. What a beam search with no other work than these products would
+    take: the bound on the ``beam_search`` row's speed-up when both sides multiply at the same
+    rate (bench/RESULTS.md)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    d, f = s.d_model, s.m_ffn
+
+    def w(o, i):
+        return jnp.asarray(rng.standard_normal((o, i), np.float32) * 0.02)
+
+    layers = [{n: w(d, d) for n in ("q", "k", "v", "o", "cq", "co")} | {"f1": w(f, d), "f2": w(d, f)}
+              for _ in range(s.dec_layers)]
+    head = w(s.vocab, d)
+
+    def mm(x, k):
+        return jnp.einsum("bi,oi->bo", x, k)
+
+    @jax.jit
+    def run(x, layers, head):
+        def body(_, x):  # tiny residual updates keep every product live and the values finite
+            for p in layers:
+                x = x + mm(mm(x, p["q"]) + mm(x, p["k"]) + mm(x, p["v"]), p["o"]) * 1e-3
+                x = x + mm(mm(x, p["cq"]), p["co"]) * 1e-3
+                x = x + mm(jax.nn.relu(mm(x, p["f1"])), p["f2"]) * 1e-3
+            return x + mm(x, head)[:, :1] * 1e-6
+        return jax.lax.fori_loop(0, max_new_tokens, body, x)
+
+    x = jnp.ones((sentences * beams, d), jnp.float32)
+    jax.block_until_ready(run(x, layers, head))
+    times = common.time_calls(lambda: run(x, layers, head), warmup=0, iters=repeats, sync=jax.block_until_ready)
+    return {"median_s": common.median(times), "ms_per_step": 1e3 * common.median(times) / max_new_tokens,
+            "times": times}
+
+
 def rows(*, quick: bool = False, micro: bool = False, progress=None, accelerator: bool = False) -> list[dict]:
     """The ``beam_search`` row. ``accelerator``: ours with bf16 compute against ``generate`` in
     fp16 on CUDA, mBART-large 12+12, 16 sentences (sequences may then differ: half precision)."""
@@ -175,7 +217,13 @@ def main(argv=None) -> None:
     r.add_argument("--quick", action="store_true")
     r.add_argument("--micro", action="store_true")
     r.add_argument("--accelerator", action="store_true", help="bf16 vs fp16 generate on the GPU")
+    sub.add_parser("floor", help="seconds per batch of the full row's weight products alone (matmul_floor)")
     a = p.parse_args(argv)
+    if a.cmd == "floor":
+        d = DECODE["full"]
+        res = matmul_floor(Shapes(), sentences=d["sentences"], max_new_tokens=d["max_new_tokens"])
+        print(json.dumps(res))
+        return
     if a.cmd == "worker":
         d = json.loads(a.shapes)
         if "lora_blocks" in d:

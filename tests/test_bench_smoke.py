@@ -136,3 +136,15 @@ def test_pipelined_timing_queues_the_next_call_before_reading_the_last():
     assert calls == list(range(7)) and syncs == list(range(7))  # 1 + 2 warm-up + 4 timed, all read
     for i in range(6):  # call i+1 is queued before result i is read
         assert events.index(("call", i + 1)) < events.index(("sync", i))
+
+
+def test_decode_matmul_floor_runs():
+    """The beam-search bound (``bench_decode.py floor``) times the decoder's weight products."""
+    from bench import bench_decode
+    from bench.bench_train import _micro
+    from bench.common import Shapes
+
+    s = _micro(Shapes())
+    short = bench_decode.matmul_floor(s, sentences=1, max_new_tokens=2, repeats=1)
+    assert short["median_s"] > 0 and len(short["times"]) == 1
+    assert short["ms_per_step"] == pytest.approx(1e3 * short["median_s"] / 2)
