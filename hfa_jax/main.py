@@ -11,6 +11,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from hfa_jax.errors import ConfigError, UserError
@@ -59,6 +60,11 @@ def _main(argv) -> None:
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
     _maybe_fast_compile(config)
+    if not flags.FLAGS["verbosity"].present:
+        # absl's default (INFO) lets orbax and tensorflow-datasets log every checkpoint write and
+        # dataset open between our progress bars; our own log ("hfa_jax.train", train.log) is
+        # separate and stays at INFO. --verbosity=0 brings the libraries' INFO lines back.
+        absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         run(config, _WORKDIR.value)
     except UserError as e:  # one line, no traceback (hfa_jax.errors.cli_main convention)

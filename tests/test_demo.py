@@ -5,6 +5,7 @@ control -> results.json; then ``hfa_jax.translate`` on one generated test video.
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,9 @@ def test_smoke_demo_end_to_end_and_translate(tmp_path):
     assert METRICS <= set(res["test"]) and METRICS <= set(res["test_video_blind"])
     assert res["seconds"] > 0
     assert "video-blind control" in r.stdout and "BLEU-4 gap" in r.stdout
+    # our stage log reaches stderr; the libraries' absl INFO lines (orbax, tfds) do not
+    assert "INFO stage pretrain" in r.stderr
+    assert not re.search(r"^I\d{4} [\d:.]+ +\d+ \w+\.py:\d+\]", r.stderr, re.M), r.stderr[-3000:]
     for stage in ("pretrain", "finetune1", "finetune2"):
         assert os.path.isfile(os.path.join(wd, stage, "loss_curves.png")), stage
         assert glob.glob(os.path.join(wd, stage, "tensorboard", "events.out.tfevents.*")), stage
