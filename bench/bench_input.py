@@ -328,7 +328,7 @@ def main(argv=None) -> list[dict]:
 
     from data_prep.build_dataset import convert
     from hfa_jax.data.pipeline import DEFAULT_BUCKETS
-    from hfa_jax.data.records import read_phoenix14t
+    from hfa_jax.data.annotations import read_phoenix14t
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_input_")
     tree, out = os.path.join(work, "tree"), os.path.join(work, "dataset")

@@ -69,7 +69,7 @@ def hfa_config(s: Shapes, *, dtype: str = "float32"):
 
 def pack_levels() -> int:
     """The trainer's default ``data.pack_frames`` (capacity levels per bucket)."""
-    from configs import validate
+    from hfa_jax.train import schema as validate
 
     return int(validate.base().data.pack_frames)
 

@@ -19,9 +19,10 @@ import math
 
 import ml_collections
 
+from hfa_jax.train.freeze import STAGES, trainable_rules  # the paper's freezing table, owned by the library
+
 __all__ = ["model_config", "trainable_rules", "STAGES"]
 
-STAGES = ("pretrain", "finetune1", "finetune2")
 
 
 def _mbart(**kw) -> dict:
@@ -112,42 +113,3 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
                          feedback_dropout=0.1, desc_dim=0),
     )
     return ml_collections.ConfigDict(c)
-
-
-_LORA = r"/lora_[ab]$"
-
-
-def trainable_rules(stage: str) -> list[tuple[str, bool]]:
-    """Freezing table for ``stage`` in {"pretrain", "finetune1", "finetune2"} (SPEC §2-3).
-
-    pretrain: ViT LoRA, Linear+BN, temporal, pseudo-gloss head, prototypes, CLS, logit scale and
-      the video encoder's LoRA train; the ViT, the video encoder's mBART weights and the text
-      encoder are frozen.
-    finetune1: only the mapper and the decoder LoRA train.
-    finetune2: everything trainable: ViT LoRA, Linear+BN, temporal, mapper, encoder + decoder LoRA.
-    """
-    if stage == "pretrain":
-        return [
-            (r"^frame_encoder/.*" + _LORA, True),
-            (r"^frame_encoder/", False),
-            (r"^(frame_proj|frame_bn|temporal|pg_head|hand_pose|desc_proj)/", True),
-            (r"^(prototypes|cls_token|logit_scale)$", True),
-            (r"^video_encoder/.*" + _LORA, True),
-            (r"^video_encoder/", False),
-            (r"^text_encoder/", False),
-        ]
-    if stage == "finetune1":
-        return [
-            (r"^mapper/", True),
-            (r"^mbart/decoder/.*" + _LORA, True),
-            (r"^(frame_encoder|frame_proj|frame_bn|temporal|hand_pose|mbart)/", False),
-        ]
-    if stage == "finetune2":
-        return [
-            (r"^frame_encoder/.*" + _LORA, True),
-            (r"^frame_encoder/", False),
-            (r"^(frame_proj|frame_bn|temporal|hand_pose|mapper)/", True),
-            (r"^mbart/.*" + _LORA, True),
-            (r"^mbart/", False),
-        ]
-    raise ValueError(f"unknown training stage {stage!r}; use one of {STAGES}")

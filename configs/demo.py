@@ -6,7 +6,7 @@ video-blind control.
 
 Everything is generated locally (no downloads) and the models are tiny, so a few settings differ
 from the paper's, each for a stated reason below: a closed-domain SynthSign subset; a frame encoder
-pretrained to locate the hands (hfa_jax/train/hand_locator.py) in place of DINOv2, frozen but for
+pretrained to locate the hands (hfa_jax/demo_hand_locator.py) in place of DINOv2, frozen but for
 LoRA as in the paper; the randomly initialised mBART side trained in pretraining (all but the text
 encoder); plain BCE with weight 20 for the pseudo-gloss loss; stage 2 keeps the video side frozen
 (trains mapper + mBART); a random 32-frame subsample per clip.
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common, validate
+from configs import common
+from hfa_jax.train import schema
 
 
 def demo_model() -> ml_collections.ConfigDict:
@@ -35,7 +36,7 @@ def demo_model() -> ml_collections.ConfigDict:
     return m
 
 
-# The frame encoder is the hand-locator stand-in for DINOv2 (hfa_jax/train/hand_locator.py): as in
+# The frame encoder is the hand-locator stand-in for DINOv2 (hfa_jax/demo_hand_locator.py): as in
 # the paper it stays frozen apart from its LoRA adapters. The mBART side is randomly initialised,
 # so pretraining trains it all but the (fixed) text encoder.
 _FROZEN_VIT = ((r"^frame_encoder/.*/lora_[ab]$", True), (r"^frame_encoder/", False))
@@ -45,7 +46,7 @@ _FROZEN_VIT = ((r"^frame_encoder/.*/lora_[ab]$", True), (r"^frame_encoder/", Fal
 # the demo keeps the video side as pseudo-gloss pretraining left it and trains mapper + mBART.
 # Seed 0: BLEU-4 gap over the video-blind control 5.2 -> 11.6, and stage 2 takes half the time.
 _FROZEN_VIDEO = ((r"^(frame_encoder|frame_proj|frame_bn|hand_pose|temporal)/", False),)
-DEMO_RULES = {
+_DEMO_RULES = {
     "pretrain": ((r"^text_encoder/", False),) + _FROZEN_VIT + ((r".*", True),),
     "finetune1": ((r"^mapper/", True), (r"^mbart/(decoder|shared)/", True), (r".*", False)),
     "finetune2": _FROZEN_VIDEO + ((r".*", True),),
@@ -54,12 +55,12 @@ DEMO_RULES = {
 
 def get_config(arg: str | None = None):
     variant = arg or "default"
-    c = validate.base()
+    c = schema.base()
     c.name = "demo" if variant == "default" else f"demo_{variant}"
     c.job = "demo"
     c.model = demo_model()
     # Stage fields (train.*) are filled per stage by hfa_jax.demo from config.demo.
-    c.train.trainable = DEMO_RULES["pretrain"]
+    c.train.trainable = _DEMO_RULES["pretrain"]
     # The reference's BCE-with-logits on probabilities squashes the loss into [0.31, 0.69] with a
     # tiny gradient; from random init the demo needs the plain BCE switch to learn the signs.
     c.train.pg_loss = "bce"
@@ -105,13 +106,14 @@ def get_config(arg: str | None = None):
         pseudo_glosses="glosses",  # "glosses": SynthSign sign keys; "text": HanTa lemmas (SPEC recipe)
         fasttext_dim=32,
         workers=2,
-        pretrain_frame_encoder=True,  # the DINOv2 stand-in (hfa_jax/train/hand_locator.py)
+        pretrain_frame_encoder=True,  # the DINOv2 stand-in (hfa_jax/demo_hand_locator.py)
         frame_encoder_steps=1500,
         pretrain_epochs=15.0, pretrain_lr=3e-3,
         finetune1_epochs=2.0, finetune1_lr=3e-3,
         finetune2_epochs=40.0, finetune2_lr=2e-3,
         eval_every_epochs=10.0,   # dev BLEU during stage 2 (selects the best checkpoint)
         fast_compile=False,       # XLA CPU flags: ~1.5x faster compiles but ~3x slower steps
+        trainable=_DEMO_RULES,    # per-stage freezing tables (hfa_jax.demo.stage_config)
     ))
     if variant == "smoke":  # the test suite's reduced run
         c.demo.update(dict(num_train=24, num_eval=8, max_glosses=3, pretrain_epochs=1.0,

@@ -13,7 +13,8 @@ Variants: ``stage1``, ``stage2`` (paper model), ``paper`` (= stage2), and ``stag
 
 from __future__ import annotations
 
-from configs import common, validate
+from configs import common
+from hfa_jax.train import schema
 
 
 def get_config(arg: str | None = None):
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None):
     if stage_name not in ("stage1", "stage2"):
         raise ValueError(f"unknown finetune variant {arg!r}; use stage1, stage2, paper, stage1_tiny, stage2_tiny")
     stage = {"stage1": "finetune1", "stage2": "finetune2"}[stage_name]
-    c = validate.base()
+    c = schema.base()
     c.name = stage if variant == "paper" else f"{stage}_{variant}"
     c.model = common.model_config(variant)
     c.train.stage = stage

@@ -11,12 +11,13 @@ The kept checkpoint (``WORKDIR/best``) is the one with the lowest validation tot
 
 from __future__ import annotations
 
-from configs import common, validate
+from configs import common
+from hfa_jax.train import schema
 
 
 def get_config(arg: str | None = None):
     variant = arg or "paper"
-    c = validate.base()
+    c = schema.base()
     c.name = "pretrain" if variant == "paper" else f"pretrain_{variant}"
     c.model = common.model_config(variant)
     c.train.stage = "pretrain"

@@ -37,7 +37,7 @@ import numpy as np
 from data_prep import build_dataset as bd
 from hfa_jax.data import beyondgloss_io as bgio
 from hfa_jax.data import hand_targets
-from hfa_jax.data.records import BadVideo
+from hfa_jax.data.annotations import BadVideo
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
 __all__ = ["Inputs", "new_features", "video_fields", "convert", "main"]

@@ -47,8 +47,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hfa_jax.data import records as records_lib
-from hfa_jax.data.records import BadVideo, VideoRecord
+from hfa_jax.data import annotations as annotations_lib
+from hfa_jax.data.annotations import BadVideo, VideoRecord
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
 DEFAULT_VERSION = "1.0.0"
@@ -437,17 +437,17 @@ def read_source(fmt: str, root: str, labels: str | None, split: str,
                 bad: list[BadVideo] | None) -> tuple[list[VideoRecord], str | None]:
     """Records of one split of the source, and the SynthSign extras folder (or None)."""
     if fmt == "phoenix14t":
-        recs = records_lib.read_phoenix14t(root, split, bad=bad)
-        extras = os.path.join(records_lib.find_phoenix14t_root(root), "extras")
+        recs = annotations_lib.read_phoenix14t(root, split, bad=bad)
+        extras = os.path.join(annotations_lib.find_phoenix14t_root(root), "extras")
         return recs, (extras if os.path.isdir(extras) else None)
     if labels is None:
         raise DataError(f"--format {fmt} needs --labels (the folder holding labels.{{train,dev,test}})")
     if not os.path.isdir(root):
         raise DataError(f"{root}: frames root not found; pass --root the frames folder")
     if fmt == "gfslt":
-        return records_lib.read_gfslt_labels(labels, root, split, bad=bad), None
+        return annotations_lib.read_gfslt_labels(labels, root, split, bad=bad), None
     if fmt == "csl_daily":
-        return records_lib.read_csl_daily(labels, root, split, bad=bad), None
+        return annotations_lib.read_csl_daily(labels, root, split, bad=bad), None
     raise DataError(f"unknown --format {fmt!r}; use phoenix14t, gfslt or csl_daily")
 
 
@@ -511,7 +511,7 @@ def _read_sidecar(path: str) -> dict | None:
 
 
 def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
-            splits: Sequence[str] = records_lib.SPLITS, size: int = 256,
+            splits: Sequence[str] = annotations_lib.SPLITS, size: int = 256,
             image_format: str = "jpeg", jpeg_quality: int = 95, skip_bad: bool = False,
             workers: int | None = None, videos_per_shard: int = 64, name: str | None = None,
             progress: bool = True) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hfa_jax.data.pseudo_gloss import load_pseudo_glosses
+from hfa_jax.text.pseudo_glosses import load_pseudo_glosses
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.train_fasttext:
         if not a.root:
             raise ConfigError("--train_fasttext needs --root ROOT (the training translations)")
-        from hfa_jax.data.records import read_phoenix14t
+        from hfa_jax.data.annotations import read_phoenix14t
 
         sentences = [r.translation for r in read_phoenix14t(a.root, "train", check_frames=False)]
         train_fasttext(sentences, a.fasttext, dim=a.dim, epoch=a.epoch, bucket=a.bucket,

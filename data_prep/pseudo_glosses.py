@@ -6,7 +6,7 @@
     python -m data_prep.pseudo_glosses --from_reference CSV_DIR [--root ROOT] --out FILE.json
 
 The first form tags every translation (spaCy German pipeline when installed, else the offline
-HanTa pipeline; see hfa_jax.data.pseudo_gloss), builds the sorted vocabulary over `--splits`
+HanTa pipeline; see hfa_jax.text.pseudo_glosses), builds the sorted vocabulary over `--splits`
 (reference: train+dev+test) and writes targets for every video of the tree. `--compare` also
 prints agreement with the HFA authors' CSVs (token F1, vocabulary Jaccard).
 
@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-from hfa_jax.data import pseudo_gloss as pg
+from hfa_jax.text import pseudo_glosses as pg
 from hfa_jax.errors import ConfigError, cli_main
 
 

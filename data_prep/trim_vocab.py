@@ -24,7 +24,7 @@ Train (offline / demo; no mBART download):
 
 trains a Unigram SentencePiece model on the training translations with mBART's piece layout
 (`<unk>`, `<s>`, `</s>` at SentencePiece ids 0..2, `nmt_nfkc` normalisation) and writes the same
-tokenizer files, so `hfa_jax.data.text.load_tokenizer` serves both (fairseq ids: `<s>`=0,
+tokenizer files, so `hfa_jax.text.tokenizer.load_tokenizer` serves both (fairseq ids: `<s>`=0,
 `<pad>`=1, `</s>`=2, `<unk>`=3, pieces, 25 language codes, `<mask>`).
 """
 
@@ -36,7 +36,7 @@ import json
 import os
 from typing import Sequence
 
-from hfa_jax.data.text import FAIRSEQ_LANGUAGE_CODES, SPM_FILE, load_tokenizer, normalize_text
+from hfa_jax.text.tokenizer import FAIRSEQ_LANGUAGE_CODES, SPM_FILE, load_tokenizer, normalize_text
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
 NUM_SPECIAL = 4  # fairseq <s> <pad> </s> <unk>; SentencePiece holds <unk> <s> </s> at 0..2
@@ -146,7 +146,7 @@ def train_tokenizer(sentences: Sequence[str], out: str, vocab_size: int = 1000,
 
 def training_sentences(root: str, split: str = "train") -> list[str]:
     """Translations of one split of a PHOENIX14T/SynthSign tree (official layout)."""
-    from hfa_jax.data.records import read_phoenix14t
+    from hfa_jax.data.annotations import read_phoenix14t
 
     return [r.translation for r in read_phoenix14t(root, split, check_frames=False)]
 

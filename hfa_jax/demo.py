@@ -9,7 +9,7 @@ resumes; the training stages resume from their own checkpoints):
 3. ``tokenizer/``   a SentencePiece tokenizer in mBART layout (``data_prep.trim_vocab.train_tokenizer``)
 4. ``pseudo_glosses.json`` from the SynthSign sign keys, or HanTa lemmas of the text (the SPEC recipe)
 5. ``prototypes.npy`` from a small fastText model trained on the training sentences
-5b. ``frame_encoder/`` the DINOv2 stand-in (``hfa_jax.train.hand_locator``), a DINOv2 folder that the
+5b. ``frame_encoder/`` the DINOv2 stand-in (``hfa_jax.demo_hand_locator``), a DINOv2 folder that the
    pretraining stage imports through ``config.weights.vit``
 6. ``pretrain/``, ``finetune1/``, ``finetune2/`` the three training stages (``hfa_jax.train.loop.run``)
 7. test evaluation of the best stage-2 checkpoint and the video-blind control (the same
@@ -24,9 +24,16 @@ import time
 
 import numpy as np
 
+from data_prep import beyondgloss, build_dataset, prototypes, pseudo_glosses, trim_vocab
+from data_prep.synthsign import generate, lexicon
+from hfa_jax import demo_hand_locator as hand_locator
+from hfa_jax.data.annotations import read_phoenix14t
+from hfa_jax.data.beyondgloss_io import load_synthsign_descriptions
 from hfa_jax.errors import ConfigError
-
-STAGE_DIRS = ("pretrain", "finetune1", "finetune2")
+from hfa_jax.models import vit as vit_lib
+from hfa_jax.text import pseudo_glosses as pg_lib
+from hfa_jax.train import loop
+from hfa_jax.train.freeze import STAGES as STAGE_DIRS  # each stage's workdir is named after it
 
 
 def _done(path: str) -> bool:
@@ -35,9 +42,6 @@ def _done(path: str) -> bool:
 
 def prepare_data(config, workdir: str) -> dict[str, str]:
     """Steps 1-5. Returns the paths the training configs need."""
-    from data_prep import build_dataset, prototypes, trim_vocab
-    from data_prep.synthsign import generate
-    from hfa_jax.data import pseudo_gloss as pg_lib
 
     d = config.demo
     seed = int(config.data.seed)
@@ -63,7 +67,6 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
     if bg is not None and bg.get("hand_pose", False):
         # BeyondGloss (SPEC §5): per-frame hand-pose targets derived from SynthSign's extras
         # (the `description` feature is already in the dataset).
-        from data_prep import beyondgloss
 
         bg_root = os.path.join(workdir, "dataset_beyondgloss")
         if not _done(os.path.join(bg_root, "phoenix14t", "1.0.0", "dataset_info.json")):
@@ -78,7 +81,6 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
         if bool(d.get("tokenizer_descriptions", False)):
             # The frozen text encoder reads the (English) hand-motion descriptions through the same
             # tokenizer: train it on them too. Keep this on for every arm of an ablation.
-            from hfa_jax.data.beyondgloss_io import load_synthsign_descriptions
 
             tok_sents += load_synthsign_descriptions(synth, "train")
         trim_vocab.train_tokenizer(tok_sents, tok_dir, vocab_size=int(d.tokenizer_vocab))
@@ -86,7 +88,6 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
     if not _done(pg_path):
         print(f"[demo] 4/7 pseudo-glosses ({d.pseudo_glosses}) -> {pg_path}", flush=True)
         if d.pseudo_glosses == "text":
-            from data_prep import pseudo_glosses
 
             pseudo_glosses.build(synth, pg_path, progress=False)
         elif d.pseudo_glosses == "glosses":
@@ -105,8 +106,6 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
     if not _done(os.path.join(fe_dir, "config.json")) and bool(d.get("pretrain_frame_encoder", True)):
         print(f"[demo] 5b/7 frame encoder: the DINOv2 stand-in, pretrained to locate the hands -> {fe_dir}",
               flush=True)
-        from hfa_jax.models import vit as vit_lib
-        from hfa_jax.train import hand_locator
 
         vcfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.vit.to_dict().items()}
         data = hand_locator.load_hand_frames(ds_root, synth, "train")
@@ -137,9 +136,6 @@ def _gloss_pseudo_glosses(root: str, out: str) -> None:
     SynthSign renders one sign per lexical key of the PHOENIX14T gloss, so these targets are the
     exact "words" in the video; the SPEC recipe ("text": lemmas of the translation) is the
     realistic alternative."""
-    from data_prep.synthsign import lexicon
-    from hfa_jax.data import pseudo_gloss as pg_lib
-    from hfa_jax.data.records import read_phoenix14t
 
     keys = {}
     for split in ("train", "dev", "test"):
@@ -153,8 +149,6 @@ def _gloss_pseudo_glosses(root: str, out: str) -> None:
 
 def stage_config(config, stage: str, paths: dict[str, str], workdir: str):
     """The training config of one demo stage (a copy of the demo config with train.* filled)."""
-    from configs.demo import DEMO_RULES
-
     c = config.copy_and_resolve_references()
     c.unlock()
     c.job = "train"
@@ -164,7 +158,7 @@ def stage_config(config, stage: str, paths: dict[str, str], workdir: str):
     c.data.pseudo_glosses = paths["pseudo_glosses"] if stage == "pretrain" else ""
     c.data.prototypes = paths["prototypes"] if stage == "pretrain" else ""
     c.train.stage = stage
-    c.train.trainable = DEMO_RULES[stage]
+    c.train.trainable = tuple(tuple(r) for r in d.trainable[stage])
     c.train.epochs = float(d[f"{stage}_epochs"])
     c.train.lr = float(d[f"{stage}_lr"])
     # The pretraining stage imports the frame encoder like real DINOv2 weights; later stages
@@ -190,7 +184,6 @@ def stage_config(config, stage: str, paths: dict[str, str], workdir: str):
 
 def run(config, workdir: str) -> dict:
     """Runs the demo in ``workdir``; returns (and writes) ``results.json``."""
-    from hfa_jax.train import loop
 
     t0 = time.time()
     os.makedirs(workdir, exist_ok=True)

@@ -14,7 +14,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from hfa_jax import demo
 from hfa_jax.errors import ConfigError, UserError
+from hfa_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py[:variant])",
                                           lock_config=True)
@@ -43,13 +45,9 @@ def run(config, workdir: str | None = None) -> dict:
     workdir = workdir or default_workdir(config)
     job = config.get("job", "train")
     if job == "demo":
-        from hfa_jax import demo
-
         return demo.run(config, workdir)
     if job != "train":
         raise ConfigError(f"config.job={job!r} is not 'train' or 'demo'")
-    from hfa_jax.train import loop
-
     return loop.run(config, workdir)
 
 

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import jax
 
 from hfa_jax.errors import ConfigError, cli_main
-from hfa_jax.train.freeze import count_params, path_str, trainable_mask
+from hfa_jax.models.hfa import HFAConfig, init_shapes
+from hfa_jax.train.freeze import count_params, path_str, trainable_mask, trainable_rules
 
 __all__ = ["load_config_arg", "param_report", "main"]
 
@@ -58,8 +59,6 @@ def param_report(model_cfg: Any, stage: str, rules: Sequence[tuple[str, bool]] |
 
     Returns {"trainable": N, "total": N, "modules": {top-level name: (trainable, total)}}.
     """
-    from configs.common import trainable_rules
-    from hfa_jax.models.hfa import HFAConfig, init_shapes
 
     cfg = HFAConfig.from_config(model_cfg)
     kind = "pretrain" if stage == "pretrain" else "translate"

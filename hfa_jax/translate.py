@@ -59,7 +59,7 @@ class Translator:
         import jax
         import ml_collections
 
-        from hfa_jax.data import text as text_lib
+        from hfa_jax.text import tokenizer as text_lib
         from hfa_jax.train import checkpoint as ckpt_lib
         from hfa_jax.train import loop, optim
 

@@ -248,7 +248,7 @@ def description_fields(values: list[Any], *, tokenizer: Any = None, max_len: int
     Args:
       values: per row, the ``description`` text (``vectors=False``) or the ``description_vec``
         array (``vectors=True``); None where the dataset lacks the feature.
-      tokenizer: :class:`hfa_jax.data.text.Tokenizer` (texts): encoded as the frozen text
+      tokenizer: :class:`hfa_jax.text.tokenizer.Tokenizer` (texts): encoded as the frozen text
         encoder's source (``encode_source``: tokens + ``</s>`` + lang, like the sentences).
       max_len: description token length (longer descriptions are truncated by the tokenizer).
       vectors: precomputed vectors instead of texts.

@@ -33,7 +33,7 @@ import flax.linen as nn
 import numpy as np
 
 from hfa_jax.errors import CheckpointError, ConfigError
-from hfa_jax.models.hand import BeyondGlossConfig, DescriptionProjector, HandPoseBranch
+from hfa_jax.models.beyondgloss import BeyondGlossConfig, DescriptionProjector, HandPoseBranch
 from hfa_jax.models.heads import MaskedBatchNorm, Mapper, PseudoGlossHead, torch_dense
 from hfa_jax.models.lora import lora_scale
 from hfa_jax.models import packing

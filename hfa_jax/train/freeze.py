@@ -3,8 +3,8 @@
 A parameter's path is its '/'-joined key path inside the params tree (e.g.
 ``frame_encoder/block_9/attn/qkv/lora_a``). The first rule whose regex ``re.search``-es the path
 decides; a parameter that no rule matches is an error (ConfigError naming it), so a renamed
-module can never be silently frozen or trained. The rule tables live in the configs
-(``configs/common.py: trainable_rules``).
+module can never be silently frozen or trained. The paper's table is :func:`trainable_rules`;
+experiment configs may set their own (``config.train.trainable``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import jax
 
 from hfa_jax.errors import ConfigError
 
-__all__ = ["path_str", "trainable_mask", "count_params"]
+__all__ = ["STAGES", "path_str", "trainable_mask", "count_params", "trainable_rules"]
+
+# The training stages, in order: pseudo-gloss + video-text pretraining, then the two fine-tuning stages.
+STAGES = ("pretrain", "finetune1", "finetune2")
 
 
 def path_str(path: tuple) -> str:
@@ -69,3 +72,42 @@ def _size(x) -> int:
     for s in getattr(x, "shape", ()):
         n *= int(s)
     return n
+
+
+_LORA = r"/lora_[ab]$"
+
+
+def trainable_rules(stage: str) -> list[tuple[str, bool]]:
+    """Freezing table for ``stage`` in {"pretrain", "finetune1", "finetune2"} (SPEC §2-3).
+
+    pretrain: ViT LoRA, Linear+BN, temporal, pseudo-gloss head, prototypes, CLS, logit scale and
+      the video encoder's LoRA train; the ViT, the video encoder's mBART weights and the text
+      encoder are frozen.
+    finetune1: only the mapper and the decoder LoRA train.
+    finetune2: everything trainable: ViT LoRA, Linear+BN, temporal, mapper, encoder + decoder LoRA.
+    """
+    if stage == "pretrain":
+        return [
+            (r"^frame_encoder/.*" + _LORA, True),
+            (r"^frame_encoder/", False),
+            (r"^(frame_proj|frame_bn|temporal|pg_head|hand_pose|desc_proj)/", True),
+            (r"^(prototypes|cls_token|logit_scale)$", True),
+            (r"^video_encoder/.*" + _LORA, True),
+            (r"^video_encoder/", False),
+            (r"^text_encoder/", False),
+        ]
+    if stage == "finetune1":
+        return [
+            (r"^mapper/", True),
+            (r"^mbart/decoder/.*" + _LORA, True),
+            (r"^(frame_encoder|frame_proj|frame_bn|temporal|hand_pose|mbart)/", False),
+        ]
+    if stage == "finetune2":
+        return [
+            (r"^frame_encoder/.*" + _LORA, True),
+            (r"^frame_encoder/", False),
+            (r"^(frame_proj|frame_bn|temporal|hand_pose|mapper)/", True),
+            (r"^mbart/.*" + _LORA, True),
+            (r"^mbart/", False),
+        ]
+    raise ValueError(f"unknown training stage {stage!r}; use one of {STAGES}")

@@ -45,11 +45,11 @@ from hfa_jax.train import losses as losses_lib
 from hfa_jax.train import mesh as mesh_lib
 from hfa_jax.train import optim as optim_lib
 from hfa_jax.train import plots
+from hfa_jax.train import schema
+from hfa_jax.train.freeze import STAGES
 
 PyTree = Any
 log = logging.getLogger("hfa_jax.train")
-
-STAGES = ("pretrain", "finetune1", "finetune2")
 
 
 class NonFiniteError(UserError):
@@ -109,7 +109,7 @@ def _read_split_text(source, extra_key: str | None = None):
 
 def _beyondgloss(config):
     """``config.model.beyondgloss`` as a BeyondGlossConfig (all off when absent)."""
-    from hfa_jax.models.hand import BeyondGlossConfig
+    from hfa_jax.models.beyondgloss import BeyondGlossConfig
 
     return BeyondGlossConfig.from_config(config.model.get("beyondgloss", None))
 
@@ -134,7 +134,7 @@ def build_stage_data(config, splits: tuple[str, ...]) -> StageData:
     pg = None
     stage = config.train.stage
     if stage == "pretrain":
-        from hfa_jax.data import pseudo_gloss as pg_lib
+        from hfa_jax.text import pseudo_glosses as pg_lib
 
         pg = pg_lib.load_pseudo_glosses(dcfg.pseudo_glosses)
     sources, texts, names, fields = {}, {}, {}, {}
@@ -556,10 +556,8 @@ def _to_device(batch: Mapping[str, np.ndarray], mesh, keys, pack_levels: int = 0
 
 def build_trainer(config, workdir: str) -> Trainer:
     """Phases 0–5: everything up to (not including) resume and the loop."""
-    from configs import validate
-
     # ---- 0. setup --------------------------------------------------------------------------
-    validate.validate(config)
+    schema.validate(config)
     stage = config.train.stage
     mesh_lib.maybe_initialize_distributed(config.mesh)
     os.makedirs(workdir, exist_ok=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_prep import prototypes
-from hfa_jax.data import pseudo_gloss as pg
+from hfa_jax.text import pseudo_glosses as pg
 from hfa_jax.errors import ConfigError
 from tests.text.conftest import write_tree
 

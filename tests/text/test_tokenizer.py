@@ -1,4 +1,4 @@
-"""hfa_jax.data.text against transformers' MBartTokenizer / shift_tokens_right and raw SentencePiece."""
+"""hfa_jax.text.tokenizer against transformers' MBartTokenizer / shift_tokens_right and raw SentencePiece."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from hfa_jax.data.text import load_tokenizer, shift_right
+from hfa_jax.text.tokenizer import load_tokenizer, shift_right
 from hfa_jax.errors import ConfigError, UserError
 from tests.text.conftest import GFSLT_TOKENIZER
 
@@ -134,8 +134,8 @@ def test_bad_inputs(tmp_path):
 
 
 def test_runtime_imports_do_not_pull_torch():
-    code = ("import sys, hfa_jax.data.text, hfa_jax.metrics, hfa_jax.evaluate, hfa_jax.data.pseudo_gloss;"
-            f"t = hfa_jax.data.text.load_tokenizer({GFSLT_TOKENIZER!r}); t.encode_targets(['guten abend'], 8);"
+    code = ("import sys, hfa_jax.text.tokenizer, hfa_jax.metrics, hfa_jax.evaluate, hfa_jax.text.pseudo_glosses;"
+            f"t = hfa_jax.text.tokenizer.load_tokenizer({GFSLT_TOKENIZER!r}); t.encode_targets(['guten abend'], 8);"
             "hfa_jax.metrics.translation_metrics(['a b c'], ['a b d']);"
             "bad = [m for m in ('torch', 'tensorflow', 'spacy', 'thinc') if m in sys.modules];"
             "assert not bad, bad")

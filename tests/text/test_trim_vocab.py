@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from data_prep import trim_vocab
-from hfa_jax.data.text import FAIRSEQ_LANGUAGE_CODES, load_tokenizer
+from hfa_jax.text.tokenizer import FAIRSEQ_LANGUAGE_CODES, load_tokenizer
 from hfa_jax.errors import ConfigError
 from tests.text.conftest import GFSLT_TOKENIZER
 

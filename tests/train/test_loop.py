@@ -19,7 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Shared by this module and the 8-device subprocess: a tiny stage config over prepared data.
 CONFIG_SRC = textwrap.dedent('''
-    from configs import demo as demo_cfg, validate
+    from configs import demo as demo_cfg
+    from hfa_jax.train import schema as validate
 
     def tiny_config(paths, stage="pretrain", steps=6, batch=8):
         c = validate.base()

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from configs import demo, finetune, pretrain, validate
+from configs import demo, finetune, pretrain
+from hfa_jax.train import schema as validate
 from hfa_jax import main as main_lib
 from hfa_jax.errors import ConfigError
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hfa_jax.data import records
-from hfa_jax.data.records import BadVideo, VideoRecord
+from hfa_jax.data import annotations as records
+from hfa_jax.data.annotations import BadVideo, VideoRecord
 from hfa_jax.errors import DataError
 
 RES = pathlib.Path(__file__).resolve().parents[1] / "resources"

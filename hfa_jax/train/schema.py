@@ -1,6 +1,6 @@
 """The config schema (every field with its default) and start-up validation.
 
-``base()`` is the one place that lists every non-model field; the stage configs
+``base()`` is the one place that lists every non-model field; the experiment configs
 (``configs/pretrain.py``, ``configs/finetune.py``, ``configs/demo.py``) start from it. The model
 fields come from ``configs/common.py`` and are checked by the models' own config class.
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import ml_collections
 
+from hfa_jax.data.pipeline import DEFAULT_BUCKETS, FRAME_SELECTIONS
 from hfa_jax.errors import ConfigError
-
-STAGES = ("pretrain", "finetune1", "finetune2")
-PG_LOSSES = ("bce_with_logits_on_probs", "bce")
-PROTOCOLS = ("hfa", "plain", "char")
+from hfa_jax.metrics import PROTOCOLS
+from hfa_jax.train.freeze import STAGES
+from hfa_jax.train.losses import PG_LOSS_MODES as PG_LOSSES
 
 
 def base() -> ml_collections.ConfigDict:
@@ -39,7 +39,7 @@ def base() -> ml_collections.ConfigDict:
         train_split="train",
         frame_selection="first",   # HFA keeps the first 300 frames; "random": GFSLT subsample
         max_frames=300,
-        buckets=(64, 128, 192, 256, 300),
+        buckets=DEFAULT_BUCKETS,
         # > 0: batch clips of similar length (windows of this many batches; pipeline.make_loader).
         # Less padding, so fewer frames through the ViT; 0 = plain shuffling as the references.
         length_grouping=0,
@@ -143,7 +143,7 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
     ref = base()
     for section in ("data", "train", "eval", "mesh", "weights"):
         if section not in config:
-            raise ConfigError(f"config.{section} is missing; start configs from configs.validate.base()")
+            raise ConfigError(f"config.{section} is missing; start configs from hfa_jax.train.schema.base()")
     for k in config.keys():
         if k not in ref and k not in ("model", "demo"):
             raise ConfigError(f"config.{k} is not a known field; remove it or fix its name")
@@ -158,7 +158,7 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
         raise ConfigError(f"config.train.pg_loss={t.pg_loss!r} is not one of {PG_LOSSES}")
     if config.eval.protocol not in PROTOCOLS:
         raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is not one of {PROTOCOLS}")
-    if config.data.frame_selection not in ("first", "random"):
+    if config.data.frame_selection not in FRAME_SELECTIONS:
         raise ConfigError(f"config.data.frame_selection={config.data.frame_selection!r} is not first|random")
     for field in ("train.batch_size", "eval.batch_size", "data.max_frames", "data.crop_size",
                   "data.max_text_len", "eval.num_beams", "eval.max_new_tokens"):

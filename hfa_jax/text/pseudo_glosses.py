@@ -79,7 +79,7 @@ def read_corpus_text(root: str, splits: Sequence[str] = SPLITS) -> dict[str, str
 
     Splits whose annotation CSV is missing raise DataError (name the splits you have).
     """
-    from hfa_jax.data.records import read_phoenix14t
+    from hfa_jax.data.annotations import read_phoenix14t
 
     out: dict[str, str] = {}
     for split in splits:

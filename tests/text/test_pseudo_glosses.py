@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_prep import pseudo_glosses
-from hfa_jax.data import pseudo_gloss as pg
+from hfa_jax.text import pseudo_glosses as pg
 from hfa_jax.errors import ConfigError, DataError
 from tests.text.conftest import PSEUDO_GLOSS_HFA, write_tree
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hfa_jax.errors import ConfigError
-from hfa_jax.models import hand
+from hfa_jax.models import beyondgloss as hand
 
 
 def _torch_linear(p) -> torch.nn.Linear:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from hfa_jax.models.vit import ViTConfig, from_hf
-from hfa_jax.train import hand_locator
+from hfa_jax import demo_hand_locator as hand_locator
 
 
 def _squares(n: int, size: int = 24, seed: int = 0) -> hand_locator.HandFrames:
