@@ -46,7 +46,7 @@ _FROZEN_VIT = ((r"^frame_encoder/.*/lora_[ab]$", True), (r"^frame_encoder/", Fal
 # the demo keeps the video side as pseudo-gloss pretraining left it and trains mapper + mBART.
 # Seed 0: BLEU-4 gap over the video-blind control 5.2 -> 11.6, and stage 2 takes half the time.
 _FROZEN_VIDEO = ((r"^(frame_encoder|frame_proj|frame_bn|hand_pose|temporal)/", False),)
-_DEMO_RULES = {
+DEMO_RULES = {
     "pretrain": ((r"^text_encoder/", False),) + _FROZEN_VIT + ((r".*", True),),
     "finetune1": ((r"^mapper/", True), (r"^mbart/(decoder|shared)/", True), (r".*", False)),
     "finetune2": _FROZEN_VIDEO + ((r".*", True),),
@@ -60,7 +60,7 @@ def get_config(arg: str | None = None):
     c.job = "demo"
     c.model = demo_model()
     # Stage fields (train.*) are filled per stage by hfa_jax.demo from config.demo.
-    c.train.trainable = _DEMO_RULES["pretrain"]
+    c.train.trainable = DEMO_RULES["pretrain"]
     # The reference's BCE-with-logits on probabilities squashes the loss into [0.31, 0.69] with a
     # tiny gradient; from random init the demo needs the plain BCE switch to learn the signs.
     c.train.pg_loss = "bce"
@@ -113,7 +113,7 @@ def get_config(arg: str | None = None):
         finetune2_epochs=40.0, finetune2_lr=2e-3,
         eval_every_epochs=10.0,   # dev BLEU during stage 2 (selects the best checkpoint)
         fast_compile=False,       # XLA CPU flags: ~1.5x faster compiles but ~3x slower steps
-        trainable=_DEMO_RULES,    # per-stage freezing tables (hfa_jax.demo.stage_config)
+        trainable=DEMO_RULES,    # per-stage freezing tables (hfa_jax.demo.stage_config)
     ))
     if variant == "smoke":  # the test suite's reduced run
         c.demo.update(dict(num_train=24, num_eval=8, max_glosses=3, pretrain_epochs=1.0,

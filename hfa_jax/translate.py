@@ -61,7 +61,8 @@ class Translator:
 
         from hfa_jax.text import tokenizer as text_lib
         from hfa_jax.train import checkpoint as ckpt_lib
-        from hfa_jax.train import loop, optim
+        from hfa_jax.train import state as state_lib
+        from hfa_jax.train import trainer as trainer_lib
 
         cfg_path = os.path.join(workdir, "config.json")
         if not os.path.isfile(cfg_path):
@@ -72,16 +73,13 @@ class Translator:
             raise ConfigError(f"{workdir} is a pretraining run; translate with a fine-tuning workdir")
         self.config = config
         self.tokenizer = text_lib.load_tokenizer(config.data.tokenizer_dir, lang=config.data.get("lang", "de_DE"))
-        data = loop.StageData(self.tokenizer, None, {}, {}, {}, {})
-        self.model = loop.build_model(config, data)
+        self.model = trainer_lib.build_model(config, trainer_lib.model_config(config, tokenizer=self.tokenizer))
         try:
             state, meta = ckpt_lib.load_state_arrays(workdir, best=True)
         except CheckpointError:
             state, meta = ckpt_lib.load_state_arrays(workdir, best=False)
         self.step = meta.get("step")
-        self.variables = {"params": optim.merge_params(state["trainable"], state["frozen"]), **state["buffers"]}
-        if state.get("batch_stats"):
-            self.variables["batch_stats"] = state["batch_stats"]
+        self.variables = state_lib.variables_from_state(state)
         self.crop = int(config.data.crop_size)
         self.size = self._stored_size(config)
         self.max_frames = int(config.data.max_frames)

@@ -1,0 +1,122 @@
+"""The weights a stage starts from: imported pretrained weights (DINOv2, mBART), the pseudo-gloss
+prototypes, and the previous stage's best checkpoint (``config.train.init_from``).
+
+All of it works on host NumPy variables, before they are sharded onto the devices; every copied
+tensor is checked to exist in the model with the same shape.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+from flax import traverse_util
+
+from hfa_jax.errors import CheckpointError, ConfigError
+from hfa_jax.models import hfa
+from hfa_jax.models import mbart as mbart_lib
+from hfa_jax.models import vit as vit_lib
+from hfa_jax.train import checkpoint as ckpt_lib
+from hfa_jax.train.state import merge_params
+
+
+def _flat(tree) -> dict[str, Any]:
+    return {k: v for k, v in traverse_util.flatten_dict(tree, sep="/").items()} if tree else {}
+
+
+def _unflat(flat: Mapping[str, Any]) -> dict:
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def _put(target: dict[str, Any], source: Mapping[str, Any], src_prefix: str, dst_prefix: str,
+         what: str, *, skip: tuple[str, ...] = ()) -> int:
+    """Copies every ``source`` leaf under ``src_prefix`` to ``dst_prefix`` in ``target`` (flat
+    dicts), checking that the destination exists with the same shape. Returns the count."""
+    n = 0
+    for k, v in source.items():
+        if not k.startswith(src_prefix) or any(x in k for x in skip):
+            continue
+        dst = dst_prefix + k[len(src_prefix):]
+        if dst not in target:
+            raise CheckpointError(f"{what}: {k} has no counterpart {dst} in the model; the model config "
+                                  "does not match those weights")
+        if tuple(np.shape(v)) != tuple(np.shape(target[dst])):
+            raise CheckpointError(f"{what}: {k} has shape {np.shape(v)} but the model's {dst} is "
+                                  f"{np.shape(target[dst])}; the model config does not match those weights")
+        target[dst] = np.asarray(v, dtype=np.asarray(target[dst]).dtype)
+        n += 1
+    return n
+
+
+# Which parts of the previous stage initialise this one (docs/training.md): the pseudo-gloss head, the
+# prototypes, the CLS token and the frozen text encoder are dropped after pretraining; the LoRA'd
+# video encoder becomes the translation model's mBART encoder (reference Finetune_Model:
+# ``trans_encoder`` -> ``mbart...encoder``), its token embedding excepted (mBART's shared one).
+_TRANSFER = {
+    ("pretrain", "finetune1"): [("frame_encoder/", "frame_encoder/"), ("frame_proj/", "frame_proj/"),
+                                ("frame_bn/", "frame_bn/"), ("temporal/", "temporal/"),
+                                ("hand_pose/", "hand_pose/"),  # BeyondGloss feedback (part of the trunk)
+                                ("video_encoder/", "mbart/encoder/")],
+    ("finetune1", "finetune2"): [("", "")],
+    ("finetune2", "finetune2"): [("", "")],
+    ("finetune1", "finetune1"): [("", "")],
+}
+
+
+def load_initial_params(config, stage: str, variables: dict) -> tuple[dict, list[str]]:
+    """Fills ``variables`` (host NumPy nested dicts: params, batch_stats, buffers) from imported
+    pretrained weights (``config.weights``: DINOv2 + mBART, paper runs), the pseudo-gloss
+    prototypes (``config.data.prototypes``) and the previous stage's best checkpoint
+    (``config.train.init_from``), in that order. Returns (variables, report lines)."""
+    report: list[str] = []
+    flat = {col: _flat(v) for col, v in variables.items()}
+    params = flat["params"]
+    w = config.get("weights", None)
+    if w is not None and w.get("vit", ""):
+        _, vv = vit_lib.from_hf(w.vit, hfa.HFAConfig.from_config(config.model.to_dict()).vit, seed=int(config.seed))
+        n = _put(params, _flat(vv["params"]), "", "frame_encoder/", f"ViT weights {w.vit}")
+        report.append(f"imported {n} ViT tensors from {w.vit}")
+    if w is not None and w.get("mbart", ""):
+        if os.path.isdir(os.path.join(w.mbart, "variables")):
+            _, mv = mbart_lib.load_imported(w.mbart)
+        else:
+            _, mv = mbart_lib.from_hf(w.mbart, w.get("vocab_map", "") or None)
+        mflat = _flat(mv["params"])
+        skip = ("lora_a", "lora_b")  # adapters stay freshly initialised
+        if stage == "pretrain":
+            enc = _flat(mbart_lib.encoder_variables(mv)["params"])
+            n = _put(params, enc, "", "video_encoder/", f"mBART weights {w.mbart}", skip=skip)
+            n += _put(params, enc, "", "text_encoder/", f"mBART weights {w.mbart}", skip=skip)
+        else:
+            n = _put(params, mflat, "", "mbart/", f"mBART weights {w.mbart}", skip=skip)
+            if "buffers" in mv and "buffers" in flat:
+                _put(flat["buffers"], _flat(mv["buffers"]), "", "mbart/", f"mBART buffers {w.mbart}")
+        report.append(f"imported {n} mBART tensors from {w.mbart}")
+    if stage == "pretrain" and config.data.get("prototypes", ""):
+        protos = np.load(config.data.prototypes)
+        want = np.shape(params["prototypes"])
+        if protos.ndim != 2 or protos.shape[0] - 1 != want[0] or protos.shape[1] != want[1]:
+            raise CheckpointError(f"config.data.prototypes={config.data.prototypes!r} has shape {protos.shape}; "
+                                  f"expected [{want[0] + 1}, {want[1]}] (row 0 = blank) for this pseudo-gloss file")
+        params["prototypes"] = protos[1:].astype(np.float32)
+        report.append(f"prototypes from {config.data.prototypes}")
+    init_from = config.train.get("init_from", "")
+    if init_from:
+        prev, meta = ckpt_lib.load_state_arrays(init_from, best=True)
+        prev_stage = meta.get("stage", "")
+        rules = _TRANSFER.get((prev_stage, stage))
+        if rules is None:
+            raise ConfigError(f"config.train.init_from={init_from!r} holds stage {prev_stage!r}, which cannot "
+                              f"initialise stage {stage!r}; point it at the previous stage's workdir")
+        prev_params = _flat(merge_params(prev["trainable"], prev["frozen"]))
+        n = 0
+        for src, dst in rules:
+            n += _put(params, prev_params, src, dst, f"checkpoint {init_from}",
+                      skip=("embed_tokens",) if src == "video_encoder/" else ())
+            prev_cols = {"batch_stats": prev.get("batch_stats") or {}, **(prev.get("buffers") or {})}
+            for col, tree in prev_cols.items():
+                if col in flat and tree:
+                    _put(flat[col], _flat(tree), src, dst, f"checkpoint {init_from} ({col})")
+        report.append(f"initialised {n} tensors from {init_from} (stage {prev_stage}, step {meta.get('step')})")
+    return {col: _unflat(v) for col, v in flat.items()}, report
