@@ -57,6 +57,11 @@ class TemporalConfig:
     chunk_size: int = 64
     dtype: str | None = None  # compute dtype ("float32", "bfloat16"; None = float32); params float32
     remat: bool = False
+    # Switches for the authors' code (elsobhano/MLLM psp-dino, models/clip_models.py, ``Transformer``;
+    # docs/coming_from_pytorch.md): their ``Downsampler`` pools the padded positions' block outputs
+    # into the last valid output (False), their ``FeedForward`` has no dropout after linear2 (False).
+    zero_padding_before_pool: bool = True
+    ffn_output_dropout: bool = True
 
     @property
     def compute_dtype(self) -> Any:
@@ -92,16 +97,18 @@ def downsample_mask(mask: Array) -> Array:
     return win.at[:, 0].set(True)
 
 
-def downsample(x: Array, mask: Array) -> tuple[Array, Array]:
+def downsample(x: Array, mask: Array, zero_padding: bool = True) -> tuple[Array, Array]:
     """Average pool, kernel 3, stride 2, padding 1, zero padding counted in the divisor
     (PyTorch ``AvgPool1d(3, 2, 1)`` with ``count_include_pad=True``).
 
     x: [B, T, D], mask: [B, T] bool -> ([B, ceil(T/2), D], [B, ceil(T/2)] bool). Padded frames
-    are zeroed first, so a valid output never depends on what the padding contained.
+    are zeroed first, so a valid output never depends on what the padding contained
+    (``zero_padding=False``: pooled as they are, as the authors' ``Downsampler``).
     """
     b, t, d = x.shape
     tp = (t - 1) // 2 + 1
-    x = jnp.where(mask[..., None], x, 0).astype(x.dtype)
+    if zero_padding:
+        x = jnp.where(mask[..., None], x, 0).astype(x.dtype)
     xp = jnp.pad(x, ((0, 0), (1, 2 * tp + 1 - t - 1), (0, 0)))
     y = (xp[:, 0 : 2 * tp : 2] + xp[:, 1 : 2 * tp + 1 : 2] + xp[:, 2 : 2 * tp + 2 : 2]) / 3.0
     return y.astype(x.dtype), downsample_mask(mask)
@@ -148,7 +155,8 @@ class TemporalBlock(nn.Module):
         h = gelu(h)
         h = Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = dense(d, 0.02, "fc2")(h)
-        h = Dropout(cfg.dropout)(h, deterministic=deterministic)
+        if cfg.ffn_output_dropout:
+            h = Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path2")(
             h, deterministic=deterministic
         )
@@ -179,7 +187,7 @@ class TemporalEncoder(nn.Module):
         rates = cfg.drop_path_rates()
         for i in range(cfg.num_blocks):
             if i == cfg.blocks_before:
-                x, mask = downsample(x, mask)
+                x, mask = downsample(x, mask, cfg.zero_padding_before_pool)
             x = block_cls(cfg, drop_path=rates[i], name=f"block_{i}")(x, mask, deterministic)
         y = nn.Dense(
             cfg.out_dim,
