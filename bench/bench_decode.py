@@ -91,7 +91,7 @@ def ours_worker(folder: str, *, max_new_tokens: int, iters: int, warmup: int, ma
     import numpy as np
 
     from hfa_jax.models.decode import mbart_generate
-    from hfa_jax.models.mbart import from_hf
+    from hfa_jax.weights.mbart import from_hf
 
     extra = {"dtype": "bfloat16"} if half else {}  # bf16 compute (params stay f32)
     common.log(f"ours beam search on {jax.devices()[0].device_kind}: {max_new_tokens} new tokens, half={half}")

@@ -33,6 +33,7 @@ import optax
 from hfa_jax.data import augment, pipeline
 from hfa_jax.errors import DataError
 from hfa_jax.models import vit as vit_lib
+from hfa_jax.weights import dinov2
 
 
 @dataclasses.dataclass
@@ -144,7 +145,7 @@ def pretrain(data: HandFrames, cfg: vit_lib.ViTConfig, out_dir: str, *, crop_siz
         "frames": int(n),
         "steps": int(steps),
     }
-    vit_lib.to_hf(jax.device_get(params["vit"]), cfg, out_dir)
+    dinov2.to_hf(jax.device_get(params["vit"]), cfg, out_dir)
     result["seconds"] = time.perf_counter() - t0
     with open(os.path.join(out_dir, "hand_locator.json"), "w") as f:
         json.dump(result, f, indent=2)
