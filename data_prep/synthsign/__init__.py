@@ -1,8 +1,9 @@
-"""SynthSign: synthetic sign-language videos for the real PHOENIX14T sentences.
+"""SynthSign: synthetic sign-language videos for the real PHOENIX14T or CSL-Daily sentences.
 
-`python -m data_prep.synthsign --out DIR --seed S [--max_per_split N] [--max_glosses K]` writes an
-official-layout PHOENIX14T tree (CSV + 210x260 PNG frames) plus per-video extras (hand trajectories,
-handshape ids, a hand-motion description). See `writer.py` for the layout and the subset selection,
+`python -m data_prep.synthsign [--corpus phoenix14t|csl_daily] --out DIR --seed S [--max_per_split N]
+[--max_glosses K]` writes a release-layout tree (PHOENIX14T: CSV + 210x260 PNG frames; CSL-Daily:
+JPEG frame folders + GFSLT-style label files) plus per-video extras (hand trajectories, handshape
+ids, a hand-motion description). See `writer.py` for the layout and the subset selection,
 `lexicon.py` for how a gloss becomes a sign, `renderer.py` for the drawing.
 """
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m data_prep.synthsign --out DIR --seed S [...]` (see writer.generate)."""
+"""Command line: `python -m data_prep.synthsign [--corpus phoenix14t|csl_daily] --out DIR --seed S [...]`
+(see writer.generate)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,26 @@ from hfa_jax.errors import ConfigError, cli_main
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.synthsign",
-        description="Render the real PHOENIX14T sentences with a synthetic signer into an official-layout tree.",
+        description="Render the real PHOENIX14T or CSL-Daily sentences with a synthetic signer into a "
+                    "release-layout tree.",
     )
-    p.add_argument("--out", required=True, help="output folder (gets annotations/, features/, extras/)")
+    p.add_argument("--corpus", default="phoenix14t", choices=["phoenix14t", "csl_daily"],
+                   help="phoenix14t: official PHOENIX14T tree (CSV + PNG); csl_daily: CSL-Daily frame folders "
+                        "(sentence/frames_512x512/NAME/*.jpg) + GFSLT-style labels/labels.{train,dev,test}")
+    p.add_argument("--out", required=True,
+                   help="output folder (phoenix14t: annotations/, features/, extras/; csl_daily: sentence/, labels/, extras/)")
     p.add_argument("--seed", type=int, required=True, help="non-negative seed; same seed -> byte-identical tree")
     p.add_argument("--max_per_split", default=None,
                    help="cap per split, N or e.g. train=300,dev=50,test=50; picks sentences of frequent "
                         "glosses with dev/test signs covered by train (see writer.select_sentences)")
     p.add_argument("--max_glosses", type=int, default=None, help="keep sentences with at most K signs")
-    p.add_argument("--max_words", type=int, default=None, help="keep sentences with at most this many words")
-    p.add_argument("--domain", default="frequent", choices=["frequent", "closed"],
+    p.add_argument("--max_words", type=int, default=None,
+                   help="keep sentences with at most this many words (csl_daily: characters)")
+    p.add_argument("--domain", default="frequent", choices=["frequent", "closed", "signers"],
                    help="with --max_per_split: 'closed' picks dev/test sentences whose sign set occurs in "
-                        "train and train sentences made of their signs (the CPU demo's subset)")
+                        "train and train sentences made of their signs (the PHOENIX14T demo's subset); "
+                        "'signers' holds out other signers' recordings of training sentences as dev/test "
+                        "(the CSL-Daily demo's subset; see writer.select_sentences)")
     p.add_argument("--splits", nargs="+", default=["train", "dev", "test"], choices=["train", "dev", "test"])
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--compress_level", type=int, default=1, choices=range(10), metavar="0-9",
@@ -55,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = generate(
         args.out,
         seed=args.seed,
+        corpus=args.corpus,
         max_per_split=parse_caps(args.max_per_split),
         max_glosses=args.max_glosses,
         max_words=args.max_words,

@@ -1,9 +1,16 @@
-"""Write a SynthSign PHOENIX14T-layout tree: CSVs, PNG frames and per-video extras.
+"""Write a SynthSign tree in a corpus's release layout: annotations, frames and per-video extras.
 
-Layout (identical to the official release, so every PHOENIX14T reader works on it):
+Layout of `corpus="phoenix14t"` (identical to the official release, so every PHOENIX14T reader works on it):
     OUT/annotations/manual/PHOENIX-2014-T.{split}.corpus.csv   header name|video|start|end|speaker|orth|translation
     OUT/features/fullFrame-210x260px/{split}/{name}/images0001.png ...   210 wide x 260 high RGB
-plus SynthSign's own files:
+Layout of `corpus="csl_daily"` (the CSL-Daily release's frame folders plus GFSLT-style label files,
+what `hfa_jax.data.annotations.read_csl_daily` and `build_dataset --format csl_daily` read):
+    OUT/sentence/frames_512x512/{name}/000000.jpg ...   JPEG frames, one folder per video (no split level)
+    OUT/labels/labels.{split}   gzip pickle {name: {"name", "gloss", "text", "length"}}, plain containers
+    The frames keep the renderer's 210 x 260 canvas: the folder has the release's name so commands
+    written for the real data run unchanged, but SynthSign does not upscale to 512 x 512 (10 ms a
+    frame for no information; the dataset converter resizes anyway).
+plus SynthSign's own files (both layouts):
     OUT/extras/{split}/{name}.json   {"description": str, "hand_traj": [T][2][2] (x, y in [0, 1] of the
                                       signer's left, right hand), "handshape": [T][2] ids (lexicon.HANDSHAPES),
                                       "hand_orient": [T][2] finger direction, degrees clockwise from up,
@@ -21,12 +28,14 @@ Subset selection (`max_per_split`, `max_glosses`, `max_words`): see `select_sent
 from __future__ import annotations
 
 import collections
+import gzip
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 import pathlib
+import pickle
 import shutil
 import struct
 import time
@@ -36,11 +45,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from data_prep.synthsign import lexicon, renderer
-from data_prep.synthsign.corpus import SPLITS, CorpusEntry, load_corpus
+from data_prep.synthsign.corpus import SPLITS, CorpusEntry, get_corpus, load_corpus, text_length
 from hfa_jax.errors import ConfigError, DataError
 
 CSV_HEADER = "name|video|start|end|speaker|orth|translation"
 FRAMES_DIR = "fullFrame-210x260px"
+CSL_FRAMES_DIR = os.path.join("sentence", "frames_512x512")  # the CSL-Daily release's folder name
+CSL_LABELS_DIR = "labels"
+CSL_JPEG_QUALITY = 90
 SPEAKER = "SynthSign"
 FORMAT_VERSION = 1
 
@@ -49,8 +61,20 @@ def csv_path(out_dir: str | os.PathLike, split: str) -> pathlib.Path:
     return pathlib.Path(out_dir) / "annotations" / "manual" / f"PHOENIX-2014-T.{split}.corpus.csv"
 
 
-def frames_dir(out_dir: str | os.PathLike, split: str, name: str) -> pathlib.Path:
+def frames_dir(out_dir: str | os.PathLike, split: str, name: str, corpus: str = "phoenix14t") -> pathlib.Path:
+    if corpus == "csl_daily":
+        return pathlib.Path(out_dir) / CSL_FRAMES_DIR / name
     return pathlib.Path(out_dir) / "features" / FRAMES_DIR / split / name
+
+
+def csl_frames_root(out_dir: str | os.PathLike) -> pathlib.Path:
+    """The `frames_512x512` folder of a CSL-Daily-layout tree (`read_csl_daily`'s frames_root)."""
+    return pathlib.Path(out_dir) / CSL_FRAMES_DIR
+
+
+def csl_labels_dir(out_dir: str | os.PathLike) -> pathlib.Path:
+    """The folder holding `labels.{train,dev,test}` of a CSL-Daily-layout tree."""
+    return pathlib.Path(out_dir) / CSL_LABELS_DIR
 
 
 def extras_path(out_dir: str | os.PathLike, split: str, name: str) -> pathlib.Path:
@@ -59,10 +83,6 @@ def extras_path(out_dir: str | os.PathLike, split: str, name: str) -> pathlib.Pa
 
 # ----------------------------------------------------------------------------------------------
 # Subset selection.
-
-
-def _words(text: str) -> list[str]:
-    return text.split()
 
 
 def resolve_caps(max_per_split: int | Mapping[str, int] | None) -> dict[str, int | None] | None:
@@ -90,11 +110,13 @@ def select_sentences(
     max_glosses: int | None = None,
     max_words: int | None = None,
     domain: str = "frequent",
+    char_text: bool = False,
 ) -> dict[str, list[CorpusEntry]]:
     """Pick the sentences to render.
 
     1. Filter: keep sentences with 1..`max_glosses` lexical signs (annotation markers such as
-       `__ON__` are not signs) and at most `max_words` translation words.
+       `__ON__` are not signs) and at most `max_words` translation words (`char_text`, for
+       Chinese: non-space characters, punctuation included).
     2. Without `max_per_split`: every filtered sentence, in corpus order.
     3. With `max_per_split = N` or a per-split mapping such as `{"train": 300, "dev": 50, "test": 50}`
        (a small demo subset; a split missing from the mapping is not capped), favour sentences made of frequent glosses and
@@ -121,9 +143,22 @@ def select_sentences(
          translations are otherwise allowed: different recordings in the real corpus, different
          signers here.
        Selection uses glosses only, never the dev/test translations.
+    5. `domain="signers"` (with `max_per_split`; the CSL-Daily demo's subset): CSL-Daily's official
+       dev/test sentences almost never occur in its training split (2 of the 1077 dev and 2 of the
+       1176 test translations do, and 1 dev and 1 test sign set), so `closed` selects at most one
+       dev and one test sentence there (none with the demo's limits). This domain draws dev and test
+       from the *training* split instead: other signers' recordings of training sentences.
+       - training sentences with at least two recordings, ranked by score, skipping a repeated sign
+         sequence or translation: the first `max_per_split["test"]` go to test, the next
+         `max_per_split["dev"]` to dev; of each, the last recording (corpus order) is held out
+         for dev/test and the others stay in train (at most `CLOSED_MAX_PER_SIGN_SET`);
+       - train is filled up to its cap with the other training sentences made only of the signs
+         of those sentences, by score, at most `CLOSED_MAX_PER_SIGN_SET` per sign set.
+       The held-out videos keep their real names (from the training split); dev and test share no
+       sentence.
     """
-    if domain not in ("frequent", "closed"):
-        raise ConfigError(f"domain={domain!r} is not 'frequent' or 'closed'")
+    if domain not in DOMAINS:
+        raise ConfigError(f"domain={domain!r} is not one of {', '.join(DOMAINS)}")
     for s in splits:
         if s not in SPLITS:
             raise ConfigError(f"split {s!r} is not one of {SPLITS}; pass --splits with train/dev/test")
@@ -143,7 +178,7 @@ def select_sentences(
         n = len(keys(e))
         if n == 0 or (max_glosses is not None and n > max_glosses):
             return False
-        return max_words is None or len(_words(e.translation)) <= max_words
+        return max_words is None or text_length(e.translation, char_text) <= max_words
 
     pool = {s: [e for e in corpus[s] if keep(e)] for s in SPLITS}
     if caps is None:
@@ -170,6 +205,8 @@ def select_sentences(
 
     if domain == "closed":
         return {s: v for s, v in _closed_domain(pool, caps, keys, score).items() if s in splits}
+    if domain == "signers":
+        return {s: v for s, v in _signer_domain(pool, caps, keys, score).items() if s in splits}
 
     out = {s: dedup_take(sorted(pool[s], key=score), caps[s]) for s in ("dev", "test")}
     needed = {k for s in ("dev", "test") for e in out[s] for k in keys(e)}
@@ -194,6 +231,42 @@ def select_sentences(
 
 
 CLOSED_MAX_PER_SIGN_SET = 4
+DOMAINS = ("frequent", "closed", "signers")
+
+
+def _signer_domain(pool, caps, keys, score) -> dict[str, list[CorpusEntry]]:
+    """`select_sentences(domain="signers")`: see its docstring."""
+    groups: dict[tuple[str, str], list[CorpusEntry]] = collections.defaultdict(list)
+    for e in pool["train"]:
+        groups[(e.gloss, e.translation)].append(e)
+    ranked = sorted((g for g in groups.values() if len(g) >= 2), key=lambda g: score(g[0]))
+    out: dict[str, list[CorpusEntry]] = {"test": [], "dev": []}
+    per_set: collections.Counter = collections.Counter()
+    train: list[CorpusEntry] = []
+    seen: set = set()
+    for g in ranked:
+        split = next((s for s in ("test", "dev") if caps[s] is None or len(out[s]) < caps[s]), None)
+        if split is None:
+            break
+        marks = (tuple(keys(g[0])), g[0].translation)
+        if any(m in seen for m in marks):
+            continue
+        seen.update(marks)
+        out[split].append(g[-1])
+        for e in g[:-1]:
+            k = frozenset(keys(e))
+            if per_set[k] < CLOSED_MAX_PER_SIGN_SET:
+                per_set[k] += 1
+                train.append(e)
+    signs = {k for s in ("dev", "test") for e in out[s] for k in keys(e)}
+    held = {e.name for s in ("dev", "test") for e in out[s]} | {e.name for e in train}
+    for e in sorted((e for e in pool["train"] if e.name not in held and set(keys(e)) <= signs), key=score):
+        k = frozenset(keys(e))
+        if per_set[k] < CLOSED_MAX_PER_SIGN_SET:
+            per_set[k] += 1
+            train.append(e)
+    out["train"] = train[: caps["train"]] if caps["train"] is not None else train
+    return out
 
 
 def _closed_domain(pool, caps, keys, score) -> dict[str, list[CorpusEntry]]:
@@ -286,15 +359,27 @@ def render_video(seed: int, split: str, entry: CorpusEntry):
     return frames, extras
 
 
-def _write_video(job: tuple[str, int, str, CorpusEntry, int]) -> tuple[str, str, int]:
-    out_dir, seed, split, entry, compress_level = job
+def encode_jpeg(img, quality: int = CSL_JPEG_QUALITY) -> bytes:
+    """A PIL image -> baseline JPEG bytes (deterministic for the same Pillow / libjpeg)."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _write_video(job: tuple[str, int, str, CorpusEntry, int, str]) -> tuple[str, str, int]:
+    out_dir, seed, split, entry, compress_level, corpus = job
     frames, extras = render_video(seed, split, entry)
-    fdir = frames_dir(out_dir, split, entry.name)
+    fdir = frames_dir(out_dir, split, entry.name, corpus)
     if fdir.exists():
         shutil.rmtree(fdir)  # stale frames of an earlier run would otherwise linger
     fdir.mkdir(parents=True)
     for i, img in enumerate(frames, start=1):
-        (fdir / f"images{i:04d}.png").write_bytes(encode_png(np.asarray(img), compress_level))
+        if corpus == "csl_daily":  # the release's frames: 000000.jpg, 000001.jpg, ...
+            (fdir / f"{i - 1:06d}.jpg").write_bytes(encode_jpeg(img))
+        else:
+            (fdir / f"images{i:04d}.png").write_bytes(encode_png(np.asarray(img), compress_level))
     ep = extras_path(out_dir, split, entry.name)
     ep.parent.mkdir(parents=True, exist_ok=True)
     ep.write_text(json.dumps(extras, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
@@ -309,10 +394,27 @@ def _csv_row(entry: CorpusEntry) -> str:
     return "|".join(fields)
 
 
+def write_csl_labels(out_dir: str | os.PathLike, split: str, entries: Sequence[CorpusEntry],
+                     lengths: Mapping[str, int]) -> pathlib.Path:
+    """`OUT/labels/labels.{split}`: the GFSLT-style gzip pickle of the CSL-Daily labels.
+
+    `{name: {"name", "gloss", "text", "length"}}` in selection order, strings and ints only (what
+    the HFA authors' CSL-Daily label files hold; loads with `hfa_jax.data.safe_pickle`). The gzip
+    header has no timestamp, so the same selection gives the same bytes.
+    """
+    labels = {e.name: {"name": e.name, "gloss": e.gloss, "text": e.translation, "length": int(lengths[e.name])}
+              for e in entries}
+    path = csl_labels_dir(out_dir) / f"labels.{split}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(pickle.dumps(labels, protocol=4), 9, mtime=0))
+    return path
+
+
 def generate(
     out_dir: str | os.PathLike,
     *,
     seed: int,
+    corpus: str = "phoenix14t",
     max_per_split: int | Mapping[str, int] | None = None,
     max_glosses: int | None = None,
     max_words: int | None = None,
@@ -322,7 +424,8 @@ def generate(
     compress_level: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Render the selected real PHOENIX14T sentences as a SynthSign tree under `out_dir`.
+    """Render the selected real sentences of `corpus` ("phoenix14t" or "csl_daily") as a SynthSign
+    tree in that corpus's release layout under `out_dir` (module docstring).
 
     Returns a summary: `{"out_dir", "seed", "splits": {split: {"videos", "frames"}}, "videos",
     "frames", "seconds", "frames_per_second", "signs"}` (`signs`: distinct lexicon keys rendered).
@@ -336,12 +439,19 @@ def generate(
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")
     seed = int(seed)
     splits = tuple(splits)
+    spec = get_corpus(corpus)
     selection = select_sentences(
-        load_corpus(), splits=splits, max_per_split=max_per_split, max_glosses=max_glosses, max_words=max_words,
-        domain=domain,
+        load_corpus(corpus=corpus), splits=splits, max_per_split=max_per_split, max_glosses=max_glosses,
+        max_words=max_words, domain=domain, char_text=spec.char_text,
     )
     out = pathlib.Path(out_dir)
-    jobs = [(str(out), seed, s, e, compress_level) for s in splits for e in selection[s]]
+    empty = [s for s in splits if not selection[s]]
+    if empty:
+        raise ConfigError(f"the selection (corpus {corpus}, domain {domain!r}, max_glosses {max_glosses}, "
+                          f"max_words {max_words}) has no {'/'.join(empty)} sentences; relax the limits"
+                          + (" or use --domain signers (CSL-Daily's dev/test sentences almost never occur "
+                             "in its training split)" if corpus == "csl_daily" and domain == "closed" else ""))
+    jobs = [(str(out), seed, s, e, compress_level, corpus) for s in splits for e in selection[s]]
     # Longest first keeps the pool busy to the end; results are keyed, so order does not matter.
     jobs.sort(key=lambda j: -len(j[3].gloss.split()))
     if workers is None:
@@ -367,15 +477,20 @@ def generate(
 
     split_summary = {}
     for s in splits:
-        p = csv_path(out, s)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        lines = [CSV_HEADER] + [_csv_row(e) for e in selection[s]]
-        p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if corpus == "csl_daily":
+            write_csl_labels(out, s, selection[s], {e.name: counts[(s, e.name)] for e in selection[s]})
+        else:
+            p = csv_path(out, s)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            lines = [CSV_HEADER] + [_csv_row(e) for e in selection[s]]
+            p.write_text("\n".join(lines) + "\n", encoding="utf-8")
         split_summary[s] = {"videos": len(selection[s]), "frames": sum(counts[(s, e.name)] for e in selection[s])}
     keys = sorted({k for s in splits for e in selection[s] for k in lexicon.lexical_keys(e.gloss)})
     meta = {
         "generator": "data_prep.synthsign",
         "format_version": FORMAT_VERSION,
+        "corpus": corpus,
+        "lang": spec.lang,
         "seed": seed,
         "max_per_split": dict(max_per_split) if isinstance(max_per_split, Mapping) else max_per_split,
         "max_glosses": max_glosses,
@@ -390,6 +505,7 @@ def generate(
     frames = sum(v["frames"] for v in split_summary.values())
     return {
         "out_dir": str(out),
+        "corpus": corpus,
         "seed": seed,
         "splits": split_summary,
         "videos": sum(v["videos"] for v in split_summary.values()),
