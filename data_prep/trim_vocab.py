@@ -3,6 +3,8 @@
 Trim (paper runs; the reference tool is hftrim):
 
     python -m data_prep.trim_vocab --tokenizer MBART_DIR --root ROOT --out OUT_DIR [--lang de_DE]
+    python -m data_prep.trim_vocab --tokenizer MBART_DIR --format csl_daily --labels LABELS_DIR \
+        --out OUT_DIR --lang zh_CN                  # CSL-Daily: the Chinese training sentences
 
 keeps the SentencePiece pieces that the training translations of ROOT use, plus the specials
 (`<s> <pad> </s> <unk>`), all 25 language codes and `<mask>` (transformers' MBartTokenizer always
@@ -23,7 +25,9 @@ Train (offline / demo; no mBART download):
     python -m data_prep.trim_vocab --train_sentencepiece --root ROOT --out OUT_DIR [--vocab_size 1000]
 
 trains a Unigram SentencePiece model on the training translations with mBART's piece layout
-(`<unk>`, `<s>`, `</s>` at SentencePiece ids 0..2, `nmt_nfkc` normalisation) and writes the same
+(`<unk>`, `<s>`, `</s>` at SentencePiece ids 0..2, `nmt_nfkc` normalisation; `--lang zh_CN`
+(also ja_XX, ko_KR) uses SentencePiece's setting for CJK text, character coverage 0.9995 instead
+of 1.0, so the rarest characters become `<unk>` rather than one piece each) and writes the same
 tokenizer files, so `hfa_jax.text.tokenizer.load_tokenizer` serves both (fairseq ids: `<s>`=0,
 `<pad>`=1, `</s>`=2, `<unk>`=3, pieces, 25 language codes, `<mask>`).
 """
@@ -36,10 +40,17 @@ import json
 import os
 from typing import Sequence
 
+from hfa_jax.data.annotations import read_csl_daily, read_phoenix14t
 from hfa_jax.text.tokenizer import FAIRSEQ_LANGUAGE_CODES, SPM_FILE, load_tokenizer, normalize_text
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
 NUM_SPECIAL = 4  # fairseq <s> <pad> </s> <unk>; SentencePiece holds <unk> <s> </s> at 0..2
+# SentencePiece's recommended coverage for languages with rich character sets (its README:
+# "0.9995 for languages with rich character set like Japanese or Chinese and 1.0 for other
+# languages with small character set").
+CJK_LANGS = ("zh_CN", "ja_XX", "ko_KR")
+CJK_CHARACTER_COVERAGE = 0.9995
+FORMATS = ("phoenix14t", "csl_daily")
 
 
 def _model_proto():
@@ -122,8 +133,9 @@ def train_tokenizer(sentences: Sequence[str], out: str, vocab_size: int = 1000,
                     lang: str = "de_DE") -> int:
     """Trains a Unigram SentencePiece model on `sentences` and writes an mBART tokenizer folder.
 
-    `vocab_size` is an upper bound (a small corpus may support fewer pieces). Returns the
-    tokenizer's total id count (pieces + <pad> + 25 language codes + <mask>).
+    `vocab_size` is an upper bound (a small corpus may support fewer pieces). CJK languages
+    (`CJK_LANGS`) get character coverage 0.9995, others 1.0. Returns the tokenizer's total id
+    count (pieces + <pad> + 25 language codes + <mask>).
     """
     import sentencepiece as spm
 
@@ -137,34 +149,54 @@ def train_tokenizer(sentences: Sequence[str], out: str, vocab_size: int = 1000,
         model_type="unigram", vocab_size=vocab_size, hard_vocab_limit=False,
         # mBART's SentencePiece layout: <unk> <s> </s> at 0..2, no <pad> piece (fairseq adds it).
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        normalization_rule_name="nmt_nfkc", character_coverage=1.0,
+        normalization_rule_name="nmt_nfkc",
+        character_coverage=CJK_CHARACTER_COVERAGE if lang in CJK_LANGS else 1.0,
         num_threads=1, shuffle_input_sentence=False, minloglevel=2,
     )
     write_tokenizer_folder(out, buf.getvalue(), lang)
     return load_tokenizer(out, lang).vocab_size
 
 
-def training_sentences(root: str, split: str = "train") -> list[str]:
-    """Translations of one split of a PHOENIX14T/SynthSign tree (official layout)."""
-    from hfa_jax.data.annotations import read_phoenix14t
+def training_sentences(root: str | None, split: str = "train", fmt: str = "phoenix14t",
+                       labels: str | None = None) -> list[str]:
+    """Translations of one split, text only (no frames are read).
 
-    return [r.translation for r in read_phoenix14t(root, split, check_frames=False)]
+    `fmt="phoenix14t"`: the official PHOENIX14T (or SynthSign) tree at `root`;
+    `fmt="csl_daily"`: the GFSLT-style label files `labels.{split}` in `labels` (default
+    `root/labels`, where SynthSign writes them).
+    """
+    if fmt == "phoenix14t":
+        if not root:
+            raise ConfigError("--format phoenix14t needs --root (the folder holding annotations/)")
+        return [r.translation for r in read_phoenix14t(root, split, check_frames=False)]
+    if fmt == "csl_daily":
+        labels = labels or (os.path.join(root, "labels") if root else None)
+        if not labels:
+            raise ConfigError("--format csl_daily needs --labels (the folder holding labels.{train,dev,test})")
+        return [r.translation for r in read_csl_daily(labels, "", split, check_frames=False)]
+    raise ConfigError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Trim an mBART tokenizer to the training sentences, "
                                 "or train a small one (--train_sentencepiece).")
     p.add_argument("--tokenizer", help="source mBART tokenizer folder (e.g. facebook/mbart-large-cc25)")
-    p.add_argument("--root", required=True, help="PHOENIX14T or SynthSign tree")
+    p.add_argument("--format", default="phoenix14t", choices=FORMATS,
+                   help="phoenix14t: --root is an official-layout tree; csl_daily: --labels holds the GFSLT-style "
+                        "label files (default ROOT/labels, as SynthSign writes them)")
+    p.add_argument("--root", help="PHOENIX14T or SynthSign tree")
+    p.add_argument("--labels", help="csl_daily: folder holding labels.{train,dev,test}")
     p.add_argument("--out", required=True, help="output tokenizer folder")
     p.add_argument("--split", default="train", help="split whose translations are used (default train)")
-    p.add_argument("--lang", default="de_DE", help="mBART language code (zh_CN for CSL-Daily)")
+    p.add_argument("--lang", default=None,
+                   help="mBART language code (default: de_DE for phoenix14t, zh_CN for csl_daily)")
     p.add_argument("--train_sentencepiece", action="store_true",
                    help="train a new Unigram SentencePiece model instead of trimming --tokenizer")
     p.add_argument("--vocab_size", type=int, default=1000,
                    help="pieces for --train_sentencepiece (upper bound; default 1000)")
     a = p.parse_args(argv)
-    sentences = training_sentences(a.root, a.split)
+    a.lang = a.lang or {"phoenix14t": "de_DE", "csl_daily": "zh_CN"}[a.format]
+    sentences = training_sentences(a.root, a.split, a.format, a.labels)
     if a.train_sentencepiece:
         n = train_tokenizer(sentences, a.out, a.vocab_size, a.lang)
         print(f"trained tokenizer: {n} ids ({n - 27} SentencePiece pieces + <pad> + 25 language "

@@ -7,8 +7,10 @@ by exactly one of:
   reference (the authors' `Finetune_Model.py` adds `' .'` to both sides before
   `sacrebleu.metrics.BLEU().corpus_score`), word tokens, sacrebleu's default 13a tokeniser.
 * ``plain``: the texts as given (no period), 13a.
-* ``char`` (CSL-Daily): whitespace removed and every character is a token (as sacrebleu's
-  `tokenize="char"`); BLEU with no further tokenisation.
+* ``char`` (CSL-Daily): NFKC-normalised, whitespace removed and every character is a token (as
+  sacrebleu's `tokenize="char"` on NFKC text); BLEU with no further tokenisation. NFKC because the
+  mBART tokenizer normalises every target that way (`nmt_nfkc`): a model can only write the ASCII
+  `, ? ! :` for the full-width `，？！：` of CSL-Daily's references (docs/csl_daily.md).
 
 All metrics of one call see the same prepared texts:
 
@@ -32,6 +34,7 @@ All values are percentages (0..100). Pure Python + sacrebleu; no torch.
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Sequence
 
 from hfa_jax.errors import ConfigError, DataError
@@ -48,7 +51,7 @@ def prepare(texts: Sequence[str], protocol: str) -> list[str]:
     if protocol == "plain":
         return [t.strip() for t in texts]
     if protocol == "char":
-        return [" ".join(c for c in t if not c.isspace()) for t in texts]
+        return [" ".join(c for c in unicodedata.normalize("NFKC", t) if not c.isspace()) for t in texts]
     raise ConfigError(f"unknown metric protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
 
