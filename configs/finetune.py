@@ -7,8 +7,10 @@ trainable (200 epochs); the kept checkpoint (``WORKDIR/best``) has the best dev 
     python -m hfa_jax.main --config=configs/finetune.py:stage2 --workdir=runs/finetune2 \
         --config.train.init_from=runs/finetune1 --config.data.dataset_dir=... --config.data.tokenizer_dir=...
 
-Variants: ``stage1``, ``stage2`` (paper model), ``paper`` (= stage2), and ``stage1_tiny`` /
-``stage2_tiny`` (toy widths for CPU smoke runs).
+Variants: ``stage1``, ``stage2`` (paper model), ``paper`` (= stage2), ``stage1_tiny`` /
+``stage2_tiny`` (toy widths for CPU smoke runs), and ``stage1_csl_daily`` / ``stage2_csl_daily``
+(the paper stages on CSL-Daily: ``zh_CN`` targets, character-level scoring, the BeyondGloss
+hand-pose feedback of ``configs/pretrain.py:csl_daily`` kept; docs/csl_daily.md).
 """
 
 from __future__ import annotations
@@ -23,18 +25,21 @@ def get_config(arg: str | None = None):
     variant = variant or "paper"
     if stage_name == "paper":
         stage_name = "stage2"
-    if stage_name not in ("stage1", "stage2"):
-        raise ValueError(f"unknown finetune variant {arg!r}; use stage1, stage2, paper, stage1_tiny, stage2_tiny")
+    if stage_name not in ("stage1", "stage2") or variant not in ("paper", "tiny", "csl_daily"):
+        raise ValueError(f"unknown finetune variant {arg!r}; use stage1, stage2, paper, stage1_tiny, stage2_tiny, "
+                         "stage1_csl_daily, stage2_csl_daily")
     stage = {"stage1": "finetune1", "stage2": "finetune2"}[stage_name]
     c = schema.base()
     c.name = stage if variant == "paper" else f"{stage}_{variant}"
-    c.model = common.model_config(variant)
+    c.model = common.model_config("paper" if variant == "csl_daily" else variant)
     c.train.stage = stage
     c.train.epochs = 100.0 if stage == "finetune1" else 200.0
     c.train.lr = 3e-4
     c.train.trainable = tuple(common.trainable_rules(stage))
     c.eval.splits = ("dev", "test")  # dev BLEU-4 selects the kept checkpoint
     c.eval.every_epochs = 5.0
-    if variant == "paper":
+    if variant in ("paper", "csl_daily"):
         c.model.dtype = "bfloat16"
+    if variant == "csl_daily":
+        common.csl_daily(c, stage)
     return c
