@@ -37,6 +37,7 @@ import numpy as np
 from data_prep import build_dataset as bd
 from hfa_jax.data import beyondgloss_io as bgio
 from hfa_jax.data import hand_targets
+from hfa_jax.data import source as source_lib
 from hfa_jax.data.annotations import BadVideo
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
@@ -167,7 +168,7 @@ def convert(dataset: str, out: str, inputs: Inputs, *, name: str | None = None,
 
     if examples_per_shard < 1:
         raise ConfigError("--examples_per_shard must be >= 1")
-    src_dir = pipeline._find_builder_dir(dataset)
+    src_dir = source_lib.find_builder_dir(dataset)
     builder = tfds.builder_from_directory(src_dir)
     name = name or builder.info.name
     all_splits = sorted(builder.info.splits.keys())

@@ -9,9 +9,9 @@
 Every frame is decoded once (Pillow), resized to size x size (bicubic, Pillow's default filter for
 `Image.resize`, which is what the GFSLT-VLP / HFA loaders apply) and re-encoded as JPEG or PNG.
 
-On-disk result (a standard TFDS dataset folder, written with tfds' own machinery: the
-`FeaturesDict` serialises examples, `ArrayRecordFileAdapter` writes the shards,
-`tfds.folder_dataset.write_metadata` writes `dataset_info.json` / `features.json`)::
+On-disk result (the format of `hfa_jax.data.format`: a standard TFDS dataset folder, written with
+tfds' own machinery: the `FeaturesDict` serialises examples, `ArrayRecordFileAdapter` writes the
+shards, `tfds.folder_dataset.write_metadata` writes `dataset_info.json` / `features.json`)::
 
     OUT/NAME/1.0.0/dataset_info.json, features.json
     OUT/NAME/1.0.0/NAME-{split}.array_record-{i:05d}-of-{n:05d}
@@ -23,9 +23,10 @@ Open it without TensorFlow::
     tfds.data_source(NAME, data_dir=OUT)["train"]                  # or
     tfds.builder_from_directory("OUT/NAME/1.0.0").as_data_source("train")
 
-Per-example features: `name`, `text`, `gloss`, `signer` (Text; "" when absent), `num_frames`
-(int32), `frames` (Sequence of Image(size, size, 3) encoded as jpeg|png), and for SynthSign trees
-(which carry `extras/{split}/{name}.json`) `hand_traj` (float32 [T, 2, 2]) and `description`.
+Per-example features (`hfa_jax.data.format`): `name`, `text`, `gloss`, `signer` (Text; "" when
+absent), `num_frames` (int32), `frames` (Sequence of Image(size, size, 3) encoded as jpeg|png),
+and for SynthSign trees (which carry `extras/{split}/{name}.json`) `hand_traj` (float32
+[T, 2, 2]) and `description`.
 
 Resumable: each shard is written under a temporary name in `_work/` and renamed into place when
 complete, after its sidecar (example count, skipped videos); a rerun with the same settings skips
@@ -46,20 +47,21 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from hfa_jax.data import annotations as annotations_lib
+from hfa_jax.data import format as fmt_lib
 from hfa_jax.data.annotations import BadVideo, VideoRecord
+from hfa_jax.data.format import IMAGE_FORMATS, dataset_dir
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
-DEFAULT_VERSION = "1.0.0"
-FILE_FORMAT = "array_record"
-IMAGE_FORMATS = ("jpeg", "png")
+DEFAULT_VERSION = fmt_lib.VERSION
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
 _PLAN_VERSION = 1
 
 
 def _tfds():
-    # Imported lazily so `--help` and the readers stay fast; tfds itself never imports TF here.
+    # Imported lazily so `--help` stays fast (~1.5 s); tfds itself never imports TF here.
     import tensorflow_datasets as tfds
 
     return tfds
@@ -89,23 +91,8 @@ class EncodeOptions:
 
 
 def make_features(opts: EncodeOptions):
-    """The dataset's `tfds.features.FeaturesDict` (INTERFACES.md, training format)."""
-    tfds = _tfds()
-    f = tfds.features
-    spec: dict[str, Any] = {
-        "name": f.Text(),
-        "frames": f.Sequence(
-            f.Image(shape=(opts.size, opts.size, 3), encoding_format=opts.image_format)
-        ),
-        "num_frames": f.Scalar(np.int32),
-        "text": f.Text(),
-        "gloss": f.Text(),
-        "signer": f.Text(),
-    }
-    if opts.extras:
-        spec["hand_traj"] = f.Tensor(shape=(None, 2, 2), dtype=np.float32)
-        spec["description"] = f.Text()
-    return f.FeaturesDict(spec)
+    """The dataset's `tfds.features.FeaturesDict` for these options (`hfa_jax.data.format`)."""
+    return fmt_lib.features_spec(opts.size, opts.image_format, opts.extras)
 
 
 def encode_image(frame: np.ndarray, opts: EncodeOptions) -> bytes:
@@ -147,17 +134,17 @@ def _check_encoded(data: bytes, opts: EncodeOptions, where: str) -> bytes:
 def _example_dict(name: str, frames: list[bytes], text: str, gloss: str | None,
                   signer: str | None, extras: dict[str, Any] | None, opts: EncodeOptions) -> dict:
     ex: dict[str, Any] = {
-        "name": name,
-        "frames": frames,
-        "num_frames": np.int32(len(frames)),
-        "text": text,
-        "gloss": gloss or "",
-        "signer": signer or "",
+        fmt_lib.NAME: name,
+        fmt_lib.FRAMES: frames,
+        fmt_lib.NUM_FRAMES: fmt_lib.NUM_FRAMES_DTYPE(len(frames)),
+        fmt_lib.TEXT: text,
+        fmt_lib.GLOSS: gloss or "",
+        fmt_lib.SIGNER: signer or "",
     }
     if opts.extras:
         assert extras is not None
-        ex["hand_traj"] = extras["hand_traj"]
-        ex["description"] = extras["description"]
+        for key in fmt_lib.EXTRA_FEATURES:
+            ex[key] = extras[key]
     return ex
 
 
@@ -168,14 +155,14 @@ def _load_extras(path: str, num_frames: int) -> dict[str, Any] | str:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        traj = np.asarray(data["hand_traj"], dtype=np.float32)
-        desc = data["description"]
+        traj = np.asarray(data[fmt_lib.HAND_TRAJ], dtype=fmt_lib.HAND_TRAJ_DTYPE)
+        desc = data[fmt_lib.DESCRIPTION]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"extras file unreadable ({type(e).__name__}: {str(e)[:80]}); regenerate it"
     if traj.shape != (num_frames, 2, 2) or not isinstance(desc, str):
         return (f"extras hand_traj has shape {list(traj.shape)}, expected [{num_frames}, 2, 2] "
                 "(one [[lx,ly],[rx,ry]] per frame); regenerate it")
-    return {"hand_traj": traj, "description": desc}
+    return {fmt_lib.HAND_TRAJ: traj, fmt_lib.DESCRIPTION: desc}
 
 
 def load_video(record: VideoRecord, opts: EncodeOptions,
@@ -221,20 +208,13 @@ def load_video(record: VideoRecord, opts: EncodeOptions,
 # ----------------------------------------------------------------------------------------------
 
 
-def dataset_dir(out: str, name: str, version: str = DEFAULT_VERSION) -> str:
-    """The TFDS dataset folder (`tfds.builder_from_directory` argument): OUT/NAME/VERSION."""
-    return os.path.join(os.path.abspath(out), name, version)
-
-
 def _work_dir(out: str, name: str) -> str:
     return os.path.join(os.path.abspath(out), name, "_work")
 
 
 def shard_path(ds_dir: str, name: str, split: str, index: int, num_shards: int) -> str:
     """tfds' default file name: NAME-SPLIT.array_record-00000-of-00004."""
-    tfds = _tfds()
-    template = tfds.core.ShardedFileTemplate(
-        data_dir=ds_dir, dataset_name=name, split=split, filetype_suffix=FILE_FORMAT)
+    template = fmt_lib.shard_template(ds_dir, name, split)
     return os.fspath(template.sharded_filepath(shard_index=index, num_shards=num_shards))
 
 
@@ -267,9 +247,7 @@ def _check_features(ds_dir: str, features) -> None:
 
 def _split_shards(ds_dir: str, name: str) -> dict[str, list[str]]:
     """Complete shard files per split found in `ds_dir` (checks that no shard is missing)."""
-    tfds = _tfds()
-    template = tfds.core.ShardedFileTemplate(data_dir=ds_dir, dataset_name=name,
-                                             filetype_suffix=FILE_FORMAT)
+    template = fmt_lib.shard_template(ds_dir, name)
     found: dict[str, dict[int, tuple[int, str]]] = {}
     for fname in sorted(os.listdir(ds_dir)):
         info = template.parse_filename_info(fname)
@@ -307,9 +285,7 @@ def finalize_metadata(ds_dir: str, name: str, features, description: str | None 
 
 
 def _remove_split_shards(ds_dir: str, name: str, split: str) -> None:
-    tfds = _tfds()
-    template = tfds.core.ShardedFileTemplate(data_dir=ds_dir, dataset_name=name,
-                                             filetype_suffix=FILE_FORMAT)
+    template = fmt_lib.shard_template(ds_dir, name)
     for fname in os.listdir(ds_dir):
         info = template.parse_filename_info(fname)
         if info is not None and info.dataset_name == name and info.split == split:
@@ -371,20 +347,20 @@ def write_examples(
     try:
         for i, ex in enumerate(examples):
             where = f"write_examples(split={split!r}) example {i}"
-            missing = [k for k in ("name", "frames", "text") if k not in ex]
+            missing = [k for k in (fmt_lib.NAME, fmt_lib.FRAMES, fmt_lib.TEXT) if k not in ex]
             if missing:
                 raise DataError(f"{where}: missing key(s) {missing}; each example needs name, frames, text")
             if opts is None:
-                use_extras = ("hand_traj" in ex) if extras is None else extras
+                use_extras = (fmt_lib.HAND_TRAJ in ex) if extras is None else extras
                 opts = EncodeOptions(size=size, image_format=image_format,
                                      jpeg_quality=jpeg_quality, extras=use_extras)
                 features = make_features(opts)
                 _check_features(ds_dir, features)
-            name_i = str(ex["name"])
+            name_i = str(ex[fmt_lib.NAME])
             if name_i in seen:
                 raise DataError(f"{where}: duplicate name {name_i!r}; names must be unique per split")
             seen.add(name_i)
-            raw = ex["frames"]
+            raw = ex[fmt_lib.FRAMES]
             if isinstance(raw, np.ndarray):
                 if raw.dtype != np.uint8 or raw.ndim != 4 or raw.shape[-1] != 3 or len(raw) == 0:
                     raise DataError(f"{where}: frames {raw.dtype} {list(raw.shape)}, expected uint8 "
@@ -397,16 +373,16 @@ def write_examples(
                     raise DataError(f"{where}: no frames")
             extra_vals = None
             if opts.extras:
-                if "hand_traj" not in ex or "description" not in ex:
+                if any(k not in ex for k in fmt_lib.EXTRA_FEATURES):
                     raise DataError(f"{where}: dataset has hand_traj/description features but this "
                                     "example lacks them")
-                traj = np.asarray(ex["hand_traj"], dtype=np.float32)
+                traj = np.asarray(ex[fmt_lib.HAND_TRAJ], dtype=fmt_lib.HAND_TRAJ_DTYPE)
                 if traj.shape != (len(frames), 2, 2):
                     raise DataError(f"{where}: hand_traj shape {list(traj.shape)}, expected "
                                     f"[{len(frames)}, 2, 2]")
-                extra_vals = {"hand_traj": traj, "description": str(ex["description"])}
-            example = _example_dict(name_i, frames, str(ex["text"]), ex.get("gloss"),
-                                    ex.get("signer"), extra_vals, opts)
+                extra_vals = {fmt_lib.HAND_TRAJ: traj, fmt_lib.DESCRIPTION: str(ex[fmt_lib.DESCRIPTION])}
+            example = _example_dict(name_i, frames, str(ex[fmt_lib.TEXT]), ex.get(fmt_lib.GLOSS),
+                                    ex.get(fmt_lib.SIGNER), extra_vals, opts)
             batch.append(features.serialize_example(example))
             if len(batch) >= examples_per_shard:
                 flush()
@@ -607,7 +583,6 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
 
 def _run_tasks(tasks: list, shards: list[_Shard], opts: EncodeOptions, workers: int,
                skip_bad: bool, total_frames: int, progress: bool) -> None:
-    from tqdm import tqdm
 
     def finish(shard: _Shard) -> None:
         written = [b for b in shard.serialized if b]

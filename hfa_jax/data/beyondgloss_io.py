@@ -21,6 +21,7 @@ package (``pip install lmdb``); a folder of ``{name}.pkl`` / ``{name}.npy`` file
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import json
 import lzma
@@ -147,8 +148,6 @@ def load_pickle_file(path: str) -> Any:
         if raw[:6] == b"\xfd7zXZ\x00" or path.endswith((".lzma", ".xz")):
             raw = lzma.decompress(raw)
         elif raw[:2] == b"\x1f\x8b":
-            import gzip
-
             raw = gzip.decompress(raw)
     except (lzma.LZMAError, OSError, EOFError) as e:
         raise DataError(f"{path}: corrupt compressed stream ({str(e)[:100]}); regenerate the file") from None
@@ -159,7 +158,7 @@ def read_lmdb_pickle(path: str, key: bytes = b"data") -> Any:
     """The pickled value under ``key`` of the LMDB environment folder ``path`` (the authors'
     per-video ``{name}.lmdb``), through the restricted unpickler. Needs ``pip install lmdb``."""
     try:
-        import lmdb  # optional dependency
+        import lmdb  # lazy: an optional dependency (pip install lmdb)
     except ImportError:
         raise DataError(f"{path}: reading LMDB needs the optional package lmdb (pip install lmdb), or "
                         "export the vectors as {name}.npy / {name}.pkl files") from None

@@ -13,9 +13,11 @@ from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hfa_jax.errors import ConfigError
+from hfa_jax.models.packing import pack_index
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axes: Sequence[str] = ("data",)) -> NamedSharding:
@@ -50,8 +52,6 @@ def agree_on_time_length(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     """
     if jax.process_count() == 1 or "frames" not in batch:
         return dict(batch)
-    from jax.experimental import multihost_utils
-
     lengths = multihost_utils.process_allgather(np.int32(np.shape(batch["frames"])[1]))
     return pad_time(batch, int(np.max(lengths)))
 
@@ -69,13 +69,9 @@ def packed_frame_index(frame_mask: np.ndarray, mesh: Mesh, levels: int,
     packing group per data shard, so packing never moves frames between devices
     (:func:`hfa_jax.models.packing.pack_index`). Multi-host: every process takes the largest
     capacity ``P`` among them (one tiny all-gather), as one global array needs one shape."""
-    from hfa_jax.models.packing import pack_index
-
     groups = local_batch_shards(mesh, batch_axes)
     index = pack_index(frame_mask, groups, levels)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         p = int(np.max(multihost_utils.process_allgather(np.int32(index.shape[1]))))
         index = pack_index(frame_mask, groups, levels, min_capacity=p)
     return index

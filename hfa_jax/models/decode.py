@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hfa_jax.models import lora as lora_lib
+from hfa_jax.models import mbart as mbart_lib
 
 Array = jax.Array
 EarlyStopping = bool | Literal["never"]
@@ -96,13 +97,9 @@ def beam_search(
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     if reorder_cache is None:
-        from hfa_jax.models.mbart import reorder_cache as _mbart_reorder
-
-        reorder_cache = _mbart_reorder
+        reorder_cache = mbart_lib.reorder_cache
     if grow_cache is None:
-        from hfa_jax.models.mbart import grow_cache as _mbart_grow
-
-        grow_cache = _mbart_grow
+        grow_cache = mbart_lib.grow_cache
     b, k = batch_size, num_beams
     keep = 2 * k  # max(2, 1 + n_eos) * K with a single EOS id
     prompt_len = 1
