@@ -16,15 +16,18 @@ RUNTIME = [
     "safetensors==0.8.0",
     "spacy==3.8.18",
     "HanTa==1.2.1",
+    "jieba==0.42.1",  # Chinese (CSL-Daily) pseudo-glosses: segmenter + POS tagger, dictionary in the package
     "fasttext-numpy2==0.10.4",
     "tensorflow-datasets==4.9.10",
     "array-record==0.8.6",
     "grain==0.2.18",
     "sacrebleu==2.6.0",
-    "pillow==13.0.0",
+    # 12.3.0, not 13: the newest Pillow that gradio (the [app] extra, tested in CI) accepts.
+    "pillow==12.3.0",
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
+    "av==16.0.1",  # PyAV: video files in (its wheels ship FFmpeg)
 ]
 
 TEST = [
@@ -37,6 +40,14 @@ TEST = [
     "rouge-score==0.1.2",
 ]
 
+# The web page (python -m hfa_jax.serve): pip install -e ".[app]".
+APP = [
+    "gradio==6.31.0",
+    "gradio_client==2.7.2",
+]
+# The browser test drives the system's Chromium (never a downloaded one) with Playwright.
+TEST += APP + ["playwright==1.65.2"]
+
 setup(
     name="hfa_jax",
     version="0.1.0",
@@ -46,5 +57,5 @@ setup(
     include_package_data=True,
     package_data={"hfa_jax": ["resources/**/*"], "data_prep": ["resources/**/*"]},
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "app": APP},
 )

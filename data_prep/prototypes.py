@@ -3,6 +3,8 @@
     python -m data_prep.prototypes --vocab FILE.json --fasttext cc.de.300.bin --out protos.npy
     python -m data_prep.prototypes --train_fasttext --root ROOT --fasttext OUT.bin \
         [--vocab FILE.json --out protos.npy] [--dim 300] [--epoch 5] [--bucket 20000]
+    python -m data_prep.prototypes --train_fasttext --format csl_daily --labels LABELS_DIR \
+        --fasttext OUT.bin [--vocab FILE.json --out protos.npy]
 
 The first form reads the reference vectors (`cc.de.300.bin`, Grave et al. 2018) and writes
 `protos.npy`: float32 [V+1, dim], row 0 = zeros (blank class, not trained), row i =
@@ -14,6 +16,12 @@ download) and saves the model to `--fasttext`; with `--vocab/--out` it then writ
 prototypes too. The default fastText bucket count (2,000,000 subword rows) makes GB-size files;
 we default to 20,000 buckets and minCount 1, which keeps the 300-d PHOENIX14T model at 29.6 MiB
 (7096 training sentences, 5 epochs, ~8 s on 1 CPU thread).
+
+Chinese (`--format csl_daily`): the training sentences are segmented into words with jieba (the
+pseudo-gloss tagger, hfa_jax.text.pseudo_glosses.load_jieba) and the subword units are the
+characters (`--minn 1 --maxn 2` by default for that format): a word's vector is composed from its
+characters and character pairs, which is what lets fastText give vectors to unseen words. The
+pretrained alternative for the first form is `cc.zh.300.bin`.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
-from hfa_jax.text.pseudo_glosses import load_pseudo_glosses
+from hfa_jax.data.annotations import read_csl_daily, read_phoenix14t
+from hfa_jax.text.pseudo_glosses import load_jieba, load_pseudo_glosses
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
 
@@ -93,6 +102,12 @@ def train_fasttext(sentences: Sequence[str], out_path: str, *, dim: int = 300, e
     return load_fasttext(out_path)
 
 
+def segment_zh(sentences: Sequence[str]) -> list[str]:
+    """Chinese sentences -> space-separated jieba words (the pseudo-gloss tagger's segmentation)."""
+    tagger, _ = load_jieba()
+    return [" ".join(p.word for p in tagger.cut(s) if p.word.strip()) for s in sentences]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="fastText prototypes for the pseudo-gloss classes.")
     p.add_argument("--vocab", help="pseudo-gloss JSON (from data_prep.pseudo_glosses)")
@@ -102,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train_fasttext", action="store_true",
                    help="train skipgram vectors on the training translations of --root first")
     p.add_argument("--root", help="PHOENIX14T/SynthSign tree (with --train_fasttext)")
+    p.add_argument("--format", default="phoenix14t", choices=["phoenix14t", "csl_daily"],
+                   help="with --train_fasttext: csl_daily reads the Chinese sentences of --labels")
+    p.add_argument("--labels", help="csl_daily: folder holding labels.{train,dev,test} (default ROOT/labels)")
+    p.add_argument("--minn", type=int, default=None, help="shortest subword (default 3; csl_daily: 1)")
+    p.add_argument("--maxn", type=int, default=None, help="longest subword (default 6; csl_daily: 2)")
     p.add_argument("--dim", type=int, default=300)
     p.add_argument("--epoch", type=int, default=5)
     p.add_argument("--bucket", type=int, default=20000)
@@ -109,13 +129,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     if a.train_fasttext:
-        if not a.root:
-            raise ConfigError("--train_fasttext needs --root ROOT (the training translations)")
-        from hfa_jax.data.annotations import read_phoenix14t
-
-        sentences = [r.translation for r in read_phoenix14t(a.root, "train", check_frames=False)]
+        zh = a.format == "csl_daily"
+        if zh:
+            labels = a.labels or (os.path.join(a.root, "labels") if a.root else None)
+            if not labels:
+                raise ConfigError("--format csl_daily needs --labels (the folder holding labels.{train,dev,test})")
+            sentences = segment_zh([r.translation for r in read_csl_daily(labels, "", "train", check_frames=False)])
+        else:
+            if not a.root:
+                raise ConfigError("--train_fasttext needs --root ROOT (the training translations)")
+            sentences = [r.translation for r in read_phoenix14t(a.root, "train", check_frames=False)]
+        minn = a.minn if a.minn is not None else (1 if zh else 3)
+        maxn = a.maxn if a.maxn is not None else (2 if zh else 6)
         train_fasttext(sentences, a.fasttext, dim=a.dim, epoch=a.epoch, bucket=a.bucket,
-                       min_count=a.min_count, threads=a.threads)
+                       min_count=a.min_count, threads=a.threads, minn=minn, maxn=maxn)
         print(f"trained {a.dim}-d skipgram vectors on {len(sentences)} sentences -> {a.fasttext} "
               f"({os.path.getsize(a.fasttext) / 2**20:.1f} MiB)")
         if not a.vocab and not a.out:

@@ -1,9 +1,16 @@
-"""Build the pseudo-gloss file (vocabulary + per-video targets) for a PHOENIX14T/SynthSign tree.
+"""Build the pseudo-gloss file (vocabulary + per-video targets) for a PHOENIX14T/SynthSign tree
+or CSL-Daily label files.
 
     python -m data_prep.pseudo_glosses --root ROOT --out FILE.json \
         [--splits train,dev,test] [--max_doc_freq 0.4] [--pipeline auto|hanta|NAME] \
         [--compare CSV_DIR]
     python -m data_prep.pseudo_glosses --from_reference CSV_DIR [--root ROOT] --out FILE.json
+    python -m data_prep.pseudo_glosses --format csl_daily --labels LABELS_DIR --out FILE.json \
+        [--compare_glosses]
+
+CSL-Daily (Chinese) is tagged with jieba (`--pipeline jieba`, the default for that format; see
+hfa_jax.text.pseudo_glosses); `--compare_glosses` prints the agreement of the pseudo-glosses with
+CSL-Daily's own sign glosses (which the pseudo-glosses never read).
 
 The first form tags every translation (spaCy German pipeline when installed, else the offline
 HanTa pipeline; see hfa_jax.text.pseudo_glosses), builds the sorted vocabulary over `--splits`
@@ -23,15 +30,49 @@ import argparse
 import os
 import sys
 
+from hfa_jax.data.annotations import read_csl_daily
 from hfa_jax.text import pseudo_glosses as pg
 from hfa_jax.errors import ConfigError, cli_main
 
 
+def csl_daily_text(labels: str, splits=pg.SPLITS) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({"split/name": sentence}, {"split/name": sign glosses}) of CSL-Daily label files (text only)."""
+    texts, glosses = {}, {}
+    for split in splits:
+        for r in read_csl_daily(labels, "", split, check_frames=False):
+            texts[f"{split}/{r.name}"] = r.translation
+            glosses[f"{split}/{r.name}"] = (r.gloss or "").lower().split()
+    return texts, glosses
+
+
 def build(root: str | None, out: str, *, splits=pg.SPLITS, max_doc_freq: float | None = None,
           pipeline: str = "auto", from_reference: str | None = None, compare: str | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, fmt: str = "phoenix14t", labels: str | None = None,
+          compare_glosses: bool = False) -> dict:
     """Builds and writes the file; returns its meta (with `num_classes` and, when compared,
-    the agreement numbers)."""
+    the agreement numbers). `fmt="csl_daily"` reads the label files in `labels` (default
+    `root/labels`, where SynthSign writes them) and tags with jieba."""
+    if fmt == "csl_daily":
+        labels = labels or (os.path.join(root, "labels") if root else None)
+        if not labels:
+            raise ConfigError("--format csl_daily needs --labels (the folder holding labels.{train,dev,test})")
+        if pipeline not in ("auto", "jieba"):
+            raise ConfigError(f"--pipeline {pipeline} tags German; CSL-Daily is tagged with jieba (--pipeline jieba)")
+        if from_reference is not None or compare is not None:
+            raise ConfigError("--from_reference/--compare read the HFA authors' PHOENIX14T CSVs; "
+                              "for CSL-Daily use --compare_glosses")
+        texts, glosses = csl_daily_text(labels)
+        tagger, source = pg.load_jieba()
+        keys = sorted(texts)
+        print(f"tagging {len(keys)} sentences with {source}", file=sys.stderr)
+        lemmas = dict(zip(keys, pg.extract_words_zh(tagger, [texts[k] for k in keys], progress=progress)))
+        meta = _write(out, lemmas, splits, max_doc_freq, source, labels)
+        if compare_glosses:
+            meta["agreement_with_glosses"] = pg.agreement(lemmas, glosses)
+            pg.save_pseudo_glosses(out, *_vocab_targets(lemmas, splits, max_doc_freq), meta)
+        return meta
+    if fmt != "phoenix14t":
+        raise ConfigError(f"unknown --format {fmt!r}; use phoenix14t or csl_daily")
     if from_reference is None and root is None:
         raise ConfigError("pass --root ROOT (a PHOENIX14T/SynthSign tree) or --from_reference CSV_DIR")
     texts = pg.read_corpus_text(root, pg.SPLITS) if root is not None else None
@@ -52,10 +93,23 @@ def build(root: str | None, out: str, *, splits=pg.SPLITS, max_doc_freq: float |
         print(f"tagging {len(keys)} sentences with {source}", file=sys.stderr)
         extracted = pg.extract_lemmas(nlp, [texts[k] for k in keys], progress=progress)
         lemmas = dict(zip(keys, extracted))
-    vocab_lemmas = [ls for k, ls in lemmas.items() if k.split("/", 1)[0] in splits]
-    vocab = pg.build_vocab(vocab_lemmas, max_doc_freq)
-    targets = pg.make_targets(lemmas, vocab)
-    meta = {
+    if compare is None:
+        return _write(out, lemmas, splits, max_doc_freq, source, root)
+    ref = pg.read_reference_csv(compare, pg.SPLITS)
+    meta = _meta(lemmas, splits, max_doc_freq, source, root)
+    meta["agreement_with_reference"] = pg.agreement(lemmas, ref)
+    pg.save_pseudo_glosses(out, *_vocab_targets(lemmas, splits, max_doc_freq), meta)
+    return meta
+
+
+def _vocab_targets(lemmas, splits, max_doc_freq):
+    vocab = pg.build_vocab([ls for k, ls in lemmas.items() if k.split("/", 1)[0] in splits], max_doc_freq)
+    return vocab, pg.make_targets(lemmas, vocab)
+
+
+def _meta(lemmas, splits, max_doc_freq, source, root) -> dict:
+    vocab, targets = _vocab_targets(lemmas, splits, max_doc_freq)
+    return {
         "source": source,
         "root": os.path.abspath(root) if root else None,
         "vocab_splits": list(splits),
@@ -64,24 +118,31 @@ def build(root: str | None, out: str, *, splits=pg.SPLITS, max_doc_freq: float |
         "num_videos": len(targets),
         "kept_pos": list(pg.KEPT_POS),
     }
-    if compare is not None:
-        ref = pg.read_reference_csv(compare, pg.SPLITS)
-        agree = pg.agreement(lemmas, ref)
-        meta["agreement_with_reference"] = agree
-    pg.save_pseudo_glosses(out, vocab, targets, meta)
+
+
+def _write(out, lemmas, splits, max_doc_freq, source, root) -> dict:
+    meta = _meta(lemmas, splits, max_doc_freq, source, root)
+    pg.save_pseudo_glosses(out, *_vocab_targets(lemmas, splits, max_doc_freq), meta)
     return meta
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--format", default="phoenix14t", choices=["phoenix14t", "csl_daily"],
+                   help="phoenix14t: --root is an official-layout tree; csl_daily: --labels holds CSL-Daily's "
+                        "GFSLT-style label files (tagged with jieba)")
     p.add_argument("--root", help="PHOENIX14T or SynthSign tree (folder holding annotations/)")
+    p.add_argument("--labels", help="csl_daily: folder holding labels.{train,dev,test} (default ROOT/labels)")
+    p.add_argument("--compare_glosses", action="store_true",
+                   help="csl_daily: print agreement (token F1, vocabulary Jaccard) with CSL-Daily's sign glosses")
     p.add_argument("--out", required=True, help="output JSON file")
     p.add_argument("--splits", default="train,dev,test",
                    help="splits whose lemmas form the vocabulary (default: all three, as the reference)")
     p.add_argument("--max_doc_freq", type=float, default=None,
                    help="drop lemmas in >= this fraction of sentences (Sign2GPT: 0.4); default: keep all")
     p.add_argument("--pipeline", default="auto",
-                   help="auto (installed spaCy German model, else HanTa), hanta, or a spaCy pipeline name")
+                   help="auto (German: installed spaCy German model, else HanTa; csl_daily: jieba), hanta, "
+                        "jieba, or a spaCy pipeline name")
     p.add_argument("--from_reference", metavar="CSV_DIR",
                    help="read the HFA authors' pseudo_gloss_{split}.csv instead of tagging")
     p.add_argument("--compare", metavar="CSV_DIR",
@@ -90,10 +151,12 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     meta = build(a.root, a.out, splits=pg.parse_splits(a.splits), max_doc_freq=a.max_doc_freq,
                  pipeline=a.pipeline, from_reference=a.from_reference, compare=a.compare,
-                 progress=not a.no_progress)
-    if "agreement_with_reference" in meta:
-        ag = meta["agreement_with_reference"]
-        print(f"agreement with reference over {int(ag['sentences'])} sentences: token F1 "
+                 progress=not a.no_progress, fmt=a.format, labels=a.labels, compare_glosses=a.compare_glosses)
+    for key, what in (("agreement_with_reference", "reference"), ("agreement_with_glosses", "CSL-Daily glosses")):
+        if key not in meta:
+            continue
+        ag = meta[key]
+        print(f"agreement with {what} over {int(ag['sentences'])} sentences: token F1 "
               f"{ag['micro_f1']:.4f} (mean sentence F1 {ag['mean_sentence_f1']:.4f}), vocabulary "
               f"Jaccard {ag['vocab_jaccard']:.4f} ({int(ag['hyp_vocab'])} vs {int(ag['ref_vocab'])} lemmas)")
     print(f"{meta['num_classes']} pseudo-gloss classes ({meta['source']}; vocabulary over "

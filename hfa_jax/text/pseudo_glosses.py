@@ -6,6 +6,10 @@ NOUN, NUM, ADV, PRON, PROPN, ADJ, VERB. The HFA authors tag with spaCy's German 
 an offline pipeline: spaCy's blank German tokeniser + HanTa (PyPI, bundles a German
 tagger/lemmatiser) as a spaCy component, its STTS tags mapped to universal POS.
 
+Chinese (CSL-Daily): jieba's POS tagger (`jieba.posseg`, PyPI, dictionary and HMM model inside the
+package), its ICTCLAS-style tags mapped to universal POS as UD Chinese annotates them
+(`JIEBA_TO_UPOS`); a Chinese word has no inflection, so its lemma is the word itself.
+
 Pseudo-gloss file (JSON, the contract in notes/INTERFACES.md)::
 
     {"vocab": [sorted lemmas ...],                 # class id = index + 1 (1..V)
@@ -62,6 +66,33 @@ STTS_TO_UPOS: dict[str, str] = {
     "VMFIN": "AUX", "VMINF": "AUX", "VMPP": "AUX",
     "$,": "PUNCT", "$.": "PUNCT", "$(": "PUNCT",
 }
+
+
+# jieba (ICTCLAS / PKU tag set, as jieba.posseg writes it) -> universal POS, following UD Chinese:
+# time words and place words are nouns, localisers (方位词: 上, 里, 附近) adpositions, classifiers
+# nouns (UD: NOUN with the `clf` relation), distinguishing and status words adjectives, structural
+# and modal particles (的, 了, 吗) particles; jieba's `x` is what it does not know (punctuation).
+JIEBA_TO_UPOS: dict[str, str] = {
+    "n": "NOUN", "ng": "NOUN", "nl": "NOUN", "s": "NOUN", "t": "NOUN", "tg": "NOUN", "q": "NOUN",
+    "vn": "NOUN", "an": "NOUN",
+    "nr": "PROPN", "nrfg": "PROPN", "nrt": "PROPN", "ns": "PROPN", "nt": "PROPN", "nz": "PROPN", "j": "PROPN",
+    "v": "VERB", "vd": "VERB", "vg": "VERB", "vi": "VERB", "vq": "VERB", "i": "VERB", "l": "VERB",
+    "a": "ADJ", "ag": "ADJ", "b": "ADJ", "z": "ADJ", "zg": "ADJ",
+    "ad": "ADV", "d": "ADV", "df": "ADV", "dg": "ADV",
+    "m": "NUM", "mg": "NUM", "mq": "NUM",
+    "r": "PRON", "rg": "PRON", "rr": "PRON", "rz": "PRON",
+    "f": "ADP", "p": "ADP",
+    "c": "CCONJ",
+    "u": "PART", "ud": "PART", "ug": "PART", "uj": "PART", "ul": "PART", "uv": "PART", "uz": "PART",
+    "y": "PART", "yg": "PART", "h": "PART", "k": "PART",
+    "e": "INTJ", "o": "INTJ",
+    "eng": "X", "x": "PUNCT", "w": "PUNCT",
+}
+
+
+def jieba_to_upos(tag: str) -> str:
+    """'vn' -> 'NOUN'; unknown tags -> 'X'."""
+    return JIEBA_TO_UPOS.get(tag, "X")
 
 
 def stts_to_upos(tag: str) -> str:
@@ -153,6 +184,45 @@ def load_pipeline(name: str = "auto"):
     from importlib.metadata import version
 
     return nlp, f"hanta-{version('HanTa')}+spacy-{version('spacy')}-blank-de"
+
+
+def load_jieba(cache_dir: str | None = None):
+    """A jieba POS tagger (``jieba.posseg.POSTokenizer``) and its description.
+
+    jieba caches its prefix dictionary as a `marshal` file, by default in the shared temp folder;
+    we keep it in ``cache_dir`` (default ``~/.cache/hfa_jax/jieba``, created private) so no file
+    another user could write is ever loaded.
+    """
+    import logging
+
+    try:
+        import jieba
+        import jieba.posseg
+    except ImportError as e:
+        raise ConfigError("Chinese pseudo-glosses need jieba: pip install jieba==0.42.1") from e
+    from importlib.metadata import version
+
+    jieba.setLogLevel(logging.WARNING)
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "hfa_jax", "jieba")
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    tok = jieba.Tokenizer()
+    tok.tmp_dir = cache_dir
+    return jieba.posseg.POSTokenizer(tok), f"jieba-{version('jieba')}-posseg"
+
+
+def extract_words_zh(tagger, texts: Sequence[str], *, progress: bool = True) -> list[list[str]]:
+    """Lowercased words of the KEPT_POS tokens of each Chinese text, in order (repeats kept).
+
+    ``tagger``: from :func:`load_jieba`. HMM on (jieba's default), so new words are found too.
+    """
+    from tqdm import tqdm
+
+    out = []
+    for t in tqdm(texts, desc="pseudo-glosses", unit="sent", mininterval=2.0,
+                  disable=not progress or len(texts) < 500):
+        out.append([p.word.lower() for p in tagger.cut(t)
+                    if jieba_to_upos(p.flag) in KEPT_POS and p.word.strip()])
+    return out
 
 
 def extract_lemmas(nlp, texts: Sequence[str], *, progress: bool = True) -> list[list[str]]:
