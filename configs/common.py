@@ -137,6 +137,9 @@ def csl_daily(c: ml_collections.ConfigDict, stage: str) -> ml_collections.Config
     c.model.beyondgloss.hand_pose = True
     if stage == "pretrain":
         c.model.beyondgloss.description = True
+        # The authors precompute the description vectors offline (mBART-large-50, [1, 1024] per
+        # video); the English descriptions would be <unk> under the Chinese-trimmed tokenizer.
+        c.model.beyondgloss.description_vectors = True
         c.train.pg_weight = 0.0
         c.train.lambda_desc = 0.5
         c.train.lambda_hand = 0.3

@@ -127,3 +127,21 @@ def test_worked_example_of_the_docs():
                                    [[unicodedata.normalize("NFKC", r) for r in EXAMPLE_REFS]], tokenize="char").score
     assert ours == pytest.approx(theirs, abs=1e-9)
     assert round(ours, 2) == EXAMPLE_BLEU4
+
+
+def test_csl_daily_configs():
+    from configs import demo, finetune, pretrain
+    from hfa_jax.train import schema
+
+    pre = pretrain.get_config("csl_daily")
+    stages = [pre, finetune.get_config("stage1_csl_daily"), finetune.get_config("stage2_csl_daily"),
+              demo.get_config("csl_daily")]
+    for c in stages:
+        schema.validate(c, check_paths=False)
+        assert (c.data.lang, c.eval.protocol) == ("zh_CN", "char")
+    # the BeyondGloss authors' CSL-Daily pretraining: no pseudo-gloss term, description 0.5, hand pose 0.3
+    assert (pre.train.pg_weight, pre.train.lambda_desc, pre.train.lambda_hand) == (0.0, 0.5, 0.3)
+    assert pre.model.beyondgloss.description and pre.model.beyondgloss.hand_pose
+    assert all(c.model.beyondgloss.hand_pose for c in stages[1:3])
+    assert (stages[1].train.stage, stages[2].train.stage) == ("finetune1", "finetune2")
+    assert pretrain.get_config("paper").data.lang == "de_DE"
