@@ -1,135 +1,112 @@
-"""Translate one signed video with a trained fine-tuning workdir.
+"""Translate signed videos with a trained model.
 
-    python -m hfa_jax.translate --workdir runs/finetune2 --frames path/to/frames_folder
-    python -m hfa_jax.translate --workdir runs/finetune2 --frames clip.mp4     # needs PyAV
+    python -m hfa_jax.translate --model my_model --input clip.mp4
+    python -m hfa_jax.translate --model runs/finetune2 --input videos/ --out translations.tsv --explain explain/
 
-The workdir's ``config.json`` gives the model and the tokenizer; its best checkpoint the weights.
-Frames are resized to the stored frame size of the training dataset (256 x 256 for PHOENIX14T),
-centre-cropped and normalised exactly as in evaluation, then decoded with beam search.
+``--model``: an exported model folder (``python -m hfa_jax.export``) or a fine-tuning workdir.
+``--input``: a video file (mp4, webm, avi, mov, ...), a folder of frames (sorted by name), or a
+folder of many of either. Inputs are read with the model's preprocessing (resampled to the
+training frame rate, the crop rule of :mod:`hfa_jax.data.video`, RGB) and translated in batches
+by frame bucket. The translations go to stdout (one input: the sentence is the last line) and to
+``--out`` as a TSV (``name<TAB>translation``); ``--explain DIR`` writes one word x time
+cross-attention PNG per input. A bad file is reported in one line and skipped; the summary counts
+it, and the exit status is 1 when any input was skipped.
+
+``--workdir`` and ``--frames`` are the older names of ``--model`` and ``--input``.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
+import csv
 import os
 import sys
+import time
 
-import numpy as np
+from tqdm import tqdm
 
-from hfa_jax.errors import CheckpointError, ConfigError, DataError, cli_main
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-def read_frames(path: str, size: int) -> np.ndarray:
-    """A folder of images (sorted by name) or a video file -> ``[T, size, size, 3] uint8``
-    (bicubic resize, as data_prep.build_dataset does)."""
-    from PIL import Image
-
-    if os.path.isdir(path):
-        files = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTS))
-        if not files:
-            raise DataError(f"{path}: no {'/'.join(IMAGE_EXTS)} frames in this folder")
-        images = []
-        for f in files:
-            with Image.open(f) as im:
-                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)))
-        return np.stack(images)
-    if os.path.isfile(path):
-        try:
-            import av  # PyAV, optional
-        except ImportError:
-            raise DataError(f"{path}: reading video files needs PyAV (pip install av); or pass a folder "
-                            "of frames") from None
-        with av.open(path) as container:
-            frames = [np.asarray(f.to_image().convert("RGB").resize((size, size), Image.BICUBIC))
-                      for f in container.decode(video=0)]
-        if not frames:
-            raise DataError(f"{path}: the video has no frames")
-        return np.stack(frames)
-    raise DataError(f"{path}: no such folder or file; pass a folder of frames or a video file")
+from hfa_jax.data import video as video_lib
+from hfa_jax.errors import DataError, UserError, cli_main
 
 
-class Translator:
-    """Loads a fine-tuning workdir once; ``translate(frames)`` -> sentence."""
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Translate signed videos (video files or frame folders).")
+    p.add_argument("--model", "--workdir", dest="model", required=True,
+                   help="an exported model folder or a fine-tuning workdir")
+    p.add_argument("--input", "--frames", dest="input", required=True,
+                   help="a video file, a folder of frames, or a folder of many of either")
+    p.add_argument("--out", default="", help="write name<TAB>translation rows to this TSV file")
+    p.add_argument("--explain", default="", help="write one alignment PNG per input into this folder")
+    p.add_argument("--batch_size", type=int, default=8, help="clips per beam-search batch")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
 
-    def __init__(self, workdir: str):
-        import jax
-        import ml_collections
 
-        from hfa_jax.text import tokenizer as text_lib
-        from hfa_jax.train import checkpoint as ckpt_lib
-        from hfa_jax.train import state as state_lib
-        from hfa_jax.train import trainer as trainer_lib
-
-        cfg_path = os.path.join(workdir, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise ConfigError(f"{workdir}: no config.json; pass the workdir of a fine-tuning run")
-        with open(cfg_path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-        if config.train.stage == "pretrain":
-            raise ConfigError(f"{workdir} is a pretraining run; translate with a fine-tuning workdir")
-        self.config = config
-        self.tokenizer = text_lib.load_tokenizer(config.data.tokenizer_dir, lang=config.data.get("lang", "de_DE"))
-        self.model = trainer_lib.build_model(config, trainer_lib.model_config(config, tokenizer=self.tokenizer))
-        try:
-            state, meta = ckpt_lib.load_state_arrays(workdir, best=True)
-        except CheckpointError:
-            state, meta = ckpt_lib.load_state_arrays(workdir, best=False)
-        self.step = meta.get("step")
-        self.variables = state_lib.variables_from_state(state)
-        self.crop = int(config.data.crop_size)
-        self.size = self._stored_size(config)
-        self.max_frames = int(config.data.max_frames)
-        self.buckets = tuple(int(b) for b in config.data.buckets)
-        ev = config.eval
-        self._generate = jax.jit(lambda v, px, m: self.model.generate(
-            v, px, m, num_beams=int(ev.num_beams), max_new_tokens=int(ev.max_new_tokens),
-            length_penalty=float(ev.get("length_penalty", 1.0))).sequences)
-
-    def _stored_size(self, config) -> int:
-        try:
-            from hfa_jax.data import pipeline
-
-            src = pipeline.open_split(config.data.dataset_dir, config.data.train_split)
-            return int(src.features["frames"].feature.shape[0])
-        except Exception:  # dataset not on this machine: the 256/224 convention of SPEC §1
-            return int(round(self.crop * 256 / 224))
-
-    def translate(self, frames: np.ndarray) -> str:
-        """frames: ``[T, size, size, 3] uint8`` -> the translation."""
-        import jax.numpy as jnp
-
-        from hfa_jax.data import augment
-        from hfa_jax.data.pipeline import bucket_length
-
-        if len(frames) > self.max_frames:
-            if self.config.data.frame_selection == "first":  # HFA: the first max_frames frames
-                frames = frames[: self.max_frames]
-            else:  # trained on random subsamples: take an evenly spaced one (deterministic)
-                frames = frames[np.linspace(0, len(frames) - 1, self.max_frames).round().astype(int)]
-        t = bucket_length(len(frames), self.buckets)
-        x = np.zeros((1, t) + frames.shape[1:], np.uint8)
-        x[0, : len(frames)] = frames
-        mask = np.zeros((1, t), bool)
-        mask[0, : len(frames)] = True
-        pixels = augment.augment(None, jnp.asarray(x), train=False, crop_size=self.crop)
-        ids = np.asarray(self._generate(self.variables, pixels, jnp.asarray(mask)))
-        return self.tokenizer.decode(ids)[0]
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 @cli_main
-def main(argv: list[str] | None = None) -> str:
-    p = argparse.ArgumentParser(description="Translate a signed video (frames folder or video file).")
-    p.add_argument("--workdir", required=True, help="a fine-tuning workdir (config.json + best/)")
-    p.add_argument("--frames", required=True, help="folder of frames (sorted by name) or a video file")
-    args = p.parse_args(argv)
-    tr = Translator(args.workdir)
-    sentence = tr.translate(read_frames(args.frames, tr.size))
-    print(sentence)
-    return sentence
+def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
+    args = _parser().parse_args(argv)
+    paths = video_lib.list_inputs(args.input)
+    from hfa_jax.translator import Translator  # after the cheap checks: loads JAX and the model
+
+    t0 = time.time()
+    tr = Translator.from_pretrained(args.model)
+    print(f"model: {args.model} (step {tr.step}); {len(paths)} input(s)", file=sys.stderr, flush=True)
+    rows: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    bar = tqdm(total=len(paths), desc="translate", unit="video", disable=args.no_progress or len(paths) < 2,
+               file=sys.stderr, dynamic_ncols=True)
+    if args.explain:
+        os.makedirs(args.explain, exist_ok=True)
+    for start in range(0, len(paths), args.batch_size):
+        clips = []
+        for p in paths[start: start + args.batch_size]:
+            try:
+                clip = tr.read(p)
+            except DataError as e:
+                skipped.append((p, str(e)))
+                bar.write(f"skipped: {e}", file=sys.stderr)
+                bar.update(1)
+                continue
+            for w in clip.warnings:
+                bar.write(f"warning: {w}", file=sys.stderr)
+            clips.append(clip)
+        if not clips:
+            continue
+        for clip, ids in zip(clips, tr.translate_clips(clips, args.batch_size)):
+            text = tr.decode(ids)
+            rows.append((clip.name, text))
+            if args.explain:
+                from hfa_jax import evidence  # matplotlib: only when asked
+
+                exp = tr.explain(clip)
+                evidence.save_alignment(exp, clip, os.path.join(args.explain, f"{clip.name}.png"))
+            bar.update(1)
+    bar.close()
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+            w.writerow(["name", "translation"])
+            w.writerows(rows)
+    if len(paths) == 1 and rows:
+        print(rows[0][1])
+    else:
+        for name, text in rows:
+            print(f"{name}\t{text}")
+    summary = (f"translated {len(rows)} of {len(paths)} input(s) in {time.time() - t0:.1f} s"
+               + (f"; skipped {len(skipped)} bad input(s)" if skipped else "")
+               + (f"; translations in {args.out}" if args.out else "")
+               + (f"; alignment plots in {args.explain}" if args.explain else ""))
+    print(summary, file=sys.stderr, flush=True)
+    if skipped:
+        if not rows:
+            raise UserError(f"no input could be read ({skipped[0][1]})")
+        raise SystemExit(1)
+    return rows
 
 
 if __name__ == "__main__":
