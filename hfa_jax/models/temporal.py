@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from hfa_jax.models import axes
 from hfa_jax.models.activations import gelu
 from hfa_jax.models.attention import apply_rope, local_attention
 from hfa_jax.models.dropout import Dropout
@@ -59,9 +60,11 @@ class TemporalConfig:
     remat: bool = False
     # Switches for the authors' code (elsobhano/MLLM psp-dino, models/clip_models.py, ``Transformer``;
     # docs/coming_from_pytorch.md): their ``Downsampler`` pools the padded positions' block outputs
-    # into the last valid output (False), their ``FeedForward`` has no dropout after linear2 (False).
+    # into the last valid output (False), their ``FeedForward`` has no dropout after linear2 (False),
+    # their padded frames enter as zeros (dino_adaptor_model.py ``Model.pad`` after the BatchNorm: True).
     zero_padding_before_pool: bool = True
     ffn_output_dropout: bool = True
+    zero_padded_inputs: bool = False
 
     @property
     def compute_dtype(self) -> Any:
@@ -126,14 +129,15 @@ class TemporalBlock(nn.Module):
         b, t, d = x.shape
         nh = cfg.num_heads
         hd = d // nh
-        dense = lambda feats, std, name: nn.Dense(  # noqa: E731
+        dense = lambda feats, std, name, names: nn.Dense(  # noqa: E731
             feats,
-            kernel_init=nn.initializers.normal(std),
-            bias_init=nn.initializers.zeros,
+            kernel_init=axes.param(nn.initializers.normal(std), names),
+            bias_init=axes.param(nn.initializers.zeros, names[1:]),
             dtype=cfg.compute_dtype,
             name=name,
         )
-        qkv = dense(3 * d, 0.02, "qkv")(x).reshape(b, t, 3, nh, hd)
+        x = axes.constrain(x, (axes.BATCH, axes.FRAMES, axes.EMBED))
+        qkv = dense(3 * d, 0.02, "qkv", (axes.EMBED, axes.HEADS))(x).reshape(b, t, 3, nh, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         pos = jnp.arange(t)
         q = apply_rope(q, pos, cfg.rope_base)
@@ -142,25 +146,25 @@ class TemporalBlock(nn.Module):
             q, k, v, mask, window=cfg.window, implementation=cfg.attention, chunk_size=cfg.chunk_size
         ).reshape(b, t, d)
         # GPT-2-style scaled init of the output projection: 0.02 / sqrt(2 * num_blocks).
-        h = dense(d, 0.02 / np.sqrt(2 * cfg.num_blocks), "out")(h)
+        h = dense(d, 0.02 / np.sqrt(2 * cfg.num_blocks), "out", (axes.HEADS, axes.EMBED))(h)
         h = Dropout(cfg.dropout)(h, deterministic=deterministic)
-        gamma = self.param("layer_scale", nn.initializers.constant(cfg.layerscale_init), (d,))
+        gamma = self.param("layer_scale", axes.param(nn.initializers.constant(cfg.layerscale_init), (axes.NORM,)), (d,))
         h = h * gamma.astype(h.dtype)
         h = Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path1")(
             h, deterministic=deterministic
         )
-        x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm1")(x + h)
+        x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm1", **axes.norm_inits())(x + h)
 
-        h = dense(cfg.mlp_dim, 0.02, "fc1")(x)
+        h = dense(cfg.mlp_dim, 0.02, "fc1", (axes.EMBED, axes.MLP))(x)
         h = gelu(h)
         h = Dropout(cfg.dropout)(h, deterministic=deterministic)
-        h = dense(d, 0.02, "fc2")(h)
+        h = dense(d, 0.02, "fc2", (axes.MLP, axes.EMBED))(h)
         if cfg.ffn_output_dropout:
             h = Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = Dropout(self.drop_path, broadcast_dims=(1, 2), name="drop_path2")(
             h, deterministic=deterministic
         )
-        return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm2")(x + h)
+        return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm2", **axes.norm_inits())(x + h)
 
 
 class TemporalEncoder(nn.Module):
@@ -178,6 +182,8 @@ class TemporalEncoder(nn.Module):
         cfg = self.cfg
         mask = mask.astype(bool)
         t = x.shape[1]
+        if cfg.zero_padded_inputs:
+            x = jnp.where(mask[..., None], x, 0).astype(x.dtype)
         x = x + jnp.asarray(sinusoidal_embedding(t, x.shape[-1]), x.dtype)[None]
         if cfg.compute_dtype is not None:
             x = x.astype(cfg.compute_dtype)
@@ -189,10 +195,10 @@ class TemporalEncoder(nn.Module):
             if i == cfg.blocks_before:
                 x, mask = downsample(x, mask, cfg.zero_padding_before_pool)
             x = block_cls(cfg, drop_path=rates[i], name=f"block_{i}")(x, mask, deterministic)
-        y = nn.Dense(
+        y = nn.Dense(  # width 512 -> mBART's 1024: the output dimension carries the name
             cfg.out_dim,
-            kernel_init=nn.initializers.normal(0.02),
-            bias_init=nn.initializers.zeros,
+            kernel_init=axes.param(nn.initializers.normal(0.02), (None, axes.EMBED)),
+            bias_init=axes.param(nn.initializers.zeros, (axes.EMBED,)),
             dtype=cfg.compute_dtype,
             name="out_proj",
         )(x)
