@@ -3,6 +3,7 @@ prototypes -> frame encoder (DINOv2 stand-in) -> pretrain -> fine-tune (stages 1
 video-blind control.
 
     python -m hfa_jax.main --config=configs/demo.py --workdir=runs/demo [--config.data.seed=1]
+    python -m hfa_jax.main --config=configs/demo.py:csl_daily --workdir=runs/demo_csl_daily [--config.data.seed=1]
 
 Everything is generated locally (no downloads) and the models are tiny, so a few settings differ
 from the paper's, each for a stated reason below: a closed-domain SynthSign subset; a frame encoder
@@ -10,7 +11,9 @@ pretrained to locate the hands (hfa_jax/demo_hand_locator.py) in place of DINOv2
 LoRA as in the paper; the randomly initialised mBART side trained in pretraining (all but the text
 encoder); plain BCE with weight 20 for the pseudo-gloss loss; stage 2 keeps the video side frozen
 (trains mapper + mBART); a random 32-frame subsample per clip.
-``:smoke`` shrinks it further (the test suite's reduced run).
+``:smoke`` shrinks it further (the test suite's reduced run). ``:csl_daily`` runs the same demo on
+SynthSign renderings of real CSL-Daily sentences (Chinese, ``zh_CN``, scored per character,
+docs/csl_daily.md); ``:csl_daily_smoke`` is its reduced run.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ DEMO_RULES = {
 
 def get_config(arg: str | None = None):
     variant = arg or "default"
+    corpus = "csl_daily" if variant.startswith("csl_daily") else "phoenix14t"
     c = schema.base()
     c.name = "demo" if variant == "default" else f"demo_{variant}"
     c.job = "demo"
@@ -114,8 +118,21 @@ def get_config(arg: str | None = None):
         eval_every_epochs=10.0,   # dev BLEU during stage 2 (selects the best checkpoint)
         fast_compile=False,       # XLA CPU flags: ~1.5x faster compiles but ~3x slower steps
         trainable=DEMO_RULES,    # per-stage freezing tables (hfa_jax.demo.stage_config)
+        corpus="phoenix14t",      # the SynthSign corpus: phoenix14t | csl_daily
     ))
-    if variant == "smoke":  # the test suite's reduced run
+    if corpus == "csl_daily":
+        c.demo.corpus = "csl_daily"
+        c.data.lang = "zh_CN"
+        c.eval.protocol = "char"  # characters, no spaces (docs/csl_daily.md)
+        # CSL-Daily's official dev/test sentences almost never occur in its training split (2 of
+        # 1077 dev translations), so the PHOENIX14T demo's closed domain is empty with these
+        # limits: dev/test are other signers' recordings of training sentences
+        # (writer.select_sentences, domain "signers"); 50 test, 25 dev, 145 training videos.
+        c.demo.update(dict(domain="signers", num_train=480, num_eval=50, num_dev=25, max_words=12))
+        # Sentences run to 12 characters + punctuation: ~14 SentencePiece pieces at most.
+        c.data.max_text_len = 24
+        c.eval.max_new_tokens = 20
+    if variant in ("smoke", "csl_daily_smoke"):  # the test suite's reduced run
         c.demo.update(dict(num_train=24, num_eval=8, max_glosses=3, pretrain_epochs=1.0,
                            finetune1_epochs=1.0, finetune2_epochs=1.0, eval_every_epochs=0.0,
                            frame_encoder_steps=10,
@@ -131,6 +148,9 @@ def get_config(arg: str | None = None):
         c.eval.num_beams = 2
         c.eval.batch_size = 8
         c.train.progress_bar = False
-    elif variant != "default":
-        raise ValueError(f"unknown demo variant {variant!r}; use the default or ':smoke'")
+        if corpus == "csl_daily":
+            c.demo.update(dict(num_eval=8, num_dev=4))
+    elif variant not in ("default", "csl_daily"):
+        raise ValueError(f"unknown demo variant {variant!r}; use the default, ':smoke', ':csl_daily' or "
+                         "':csl_daily_smoke'")
     return c

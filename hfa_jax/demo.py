@@ -3,8 +3,8 @@
 Steps, each in ``WORKDIR/<step>`` and skipped when already complete (so an interrupted demo
 resumes; the training stages resume from their own checkpoints):
 
-1. ``synthsign/``   a SynthSign subset (``data_prep.synthsign.generate``, ``config.demo.domain``),
-   seed ``config.data.seed``
+1. ``synthsign/``   a SynthSign subset (``data_prep.synthsign.generate``, ``config.demo.domain``) of
+   ``config.demo.corpus`` (PHOENIX14T, or CSL-Daily for ``configs/demo.py:csl_daily``), seed ``config.data.seed``
 2. ``dataset/``     the ArrayRecord dataset (``data_prep.build_dataset.convert``)
 3. ``tokenizer/``   a SentencePiece tokenizer in mBART layout (``data_prep.trim_vocab.train_tokenizer``)
 4. ``pseudo_glosses.json`` from the SynthSign sign keys, or HanTa lemmas of the text (the SPEC recipe)
@@ -25,9 +25,10 @@ import time
 import numpy as np
 
 from data_prep import beyondgloss, build_dataset, prototypes, pseudo_glosses, trim_vocab
-from data_prep.synthsign import generate, lexicon
+from data_prep.synthsign import generate, lexicon, writer
+from data_prep.synthsign.corpus import get_corpus
 from hfa_jax import demo_hand_locator as hand_locator
-from hfa_jax.data.annotations import read_phoenix14t
+from hfa_jax.data.annotations import read_csl_daily, read_phoenix14t
 from hfa_jax.data.beyondgloss_io import load_synthsign_descriptions
 from hfa_jax.errors import ConfigError
 from hfa_jax.models import vit as vit_lib
@@ -45,6 +46,7 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
 
     d = config.demo
     seed = int(config.data.seed)
+    corpus = str(d.get("corpus", "phoenix14t"))
     synth = os.path.join(workdir, "synthsign")
     marker = os.path.join(synth, "demo_subset.json")
     if not _done(marker):
@@ -53,15 +55,22 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
         # ranking favours sentences covered by the top of the training ranking (writer.py), which
         # the larger training subset contains.
         kw = dict(seed=seed, max_glosses=int(d.max_glosses), max_words=int(d.max_words),
-                  domain=str(d.get("domain", "frequent")), workers=int(d.workers), progress=True)
-        a = generate(synth, max_per_split=int(d.num_train), splits=("train",), **kw)
-        b = generate(synth, max_per_split=int(d.num_eval), splits=("dev", "test"), **kw)
+                  domain=str(d.get("domain", "frequent")), workers=int(d.workers), progress=True, corpus=corpus)
+        caps_train, caps_eval = int(d.num_train), int(d.num_eval)
+        if d.get("num_dev") is not None:  # "signers" domain: train is made from the dev/test choice
+            caps_train = caps_eval = {"train": int(d.num_train), "dev": int(d.num_dev), "test": int(d.num_eval)}
+        a = generate(synth, max_per_split=caps_train, splits=("train",), **kw)
+        b = generate(synth, max_per_split=caps_eval, splits=("dev", "test"), **kw)
         with open(marker, "w") as f:
             json.dump({"train": a["splits"], "eval": b["splits"], "seed": seed}, f)
     ds_root = os.path.join(workdir, "dataset")
-    if not _done(os.path.join(ds_root, "phoenix14t", "1.0.0", "dataset_info.json")):
+    if not _done(os.path.join(ds_root, corpus, "1.0.0", "dataset_info.json")):
         print(f"[demo] 2/7 ArrayRecord dataset -> {ds_root}", flush=True)
-        build_dataset.convert("phoenix14t", synth, ds_root, size=int(d.frame_size), image_format="jpeg",
+        # The converter reads the tree as it would the real corpus (the CSL-Daily frame folders
+        # and label files, or the official PHOENIX14T layout).
+        root, labels = ((str(writer.csl_frames_root(synth)), str(writer.csl_labels_dir(synth)))
+                        if corpus == "csl_daily" else (synth, None))
+        build_dataset.convert(corpus, root, ds_root, labels=labels, size=int(d.frame_size), image_format="jpeg",
                               jpeg_quality=90, workers=int(d.workers), progress=True)
     bg = config.model.get("beyondgloss", None)
     if bg is not None and bg.get("hand_pose", False):
@@ -74,7 +83,7 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
             beyondgloss.convert(ds_root, bg_root, beyondgloss.Inputs(synthsign=synth), progress=True)
         ds_root = bg_root
     tok_dir = os.path.join(workdir, "tokenizer")
-    train_sents = trim_vocab.training_sentences(synth, "train")
+    train_sents = trim_vocab.training_sentences(synth, "train", corpus)
     if not _done(os.path.join(tok_dir, "sentencepiece.bpe.model")):
         print(f"[demo] 3/7 SentencePiece tokenizer (mBART layout) -> {tok_dir}", flush=True)
         tok_sents = list(train_sents)
@@ -83,7 +92,7 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
             # tokenizer: train it on them too. Keep this on for every arm of an ablation.
 
             tok_sents += load_synthsign_descriptions(synth, "train")
-        trim_vocab.train_tokenizer(tok_sents, tok_dir, vocab_size=int(d.tokenizer_vocab))
+        trim_vocab.train_tokenizer(tok_sents, tok_dir, vocab_size=int(d.tokenizer_vocab), lang=str(config.data.lang))
     pg_path = os.path.join(workdir, "pseudo_glosses.json")
     if not _done(pg_path):
         print(f"[demo] 4/7 pseudo-glosses ({d.pseudo_glosses}) -> {pg_path}", flush=True)
@@ -91,15 +100,22 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
 
             pseudo_glosses.build(synth, pg_path, progress=False)
         elif d.pseudo_glosses == "glosses":
-            _gloss_pseudo_glosses(synth, pg_path)
+            _gloss_pseudo_glosses(synth, pg_path, corpus)
         else:
             raise ConfigError(f"config.demo.pseudo_glosses={d.pseudo_glosses!r} is not 'glosses' or 'text'")
     proto_path = os.path.join(workdir, "prototypes.npy")
     if not _done(proto_path):
         print(f"[demo] 5/7 fastText prototypes -> {proto_path}", flush=True)
         pg = pg_lib.load_pseudo_glosses(pg_path)
-        ft = prototypes.train_fasttext(train_sents, os.path.join(workdir, "fasttext.bin"),
-                                       dim=int(d.fasttext_dim), epoch=5)
+        if get_corpus(corpus).char_text:
+            # Chinese has no spaces: train on characters, so a word's vector is built from
+            # its characters (character n-grams of length 1-2).
+            ft = prototypes.train_fasttext([" ".join(c for c in t if not c.isspace()) for t in train_sents],
+                                           os.path.join(workdir, "fasttext.bin"), dim=int(d.fasttext_dim),
+                                           epoch=5, minn=1, maxn=2)
+        else:
+            ft = prototypes.train_fasttext(train_sents, os.path.join(workdir, "fasttext.bin"),
+                                           dim=int(d.fasttext_dim), epoch=5)
         protos = prototypes.make_prototypes([v.lower() for v in pg.vocab], ft)
         np.save(proto_path, _no_zero_rows(protos, seed))
     fe_dir = os.path.join(workdir, "frame_encoder")
@@ -130,16 +146,24 @@ def _no_zero_rows(protos: np.ndarray, seed: int) -> np.ndarray:
     return protos
 
 
-def _gloss_pseudo_glosses(root: str, out: str) -> None:
+def _synthsign_records(root: str, split: str, corpus: str):
+    """A SynthSign tree's records of one split, text only, read as the real corpus would be."""
+    if corpus == "csl_daily":
+        return read_csl_daily(str(writer.csl_labels_dir(root)), str(writer.csl_frames_root(root)), split,
+                              check_frames=False)
+    return read_phoenix14t(root, split, check_frames=False)
+
+
+def _gloss_pseudo_glosses(root: str, out: str, corpus: str = "phoenix14t") -> None:
     """Pseudo-glosses from the SynthSign sign keys of each video's gloss (what is visibly signed).
 
-    SynthSign renders one sign per lexical key of the PHOENIX14T gloss, so these targets are the
+    SynthSign renders one sign per lexical key of the gloss, so these targets are the
     exact "words" in the video; the SPEC recipe ("text": lemmas of the translation) is the
     realistic alternative."""
 
     keys = {}
     for split in ("train", "dev", "test"):
-        for r in read_phoenix14t(root, split, check_frames=False):
+        for r in _synthsign_records(root, split, corpus):
             keys[f"{split}/{r.name}"] = [k.lower() for k in lexicon.lexical_keys(r.gloss or "")]
     vocab = pg_lib.build_vocab(list(keys.values()))
     targets = pg_lib.make_targets(keys, vocab)
