@@ -303,6 +303,7 @@ def make_loader(
     prefetch_batches: int = 2,
     length_grouping: int = 0,
     num_frames: np.ndarray | None = None,
+    start_batch: int = 0,
 ) -> grain.IterDataset:
     """Builds the grain pipeline over ``source`` (e.g. :func:`open_split`) yielding host batches.
 
@@ -324,8 +325,9 @@ def make_loader(
         in the worker processes, so it must be picklable.
       fill_last_batch: without ``drop_remainder``, pad the last batch to ``batch_size`` with filler
         rows (``index`` -1, mask all False) so that every batch has the same shape.
-      shard_index, shard_count: this host's slice of the data; default
-        ``jax.process_index()``/``jax.process_count()`` (multi-host data parallelism).
+      shard_index, shard_count: this process's rows of every global batch (``batch_size *
+        shard_count`` rows); default ``jax.process_index()``/``jax.process_count()``. The global
+        batches are the same for any ``shard_count``.
       read_threads: threads per process computing batches (decoding releases the GIL).
       prefetch_batches: batches buffered per process (bounded: batches are large).
       length_grouping: with ``shuffle``, batch clips of similar length: each epoch's shuffled
@@ -335,6 +337,8 @@ def make_loader(
         clip). 0 (default) = plain shuffling, the references' behaviour. Needs ``drop_remainder``.
       num_frames: every source example's frame count (default: :func:`source_num_frames`,
         cached beside an ArrayRecord dataset); only read with ``length_grouping``.
+      start_batch: skip this many (per-process) batches: resuming at step ``start_batch`` of a
+        training loader, on any number of processes (batches are a function of the position).
 
     Returns:
       A grain ``IterDataset``; ``it = iter(loader)`` yields batch dicts (see module docstring) and
@@ -367,27 +371,26 @@ def make_loader(
     if len(source) == 0:
         raise DataError(f"source {source!r} is empty")
 
-    # Every host reads a disjoint, equally long slice (drops at most shard_count-1 examples so
-    # that hosts stay in lockstep).
-    per_host = len(source) // shard_count
-    host_indices = np.arange(shard_index, per_host * shard_count, shard_count)
+    # One global stream of examples, the same whatever the number of processes: shuffled (or
+    # length-grouped) over the whole source and cut into global batches of batch_size x
+    # shard_count rows; each process reads its own block of rows of every global batch
+    # (_ProcessRows). A run's batches, and so its result, do not depend on how many hosts it has.
+    global_batch = batch_size * shard_count
     if length_grouping:
         lengths = source_num_frames(source) if num_frames is None else np.asarray(num_frames, np.int64)
         if lengths.shape != (len(source),):
             raise ConfigError(f"num_frames has shape {lengths.shape}; the source has {len(source)} examples")
-        order = _LengthGroupedOrder(host_indices, lengths[host_indices], batch_size=batch_size,
+        order = _LengthGroupedOrder(np.arange(len(source)), lengths, batch_size=global_batch,
                                     window_batches=length_grouping, seed=seed)
         epoch_length = order.epoch_length
         if epoch_length == 0:
-            raise DataError(f"{len(host_indices)} examples on this host < batch_size={batch_size}")
+            raise DataError(f"{len(source)} examples < the global batch of {global_batch}")
         ds = grain.MapDataset.range(epoch_length)
         if num_epochs != 1:
             ds = ds.repeat(num_epochs)
         ds = ds.map_with_index(_ReadAt(source, order))
     else:
         ds = grain.MapDataset.source(source)
-        if shard_count > 1:
-            ds = ds[shard_index : per_host * shard_count : shard_count]
         epoch_length = len(ds)
         if shuffle:
             ds = ds.shuffle(seed=seed)  # re-permuted every epoch once repeated (seed + epoch)
@@ -402,6 +405,11 @@ def make_loader(
             example_fn=example_fn,
         )
     )
+    if shard_count > 1:
+        ds = _ProcessRows(ds, rows=batch_size, shard_index=shard_index, shard_count=shard_count,
+                          fill=not drop_remainder)
+    if start_batch:
+        ds = ds[start_batch * batch_size:]
     # Which examples form a batch is fixed here, on the MapDataset (independent of worker and
     # thread counts); the examples are decoded ahead by the read threads, and stacked + padded
     # as the batch leaves the pipeline (in a worker process: straight into shared memory, see
@@ -416,6 +424,41 @@ def make_loader(
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return ds
+
+
+class _ProcessRows(grain.MapDataset):
+    """One process's rows of a global stream: element ``k`` is global element
+    ``(k // rows) * rows * shard_count + shard_index * rows + k % rows``.
+
+    With ``fill`` (evaluation: one pass, no dropped remainder) the last global batch is completed
+    with filler examples (``index`` -1, one frame of the first example: the smallest bucket), so
+    that every process yields the same number of batches; the loss and translation code skips
+    rows with a negative index.
+    """
+
+    def __init__(self, parent: grain.MapDataset, *, rows: int, shard_index: int, shard_count: int, fill: bool):
+        super().__init__(parent)
+        self._rows, self._index, self._count, self._fill = rows, shard_index, shard_count, fill
+
+    def __len__(self) -> int:
+        n, global_batch = len(self._parent), self._rows * self._count
+        batches = -(-n // global_batch) if self._fill else n // global_batch
+        return batches * self._rows
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return self.slice(k)
+        j, r = divmod(int(k), self._rows)
+        g = j * self._rows * self._count + self._index * self._rows + r
+        if g < len(self._parent):
+            return self._parent[g]
+        filler = dict(self._parent[0])
+        filler["frames"] = filler["frames"][:1]
+        filler["index"] = np.int32(-1)
+        return filler
+
+    def __str__(self) -> str:
+        return f"ProcessRows(rows={self._rows}, shard={self._index}/{self._count})"
 
 
 class _SharedMemoryBatches(grain.IterDataset):

@@ -15,7 +15,9 @@ arrays are written); :meth:`Checkpointer.wait` blocks until they are on disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -94,6 +96,25 @@ class Checkpointer:
         return out["state"], dict(out["meta"])
 
 
+class _DropMissingItemMetadata(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Metadata file does not exist")
+
+
+@contextlib.contextmanager
+def _quiet_missing_item_metadata():
+    """Reading one item (``<step>/state``) of a CheckpointManager step with a plain checkpointer
+    makes orbax warn that the item has no ``_CHECKPOINT_METADATA`` of its own: the step folder
+    holds it, and the arrays' metadata is read all the same. The warning only alarmed users."""
+    f = _DropMissingItemMetadata()
+    logger = logging.getLogger("absl")
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
 def load_state_arrays(workdir: str, *, best: bool = True, step: int | None = None) -> tuple[dict, dict]:
     """Reads a stage's saved train state as host NumPy arrays (no target structure needed).
 
@@ -112,9 +133,10 @@ def load_state_arrays(workdir: str, *, best: bool = True, step: int | None = Non
         step = steps[-1]
     path = os.path.join(os.path.abspath(sub), str(step))
     ckptr = ocp.PyTreeCheckpointer()
-    meta_tree = ckptr.metadata(os.path.join(path, "state")).item_metadata.tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree)
-    state = ckptr.restore(os.path.join(path, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    with _quiet_missing_item_metadata():
+        meta_tree = ckptr.metadata(os.path.join(path, "state")).item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree)
+        state = ckptr.restore(os.path.join(path, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args))
     with open(os.path.join(path, "meta", "metadata")) as f:
         meta = json.load(f)
     return state, meta

@@ -17,6 +17,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from hfa_jax import metrics
@@ -62,6 +63,14 @@ def video_blind_permutation(n: int, seed: int = 0) -> np.ndarray:
             return p
 
 
+def global_value(x) -> np.ndarray:
+    """A batch-sharded global array, or this process's rows of one, as one host array in the
+    order of the global batch (every process gets all rows; a plain device_get on one process)."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def best_metric_name(stage: str) -> str:
     return "val_loss" if stage == "pretrain" else "bleu4"
 
@@ -80,13 +89,13 @@ def evaluate_loss(tr: Trainer, state, split: str, eval_jit: Callable) -> tuple[d
         batch["example_mask"] = valid
         dev = steps_lib.to_device(batch, tr.mesh, [k for k in batch if k != "index"])
         parts, extra = eval_jit(state, dev)
-        k = int(valid.sum())
+        k = int(global_value(valid).sum())
         for name, v in parts.items():
             sums[name] = sums.get(name, 0.0) + float(v) * k
         n += k
         if first is None and extra and extra.get("pg_sim") is not None:
-            first = {"pg_sim": np.asarray(extra["pg_sim"][0]), "mask": np.asarray(extra["temporal_mask"][0]),
-                     "index": int(batch["index"][0])}
+            first = {"pg_sim": global_value(extra["pg_sim"])[0], "mask": global_value(extra["temporal_mask"])[0],
+                     "index": int(global_value(batch["index"])[0])}
     return {k: v / max(n, 1) for k, v in sums.items()}, first
 
 
@@ -101,9 +110,9 @@ def translate_split(tr: Trainer, state, split: str, gen_jit: Callable, *, desc: 
     for batch in tqdm(loader, total=n_batches, desc=desc or f"beam search {split}", leave=False,
                       disable=jax.process_index() != 0):
         dev = steps_lib.to_device(batch, tr.mesh, ["frames", "frame_mask"])
-        ids = np.asarray(jax.device_get(gen_jit(state, dev)))
+        ids = global_value(gen_jit(state, dev))
         texts = tr.data.tokenizer.decode(ids)
-        for i, t in zip(batch["index"], texts):
+        for i, t in zip(global_value(batch["index"]), texts):
             if i >= 0:
                 hyps[int(i)] = t
     order = range(len(src))

@@ -5,8 +5,9 @@ It reads as phases (big_vision's ``train.py``)::
 
     setup     hfa_jax.train.trainer: config check, mesh, data, shapes -> shardings, steps
     init      jit-compiled init with out_shardings, then imported / previous-stage weights
-    loader    the training loader: each process reads its rows of every global batch
-    resume    latest checkpoint: state, data-iterator position, best metric
+    resume    latest checkpoint: state, best metric
+    loader    the training loader from the resumed step: each process reads its rows of every
+              global batch
     compile   the donated train step, compiled per batch shape (memory analysis logged)
     loop      progress bar, non-finite stop, periodic evaluation + checkpoints, SIGTERM save
     final     final checkpoint; fine-tuning: the best checkpoint on dev/test (beam search, files)
@@ -56,8 +57,9 @@ class DebugCrash(RuntimeError):
     """Raised by the ``config.train.debug_crash_after_step`` test hook (simulates a kill)."""
 
 
-def train_loader(tr: Trainer):
-    """The training loader: shuffled, repeated, ``batch_size / process_count`` rows per process."""
+def train_loader(tr: Trainer, start_batch: int = 0):
+    """The training loader: shuffled, repeated; each process reads its ``batch_size /
+    process_count`` rows of every global batch, starting at global batch ``start_batch``."""
     config, dcfg = tr.config, tr.config.data
     per_host = int(config.train.batch_size) // jax.process_count()
     return pipeline.make_loader(
@@ -66,7 +68,7 @@ def train_loader(tr: Trainer):
         buckets=tuple(dcfg.buckets), drop_remainder=True, worker_count=int(dcfg.worker_count),
         read_threads=int(dcfg.get("read_threads", 1)),
         example_fn=example_fn(config, tr.data.fields[dcfg.train_split]),
-        length_grouping=int(dcfg.get("length_grouping", 0)))
+        length_grouping=int(dcfg.get("length_grouping", 0)), start_batch=start_batch)
 
 
 class CompiledTrainStep:
@@ -110,8 +112,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.time()
     tr = build_trainer(config, workdir)                                   # setup
     state = init_state(tr)                                                # init
-    it = iter(train_loader(tr))                                           # loader
-    state, best_value = _resume(tr, state, it)                            # resume
+    state, best_value = _resume(tr, state)                                # resume
+    # Step s reads global batch s: the position in the data is the step, whatever the number of
+    # processes that wrote the checkpoint or read it now.
+    it = iter(train_loader(tr, start_batch=int(jax.device_get(state["step"]))))  # loader
     step_fn = CompiledTrainStep(tr)                                       # compile
     eval_jit = jax.jit(tr.steps.eval)
     gen_jit = jax.jit(tr.steps.generate) if tr.steps.generate is not None else None
@@ -130,13 +134,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def _resume(tr: Trainer, state, it) -> tuple[PyTree, float | None]:
-    """Restores the latest checkpoint (state, data-iterator position) if there is one."""
+def _resume(tr: Trainer, state) -> tuple[PyTree, float | None]:
+    """Restores the latest checkpoint (state and best metric so far) if there is one."""
     best_value = None
     start = tr.ckpt.latest_step()
     if start is not None:
         state, meta = tr.ckpt.restore(tr.plan.abstract_sharded_state(), start)
-        it.set_state(meta["data_iter"])
         best_value = meta.get("best_value")
         log.info("resumed from step %d (best %s so far: %s)", start, best_metric_name(tr.stage), best_value)
     return state, best_value
@@ -159,7 +162,7 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
     crash_after = int(tcfg.get("debug_crash_after_step", -1))
 
     def meta_now(s):
-        return {"step": int(s), "stage": stage, "data_iter": it.get_state(), "best_value": best_value,
+        return {"step": int(s), "stage": stage, "global_batches_read": int(s), "best_value": best_value,
                 "best_metric": best_metric_name(stage)}
 
     def do_eval(s):
@@ -175,10 +178,15 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
                 disable=jax.process_index() != 0 or not bool(tcfg.get("progress_bar", True)))
     window_t, window_n, window_slots, window_vit = time.time(), 0, 0, 0
     pending = None  # (step number, finiteness flags, metrics) of the last step not yet checked
+    record = (open(os.path.join(tr.workdir, f"batches.p{jax.process_index()}.jsonl"), "a")
+              if bool(tcfg.get("debug_record_batches", False)) else None)
     with ckpt_lib.PreemptionFlag() as preempt:
         try:
             while step < tr.total_steps:
                 batch = next(it)
+                if record is not None:  # test hook: which rows this process read at this step
+                    record.write(json.dumps({"step": step + 1, "index": batch["index"].tolist()}) + "\n")
+                    record.flush()
                 dev = steps_lib.to_device(batch, tr.mesh, [k for k in batch if k != "index"],
                                           pack_levels=pack_levels)
                 slots = int(dev["frame_mask"].size)  # global shapes: no transfer
@@ -228,6 +236,8 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
             tr.ckpt.wait()
         finally:
             pbar.close()
+            if record is not None:
+                record.close()
             with contextlib.suppress(Exception):
                 tr.ckpt.wait()
     return state, step, best_value, final

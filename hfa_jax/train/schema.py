@@ -87,6 +87,7 @@ def base() -> ml_collections.ConfigDict:
         tensorboard=True,
         debug_nan_at_step=-1,        # test hook: poison the loss at this step
         debug_crash_after_step=-1,   # test hook: raise after this step (simulates a kill)
+        debug_record_batches=False,  # test hook: each process logs the rows it read (batches.p<i>.jsonl)
     ))
 
     c.eval = ml_collections.ConfigDict(dict(
@@ -111,7 +112,9 @@ def base() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(
         data=-1,             # -1: every device not used by fsdp
         fsdp=1,
-        distributed=False,   # jax.distributed.initialize() (multi-host)
+        distributed=False,   # jax.distributed.initialize() with JAX's cluster detection (multi-host);
+                             # also on when JAX_COORDINATOR_ADDRESS/NUM_PROCESSES/PROCESS_ID are set
+        heartbeat_timeout_s=100,  # a lost process is noticed within this many seconds
         auto_fsdp=True,      # shard unannotated params over fsdp (largest divisible dim)
         rules=ml_collections.FieldReference(None, field_type=object),  # logical -> mesh axis rules
     ))

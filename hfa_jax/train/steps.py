@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from hfa_jax.data import augment as augment_lib
+from hfa_jax.data.beyondgloss_io import HAND_POSE_DIM
 from hfa_jax.data.sharding import agree_on_time_length, packed_frame_index, to_global
 from hfa_jax.models.beyondgloss import BeyondGlossConfig
 from hfa_jax.models.packing import leaves_out_frames
@@ -179,6 +180,42 @@ def generate_step(state: dict, batch: Batch, *, model: nn.Module, config) -> jax
                          max_new_tokens=int(config.eval.max_new_tokens),
                          length_penalty=float(config.eval.length_penalty))
     return out.sequences
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch layout
+
+def batch_shapes(config, *, batch_size: int, num_frames: int, frame_size: int, kind: str = "train",
+                 num_pseudo_glosses: int = 0) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global device batch of the stage's ``kind`` of step ("train", "eval" or "generate"), as
+    shapes: what the loaders yield for clips of ``num_frames`` stored frames of ``frame_size``
+    pixels (used to compile the steps from shapes alone, :mod:`hfa_jax.aot`)."""
+    b, t, L = batch_size, num_frames, int(config.data.max_text_len)
+
+    def sds(shape, dtype):
+        return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+
+    out = {"frames": sds((b, t, frame_size, frame_size, 3), jnp.uint8), "frame_mask": sds((b, t), bool)}
+    if kind == "generate":
+        return out
+    if config.train.stage == "pretrain":
+        out.update(text_ids=sds((b, L), jnp.int32), text_mask=sds((b, L), bool),
+                   pg_targets=sds((b, num_pseudo_glosses + 1), jnp.float32))  # column 0: the blank
+        bg = BeyondGlossConfig.from_config(config.model.get("beyondgloss", None))
+        if bg.description and bg.description_vectors:
+            out["desc_vec"] = sds((b, bg.desc_dim), jnp.float32)
+        elif bg.description:
+            n = int(config.data.max_description_len)
+            out.update(desc_ids=sds((b, n), jnp.int32), desc_mask=sds((b, n), bool))
+        if bg.hand_pose:
+            length = max(int(x) for x in config.data.buckets)
+            out["hand_pose"] = sds((b, length, HAND_POSE_DIM), jnp.float32)
+    else:
+        out.update(labels=sds((b, L), jnp.int32), decoder_input_ids=sds((b, L), jnp.int32),
+                   target_mask=sds((b, L), bool))
+    if kind == "eval":
+        out["example_mask"] = sds((b,), bool)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from hfa_jax.models.beyondgloss import BeyondGlossConfig
 from hfa_jax.text import pseudo_glosses as pg_lib
 from hfa_jax.text import tokenizer as text_lib
 from hfa_jax.train import checkpoint as ckpt_lib
+from hfa_jax.train import distributed
 from hfa_jax.train import freeze
 from hfa_jax.train import initial_weights
 from hfa_jax.train import logs
@@ -321,7 +322,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     # ---- 0. setup --------------------------------------------------------------------------
     schema.validate(config)
     stage = config.train.stage
-    mesh_lib.maybe_initialize_distributed(config.mesh)
+    distributed.initialize(config.mesh)
     os.makedirs(workdir, exist_ok=True)
     logs.setup_logging(workdir)
     if jax.process_index() == 0:

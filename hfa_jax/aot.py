@@ -1,0 +1,280 @@
+"""Compile a stage's programs ahead of time for any TPU topology (or this machine's devices) and
+report whether they fit: ``python -m hfa_jax.aot --config=CONFIG --topology=NAME [--json]``.
+
+    python -m hfa_jax.aot --config=configs/finetune.py:stage2 --topology=v5e:2x4
+    python -m hfa_jax.aot --config=configs/pretrain.py --topology=local --config.mesh.fsdp=8
+
+No weights and no data are read: the model's variables, the train state and the batches are
+shapes (``jax.eval_shape``, :func:`hfa_jax.train.steps.batch_shapes`). The programs are the
+trainer's own (:mod:`hfa_jax.train.trainer`'s state plan and shardings, :mod:`hfa_jax.train.steps`'
+functions), so a compile error here is one the real run would hit:
+
+* ``train``: the donated train step at the largest bucket, every frame slot filled (frame packing
+  then leaves nothing out, so this is the largest program of the run);
+* ``eval``: the evaluation step at the evaluation batch;
+* ``generate``: beam search (fine-tuning stages).
+
+TPU topologies (``v5e:2x2``, ``v5e:4x4``, ``v6e:2x2``, ``v5p:2x2x2`` ...) compile on a CPU-only
+machine through libtpu (``pip install -e ".[tpu]"``), as maxtext's ``train_compile.py`` does.
+For each program the report gives the per-device memory (XLA's memory analysis: arguments,
+outputs, temporaries, total) against the chip's HBM, whether it fits, XLA's FLOP count and, where
+the backend estimates one (TPU), the step time, the model FLOP utilisation it implies and the
+paper schedule's hours. If the train step does not fit, the report tries ``model.remat``,
+``mesh.fsdp`` over every device and ``train.microbatches`` and names the first that fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+
+from hfa_jax.errors import ConfigError, UserError
+from hfa_jax.train import mesh as mesh_lib
+from hfa_jax.train import schema
+from hfa_jax.train import steps as steps_lib
+from hfa_jax.train import trainer as trainer_lib
+
+GIB = 2 ** 30
+
+# Per-chip HBM (GiB) and dense bf16 peak (TFLOP/s), by the device kind's prefix (public specs).
+CHIPS: dict[str, tuple[float, float]] = {
+    "TPU v5 lite": (16, 197), "TPU v5e": (16, 197), "TPU v5p": (95, 459), "TPU v5": (95, 459),
+    "TPU v6 lite": (32, 918), "TPU v6e": (32, 918), "TPU v4": (32, 275),
+    "NVIDIA A100-SXM4-40GB": (40, 312), "NVIDIA A100 80GB": (80, 312), "NVIDIA A100-SXM4-80GB": (80, 312),
+    "NVIDIA H100": (80, 989), "NVIDIA H200": (141, 989),
+}
+
+
+@dataclasses.dataclass
+class ProgramReport:
+    name: str
+    per_device_bytes: dict[str, int]   # arguments, outputs, temporaries, total
+    hbm_bytes: int | None
+    fits: bool | None
+    flops: float | None                # per device, XLA's count
+    estimated_seconds: float | None    # XLA's estimate (TPU)
+    mfu: float | None = None
+    paper_hours: float | None = None
+    note: str = ""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def topology_devices(name: str) -> tuple[list[Any], int]:
+    """(devices, number of processes) of ``name``: ``local`` or a TPU topology such as ``v5e:2x4``."""
+    if name == "local":
+        return list(jax.devices()), jax.process_count()
+    # libtpu guards a TPU against a second process with /tmp/libtpu_lockfile; compiling for a
+    # topology uses no TPU, so it must not wait for (or fail on) a lock another JAX process holds.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        from jax.experimental import topologies
+        topo = topologies.get_topology_desc(topology_name=name, platform="tpu")
+    except Exception as e:  # libtpu missing, or a name it does not know
+        raise ConfigError(f"--topology={name}: cannot describe this TPU topology ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); install libtpu with pip install -e \".[tpu]\" "
+                          "and use a name such as v5e:2x2, v5e:4x4, v6e:2x2 or v5p:2x2x2") from None
+    devices = list(topo.devices)
+    return devices, len({d.process_index for d in devices})
+
+
+def chip_of(device) -> tuple[float | None, float | None]:
+    """(HBM GiB, peak bf16 TFLOP/s) of a device, from its kind (None where unknown, e.g. CPU)."""
+    kind = str(getattr(device, "device_kind", ""))
+    for prefix, spec in sorted(CHIPS.items(), key=lambda kv: -len(kv[0])):
+        if kind.startswith(prefix):
+            return spec
+    stats = getattr(device, "memory_stats", lambda: None)()
+    if stats and stats.get("bytes_limit"):
+        return stats["bytes_limit"] / GIB, None
+    return None, None
+
+
+def _cost(compiled) -> dict:
+    try:
+        c = compiled.cost_analysis()
+    except Exception:
+        return {}
+    if isinstance(c, (list, tuple)):
+        c = c[0] if c else {}
+    return dict(c or {})
+
+
+def compile_program(fn: Callable, args: Sequence[Any], *, mesh, rules, in_shardings, out_shardings=None,
+                    donate_argnums=()) -> Any:
+    """Lowers and compiles ``fn`` for the mesh's devices (which need not be this machine's)."""
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
+    with mesh, nn.logical_axis_rules(rules):
+        return jitted.lower(*args).compile()
+
+
+def report_program(name: str, compiled, device, *, steps_per_run: int | None) -> ProgramReport:
+    ma = compiled.memory_analysis()
+    per = {"arguments": int(ma.argument_size_in_bytes), "outputs": int(ma.output_size_in_bytes),
+           "temporaries": int(ma.temp_size_in_bytes)}
+    # Donated arguments alias outputs: count those bytes once.
+    per["total"] = (per["arguments"] + per["outputs"] + per["temporaries"] - int(ma.alias_size_in_bytes)
+                    + int(ma.generated_code_size_in_bytes))
+    hbm_gib, peak = chip_of(device)
+    hbm = int(hbm_gib * GIB) if hbm_gib else None
+    cost = _cost(compiled)
+    flops = float(cost["flops"]) if cost.get("flops") else None
+    est = float(cost["optimal_seconds"]) if (cost.get("optimal_seconds") or 0) > 0 else None  # <= 0: none given
+    mfu = flops / (est * peak * 1e12) if (flops and est and peak) else None
+    hours = est * steps_per_run / 3600 if (est and steps_per_run) else None
+    return ProgramReport(name=name, per_device_bytes=per, hbm_bytes=hbm, fits=(per["total"] <= hbm) if hbm else None,
+                         flops=flops, estimated_seconds=est, mfu=mfu, paper_hours=hours)
+
+
+def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size: int,
+                   only: Sequence[str] = ("train", "eval", "generate")) -> list[ProgramReport]:
+    """Compiles the stage's programs for ``devices`` and reports each (per device)."""
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+    schema.validate(config, check_paths=False)
+    if devices[0].platform != jax.devices()[0].platform:
+        # What the real run computes on its own backend (steps.padding_chunk: off off-CPU).
+        config.data.augment.padding_chunk = 0
+    mesh = mesh_lib.make_mesh(config.mesh, devices)
+    rules = mesh_lib.rules_from_config(config.mesh)
+    gbs = int(config.train.batch_size)
+    if gbs % len(devices):
+        raise ConfigError(f"config.train.batch_size={gbs} is not a multiple of the {len(devices)} devices")
+    steps_per_epoch = max(1, num_train // gbs)
+    total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
+    model_cfg = trainer_lib.model_config(config)
+    model = trainer_lib.build_model(config, model_cfg)
+    plan = trainer_lib.plan_state(config, model, mesh, rules, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    bound = trainer_lib.bind_steps(config, model, plan)
+    t = max(int(b) for b in config.data.buckets)
+    state = plan.abstract_sharded_state()
+
+    def batch(kind: str, size: int) -> dict:
+        shapes = steps_lib.batch_shapes(config, batch_size=size, num_frames=t, frame_size=frame_size, kind=kind,
+                                        num_pseudo_glosses=model_cfg.num_pseudo_glosses)
+        return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                        sharding=NamedSharding(mesh, P(mesh_lib.BATCH_AXES, *[None] * (len(v.shape) - 1))))
+                for k, v in shapes.items()}
+
+    reports = []
+    programs = {"train": (bound.train, "train", gbs, dict(out_shardings=(plan.state_shardings, None, None),
+                                                            donate_argnums=(0,))),
+                "eval": (bound.eval, "eval", int(config.eval.batch_size), {})}
+    if bound.generate is not None:
+        programs["generate"] = (bound.generate, "generate", int(config.eval.batch_size), {})
+    for name, (fn, kind, size, kw) in programs.items():
+        if name not in only:
+            continue
+        if size % len(devices):
+            reports.append(ProgramReport(name, {}, None, None, None, None,
+                                         note=f"batch {size} is not a multiple of {len(devices)} devices"))
+            continue
+        b = batch(kind, size)
+        compiled = compile_program(fn, (state, b), mesh=mesh, rules=rules,
+                                   in_shardings=(plan.state_shardings, {k: v.sharding for k, v in b.items()}), **kw)
+        reports.append(report_program(name, compiled, devices[0], steps_per_run=total_steps if name == "train" else None))
+    return reports
+
+
+def suggestions(config, devices, *, num_train: int, frame_size: int) -> list[tuple[str, ProgramReport]]:
+    """Train-step variants tried when the train step does not fit, cheapest change first; stops at
+    the first that fits. Returns ``[(override, report)]``."""
+    n = len(devices)
+    variants: list[dict] = [{"model.remat": True}]
+    if n > 1:
+        variants += [{"mesh.fsdp": n}, {"model.remat": True, "mesh.fsdp": n}]
+    gbs = int(config.train.batch_size)
+    for k in (2, 4, 8, 16):
+        if gbs % (k * n) == 0:
+            variants.append({"model.remat": True, "mesh.fsdp": n, "train.microbatches": k} if n > 1
+                            else {"model.remat": True, "train.microbatches": k})
+    out = []
+    for v in variants:
+        c = ml_collections.ConfigDict(config.to_dict())
+        for key, value in v.items():
+            section, field = key.split(".")
+            c[section][field] = value
+        try:
+            r = stage_programs(c, devices, num_train=num_train, frame_size=frame_size, only=("train",))[0]
+        except UserError as e:
+            continue
+        label = " ".join(f"--config.{k}={val}" for k, val in v.items())
+        out.append((label, r))
+        if r.fits:
+            break
+    return out
+
+
+def format_table(topology: str, devices, num_processes: int, reports: Sequence[ProgramReport],
+                 tried: Sequence[tuple[str, ProgramReport]] = ()) -> str:
+    def gib(x):
+        return f"{x / GIB:8.2f}" if x is not None else "       -"
+
+    lines = [f"topology {topology}: {len(devices)} devices ({getattr(devices[0], 'device_kind', devices[0].platform)}) "
+             f"over {num_processes} process(es); memory per device in GiB",
+             f"{'program':10s} {'args':>8s} {'outputs':>8s} {'temps':>8s} {'total':>8s} {'HBM':>8s} {'fits':>5s} "
+             f"{'GFLOP/dev':>10s} {'est. ms':>8s} {'MFU':>6s} {'paper h':>8s}"]
+    for r in list(reports) + [t[1] for t in tried]:
+        if not r.per_device_bytes:
+            lines.append(f"{r.name:10s} {r.note}")
+            continue
+        p = r.per_device_bytes
+        fits = "-" if r.fits is None else ("yes" if r.fits else "NO")
+        lines.append(f"{r.name:10s} {gib(p['arguments'])} {gib(p['outputs'])} {gib(p['temporaries'])} {gib(p['total'])} "
+                     f"{gib(r.hbm_bytes)} {fits:>5s} {(r.flops or 0) / 1e9:10.1f} "
+                     f"{(r.estimated_seconds or 0) * 1e3:8.1f} {(r.mfu or 0) * 100:5.1f}% "
+                     f"{(r.paper_hours or 0):8.1f}")
+    for label, r in tried:
+        lines.append(f"  train with {label}: {'fits' if r.fits else 'does not fit'} "
+                     f"({r.per_device_bytes['total'] / GIB:.2f} GiB)")
+    return "\n".join(lines)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py[:variant])", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", "local", "a TPU topology (v5e:2x4, v6e:2x2, v5p:2x2x2 ...) or 'local'")
+_JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", 7096, "training videos (steps per epoch; PHOENIX14T: 7096)")
+_FRAME_SIZE = flags.DEFINE_integer("frame_size", 256, "stored frame size of the dataset (build_dataset --size)")
+_SUGGEST = flags.DEFINE_bool("suggest", True, "if the train step does not fit, try the switches that may make it fit")
+
+
+def _main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py")
+    try:
+        devices, num_processes = topology_devices(_TOPOLOGY.value)
+        reports = stage_programs(config, devices, num_train=_NUM_TRAIN.value, frame_size=_FRAME_SIZE.value)
+        tried = []
+        train = next((r for r in reports if r.name == "train"), None)
+        if _SUGGEST.value and train is not None and train.fits is False:
+            tried = suggestions(config, devices, num_train=_NUM_TRAIN.value, frame_size=_FRAME_SIZE.value)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if _JSON.value:
+        print(json.dumps({"topology": _TOPOLOGY.value, "num_devices": len(devices), "num_processes": num_processes,
+                          "programs": [r.to_json() for r in reports],
+                          "suggestions": [{"override": k, **r.to_json()} for k, r in tried]}, indent=1))
+    else:
+        print(format_table(_TOPOLOGY.value, devices, num_processes, reports, tried))
+
+
+def main() -> None:
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Multi-host training with real processes on this machine (``hfa_jax.launch``: a coordinator on
+127.0.0.1, gloo CPU collectives, emulated devices per process), against single-process runs:
+
+(a) pretraining on 2 processes x 2 devices equals 1 process x 4 devices, each process reading only
+    its rows of every global batch; (b) stage-2 fine-tuning with FSDP across processes, same
+    comparison; (c) a checkpoint written by 2 processes resumes in 1 and the reverse; (d) kill -9
+    of every process, then the same launch again, ends where the uninterrupted run ends; (e) kill -9
+    of one process stops the others, with one line naming it; (f) beam-search evaluation on 2
+    processes gives the same hypotheses and scores as on 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hfa_jax.train import checkpoint as ckpt_lib
+from hfa_jax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# The stage config every process loads (``--config=<file>:<stage>``); paths come from the env.
+TINY_CONFIG = textwrap.dedent('''
+    import json, os
+    from configs import demo as demo_cfg
+    from hfa_jax.train import schema
+
+    def get_config(arg=None):
+        stage = arg or "pretrain"
+        paths = json.load(open(os.environ["HFA_TEST_PATHS"]))
+        c = schema.base()
+        c.name = "tiny"
+        c.model = demo_cfg.demo_model()
+        c.model.vit.update(dict(width=16, depth=1, num_heads=2, mlp_dim=32, pos_grid=4, lora_blocks=(0,)))
+        c.model.temporal.update(dict(width=16, num_heads=2, mlp_dim=32, out_dim=16))
+        c.model.mbart.update(dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                  decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32))
+        c.model.frame_dim = 16
+        c.model.proto_dim = 8
+        c.data.update(dict(crop_size=32, max_frames=32, buckets=(32,), max_text_len=16))
+        c.data.dataset_dir = paths["dataset_dir"]
+        c.data.tokenizer_dir = paths["tokenizer_dir"]
+        c.data.pseudo_glosses = paths["pseudo_glosses"] if stage == "pretrain" else ""
+        c.data.prototypes = paths["prototypes"] if stage == "pretrain" else ""
+        c.train.stage = stage
+        c.train.trainable = demo_cfg.DEMO_RULES[stage]
+        c.train.batch_size = 4
+        c.train.num_steps = 4
+        c.train.lr = 1e-3
+        c.train.log_every_steps = 1
+        c.train.checkpoint_every_steps = 1
+        c.train.progress_bar = False
+        c.train.tensorboard = False
+        c.eval.splits = ("dev",)
+        c.eval.at_end = False
+        c.eval.final_on_best = False
+        c.eval.batch_size = 4
+        c.eval.num_beams = 2
+        c.eval.max_new_tokens = 6
+        return c
+''')
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Tiny SynthSign data, the config file, and the environment of every launch (a shared
+    persistent compilation cache: the same layout's programs compile once)."""
+    from configs import demo as demo_cfg
+    from hfa_jax import demo
+
+    root = tmp_path_factory.mktemp("multihost")
+    c = demo_cfg.get_config("smoke")
+    c.demo.update(dict(num_train=8, num_eval=6, max_glosses=2, frame_size=36, fasttext_dim=8, workers=1,
+                       domain="frequent", pretrain_frame_encoder=False))
+    paths = demo.prepare_data(c, str(root / "data"))
+    with open(root / "paths.json", "w") as f:
+        json.dump(paths, f)
+    (root / "tiny.py").write_text(TINY_CONFIG)
+    e = dict(os.environ, HFA_TEST_PATHS=str(root / "paths.json"), JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+             JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             # only shorten XLA's CPU compile of these tiny programs
+             XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+    return {"root": root, "config": str(root / "tiny.py"), "env": e}
+
+
+def launch_cmd(env, procs, devices, workdir, stage="pretrain", *flags):
+    return [sys.executable, "-m", "hfa_jax.launch", f"--num_processes={procs}", f"--devices_per_process={devices}",
+            "--grace_s=5", "--", f"--config={env['config']}:{stage}", f"--workdir={workdir}", *flags]
+
+
+def launch(env, procs, devices, workdir, stage="pretrain", *flags, check=True):
+    r = subprocess.run(launch_cmd(env, procs, devices, workdir, stage, *flags), cwd=REPO, env=env["env"],
+                       capture_output=True, text=True, timeout=900)
+    if check:
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    return r
+
+
+def losses(workdir, key="loss"):
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            if row["split"] == "train":
+                out[row["step"]] = row[key]
+    return out
+
+
+def final_params(workdir):
+    state, meta = ckpt_lib.load_state_arrays(workdir, best=False)
+    return state_lib.merge_params(state["trainable"], state["frozen"]), meta
+
+
+def assert_same_run(a, b, steps=4):
+    """Per-step losses within 1e-5 (relative) and the final parameters within 1e-5."""
+    la, lb = losses(a), losses(b)
+    for s in range(1, steps + 1):
+        assert lb[s] == pytest.approx(la[s], rel=1e-5, abs=1e-6), (b, s, la, lb)
+    pa, ma = final_params(a)
+    pb, mb = final_params(b)
+    assert ma["step"] == mb["step"] == steps
+    for (k, x), y in zip(jax.tree_util.tree_flatten_with_path(pa)[0], jax.tree.leaves(pb)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-5, err_msg=f"{b} {jax.tree_util.keystr(k)}")
+
+
+@pytest.fixture(scope="module")
+def reference(env):
+    """The uninterrupted single-process run: 1 process x 4 devices."""
+    wd = str(env["root"] / "one")
+    launch(env, 1, 4, wd)
+    return wd
+
+
+def test_a_two_processes_equal_one_and_read_only_their_rows(env, reference):
+    wd = str(env["root"] / "two")
+    r = launch(env, 2, 2, wd, "pretrain", "--config.train.debug_record_batches=True")
+    assert "[p0]" in r.stdout and "[p1]" in r.stdout
+    assert_same_run(reference, wd)
+    rows = []
+    for p in range(2):
+        with open(os.path.join(wd, f"batches.p{p}.jsonl")) as f:
+            rows.append([json.loads(line)["index"] for line in f])
+    assert [len(x) for x in rows] == [4, 4]
+    for step in range(4):  # 2 rows each, disjoint; together the global batch of 4
+        a, b = rows[0][step], rows[1][step]
+        assert len(a) == len(b) == 2 and not set(a) & set(b)
+
+
+def test_c_checkpoints_move_between_process_counts(env, reference):
+    for first, then, name in (((2, 2), (1, 4), "two_then_one"), ((1, 4), (2, 2), "one_then_two")):
+        wd = str(env["root"] / name)
+        r = launch(env, *first, wd, "pretrain", "--config.train.debug_crash_after_step=2", check=False)
+        assert r.returncode != 0 and "debug crash after step 2" in r.stdout, r.stdout[-3000:]
+        assert ckpt_lib.Checkpointer(wd).latest_step() == 2
+        launch(env, *then, wd)  # the same command on another layout resumes at step 3
+        assert_same_run(reference, wd)
+
+
+def test_d_kill_9_every_process_then_launch_again(env, reference):
+    wd = str(env["root"] / "killed")
+    cmd = launch_cmd(env, 2, 2, wd)
+    p = subprocess.Popen(cmd, cwd=REPO, env=env["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not os.path.isdir(os.path.join(wd, "checkpoints", "2")):
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)  # the launcher and both training processes, mid-run
+    p.wait()
+    assert ckpt_lib.Checkpointer(wd).latest_step() in (2, 3)
+    launch(env, 2, 2, wd)
+    assert_same_run(reference, wd)
+
+
+def test_e_a_lost_process_stops_the_others_with_one_line(env, reference):
+    wd = str(env["root"] / "lost")
+    p = subprocess.Popen(launch_cmd(env, 2, 2, wd, "pretrain", "--config.train.num_steps=400"), cwd=REPO,
+                         env=env["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not os.path.isdir(os.path.join(wd, "checkpoints", "1")):
+        time.sleep(0.2)
+    out = subprocess.run(["pgrep", "-f", f"workdir={wd}"], capture_output=True, text=True).stdout.split()
+    children = [int(x) for x in out if int(x) != p.pid]
+    victim = next(pid for pid in children if "JAX_PROCESS_ID=1" in open(f"/proc/{pid}/environ").read().replace("\0", " "))
+    t0 = time.time()
+    os.kill(victim, signal.SIGKILL)
+    text, _ = p.communicate(timeout=120)
+    assert time.time() - t0 < 60
+    assert p.returncode != 0
+    lines = [line for line in text.splitlines() if line.startswith("hfa_jax.launch:")]
+    assert lines == ["hfa_jax.launch: process 1 was killed by signal 9 (SIGKILL); stopping the other 1 process(es)"]
+
+
+def test_b_f_fsdp_fine_tuning_and_beam_search_on_two_processes(env, reference):
+    flags = (f"--config.train.init_from={reference}", "--config.mesh.fsdp=2", "--config.train.num_steps=3",
+             "--config.eval.at_end=True", "--config.eval.final_on_best=True")
+    one, two = str(env["root"] / "ft_one"), str(env["root"] / "ft_two")
+    launch(env, 1, 4, one, "finetune2", *flags)
+    launch(env, 2, 2, two, "finetune2", *flags)
+    assert_same_run(one, two, steps=3)
+    with open(os.path.join(two, "train.log")) as f:
+        assert "'fsdp': 2" in f.read()
+    hyp = {}
+    for wd in (one, two):
+        with open(os.path.join(wd, "translations", "dev_best.tsv"), encoding="utf-8") as f:
+            hyp[wd] = f.read()
+    assert hyp[one] == hyp[two] and len(hyp[one].splitlines()) == 1 + 6  # header + every dev video
+    m1, m2 = (json.load(open(os.path.join(wd, "translations", "metrics.json"))) for wd in (one, two))
+    assert m1 == m2
