@@ -50,8 +50,8 @@ STAGE = {"pretrain": "pretrain", "finetune": "finetune2", "finetune2": "finetune
 def hfa_config(s: Shapes, *, dtype: str = "float32"):
     """``HFAConfig`` for the benchmark shapes: SPEC's ViT-S/14 and temporal encoder, mBART with
     the depth/width of ``s`` (paper: d 1024, 12+12 layers)."""
-    from configs.common import model_config
     from hfa_jax.models.hfa import HFAConfig
+    from configs.common import model_config
 
     c = model_config("paper").to_dict()
     c["vit"].update(width=s.vit_width, depth=s.vit_depth, num_heads=s.vit_heads, mlp_dim=s.vit_mlp,
@@ -139,64 +139,41 @@ def concrete_batch(kind: str, s: Shapes, seed: int = 0) -> dict:
 def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int = 1000):
     """-> (init_state(rng) -> state, step(state, batch) -> (state, loss)), both un-jitted and pure.
 
-    State: ``step``, ``trainable``, ``frozen``, ``batch_stats``, ``buffers``, ``opt_state``,
-    ``rng`` (the trainer's layout)."""
+    The trainer's own state (:func:`hfa_jax.train.state.make_state`) and update
+    (:func:`hfa_jax.train.steps.update_step`: forward with dropout, the stage's loss, gradients of
+    the trainable subtree, AdamW, the non-finite guard) on the batch's normalised ``pixels``,
+    as the reference receives them; the paper's optimiser and freezing table."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from configs.common import trainable_rules
     from hfa_jax.models.hfa import build_model
-    from hfa_jax.train import freeze, losses
+    from hfa_jax.train import freeze, schema, steps
     from hfa_jax.train import optim as optim_lib
+    from hfa_jax.train import state as state_lib
 
     cfg = hfa_config(s, dtype=dtype)
     model = build_model(cfg, "pretrain" if kind == "pretrain" else "translate")
     tx, schedule = optim_lib.make_optimizer(peak_lr=3e-4, total_steps=total_steps, pct_start=0.05,
                                             weight_decay=0.01, clip_norm=1.0)
-    rules = trainable_rules(STAGE[kind])
+    config = schema.base()
+    config.train.stage = STAGE[kind]
+    rules = freeze.trainable_rules(STAGE[kind])
     small = dataclasses.replace(s, batch=1, frames=2)
     dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(kind, small, packed_frames=0).items()}
 
-    def model_args(batch):
-        if kind == "pretrain":
-            return (batch["pixels"], batch["frame_mask"], batch["text_ids"], batch["text_mask"])
-        return (batch["pixels"], batch["frame_mask"], batch["decoder_input_ids"], batch["target_mask"])
-
     def init_state(rng):
         r1, r2 = jax.random.split(rng)
-        v = nn.meta.unbox(model.init({"params": r1, "dropout": r2}, *model_args(dummy), deterministic=True))
-        mask = freeze.trainable_mask(v["params"], rules)
-        tr, fr = optim_lib.split_params(v["params"], mask)
-        return {"step": jnp.zeros((), jnp.int32), "trainable": tr, "frozen": fr,
-                "batch_stats": v.get("batch_stats", {}),
-                "buffers": {k: x for k, x in v.items() if k not in ("params", "batch_stats")},
-                "opt_state": tx.init(tr), "rng": rng}
+        variables = nn.meta.unbox(model.init({"params": r1, "dropout": r2}, *steps.model_inputs(
+            config.train.stage, dummy, dummy["pixels"]), deterministic=True))
+        mask = freeze.trainable_mask(variables["params"], rules)
+        return state_lib.make_state(variables, rng, mask=mask, tx=tx)
 
     def step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
-
-        def loss_of(tr):
-            v = {"params": optim_lib.merge_params(tr, state["frozen"]), **state["buffers"],
-                 "batch_stats": state["batch_stats"]}
-            out, upd = model.apply(v, *model_args(batch), deterministic=False, rngs={"dropout": rng},
-                                   mutable=["batch_stats"], frame_index=batch.get("frame_index"))
-            if kind == "pretrain":
-                loss, _ = losses.pretrain_loss(out, batch["pg_targets"])
-            else:
-                loss = losses.translation_loss(out, batch["labels"], batch["target_mask"], label_smoothing=0.2)
-            return loss, upd["batch_stats"]
-
-        (loss, new_bs), grads = jax.value_and_grad(loss_of, has_aux=True)(state["trainable"])
-        updates, new_opt = tx.update(grads, state["opt_state"], state["trainable"])
-        new_tr = optax.apply_updates(state["trainable"], updates)
-        # The trainer's NaN/Inf guard: a bad step leaves the state untouched.
-        ok = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)  # noqa: E731
-        new_state = {**state, "step": state["step"] + ok.astype(jnp.int32), "trainable": keep(new_tr, state["trainable"]),
-                     "batch_stats": keep(new_bs, state["batch_stats"]), "opt_state": keep(new_opt, state["opt_state"])}
-        return new_state, loss
+        new_state, metrics, _ = steps.update_step(state, batch, batch["pixels"], model=model, config=config,
+                                                  tx=tx, schedule=schedule, rng=rng)
+        return new_state, metrics["loss"]
 
     return init_state, step
 
@@ -260,7 +237,7 @@ def ours_worker(kind: str, s: Shapes, *, iters: int, warmup: int, max_seconds: f
     common.log(f"compiled in {run.compile_s:.1f} s; timing")
     times = run.time(warmup=warmup, iters=iters, max_seconds=max_seconds)
     common.log(f"median {common.median(times):.4f} s/step over {len(times)} steps")
-    from hfa_jax.train.optim import count_params
+    from hfa_jax.train.freeze import count_params
 
     out = {"times": times, "median_s": common.median(times), "peak_rss_mib": common.peak_rss_mb(),
            "compile_s": run.compile_s, "xla_memory": common.xla_memory(run.compiled),

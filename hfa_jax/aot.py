@@ -206,7 +206,7 @@ def suggestions(config, devices, *, num_train: int, frame_size: int) -> list[tup
             c[section][field] = value
         try:
             r = stage_programs(c, devices, num_train=num_train, frame_size=frame_size, only=("train",))[0]
-        except UserError as e:
+        except UserError:
             continue
         label = " ".join(f"--config.{k}={val}" for k, val in v.items())
         out.append((label, r))

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from hfa_jax.data.hand_targets import HAND_POSE_DIM
 from hfa_jax.data.safe_pickle import restricted_load
 from hfa_jax.errors import ConfigError, DataError
 
@@ -52,7 +53,6 @@ __all__ = [
     "load_synthsign_descriptions",
 ]
 
-HAND_POSE_DIM = 288
 DESCRIPTION_KEYS = ("refined", "chunks")
 _CHUNK = re.compile(r"^chunk_(\d+)$")
 

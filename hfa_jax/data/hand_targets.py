@@ -58,6 +58,8 @@ __all__ = [
     "rot_z",
 ]
 
+# 2 hands x (15 MANO joints + 1 global orientation) x 3x3 rotation matrix (HaMeR output);
+# the one owner of this width (the BeyondGloss model and the loaders import it).
 HAND_POSE_DIM = 288
 NUM_JOINTS = 15
 _HAND_POSE_END = 2 * NUM_JOINTS * 9  # 270

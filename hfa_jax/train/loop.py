@@ -34,7 +34,7 @@ from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train import evaluation
 from hfa_jax.train import logs
 from hfa_jax.train import steps as steps_lib
-from hfa_jax.train.evaluation import best_metric_name, video_blind_permutation  # noqa: F401 (public)
+from hfa_jax.train.evaluation import best_metric_name
 from hfa_jax.train.trainer import Trainer, build_trainer, every, example_fn, init_state
 
 PyTree = Any

@@ -8,7 +8,7 @@ anneal_strategy='cos')`` with PyTorch defaults ``div_factor=25``, ``final_div_fa
 warm-up and back to 0.95), and Lightning's ``clip_gradients(1.0, "norm")``.
 
 Freezing: parameters are partitioned into a trainable and a frozen subtree
-(:func:`split_params`); the optimiser is built on the trainable subtree only, so frozen
+(:func:`hfa_jax.train.state.split_params`); the optimiser is built on the trainable subtree only, so frozen
 parameters carry no optimiser state and are never differentiated.
 """
 
@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import traverse_util
 
 PyTree = Any
 
@@ -123,30 +122,3 @@ def current_lr(opt_state) -> jax.Array:
         if is_inject(s):
             return s.hyperparams["learning_rate"]
     raise ValueError("no InjectHyperparamsState in the optimiser state")
-
-
-# ---------------------------------------------------------------------------------------------
-# Trainable / frozen partition.
-
-def split_params(params: PyTree, mask: PyTree) -> tuple[dict, dict]:
-    """Splits a nested-dict params tree by a same-structure bool mask.
-
-    Returns ``(trainable, frozen)``: two nested dicts holding only the respective leaves (either
-    may be ``{}``). :func:`merge_params` inverts it.
-    """
-    flat = traverse_util.flatten_dict(params)
-    flat_mask = traverse_util.flatten_dict(mask)
-    tr = {k: v for k, v in flat.items() if flat_mask[k]}
-    fr = {k: v for k, v in flat.items() if not flat_mask[k]}
-    return traverse_util.unflatten_dict(tr), traverse_util.unflatten_dict(fr)
-
-
-def merge_params(trainable: dict, frozen: dict) -> dict:
-    """Inverse of :func:`split_params`."""
-    flat = dict(traverse_util.flatten_dict(frozen))
-    flat.update(traverse_util.flatten_dict(trainable))
-    return traverse_util.unflatten_dict(flat)
-
-
-def count_params(tree: PyTree) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

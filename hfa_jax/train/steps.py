@@ -65,6 +65,14 @@ def augment_frames(config, rng, frames: jax.Array, *, train: bool, frame_mask: j
                                padding_chunk=padding_chunk(config))
 
 
+def model_inputs(stage: str, batch: Batch, pixels: jax.Array) -> tuple[jax.Array, ...]:
+    """The positional inputs of the stage's model: pixels, frame mask and the text side
+    (pretraining: the sentence for the frozen text encoder; fine-tuning: the decoder inputs)."""
+    if stage == "pretrain":
+        return (pixels, batch["frame_mask"], batch["text_ids"], batch["text_mask"])
+    return (pixels, batch["frame_mask"], batch["decoder_input_ids"], batch["target_mask"])
+
+
 def forward(model: nn.Module, stage: str, variables: Mapping[str, PyTree], batch: Batch, pixels: jax.Array,
             *, train: bool, rng: jax.Array | None = None) -> tuple[Any, PyTree]:
     """Runs the stage's model on normalised ``pixels [B, T, H, W, 3]``.
@@ -74,11 +82,9 @@ def forward(model: nn.Module, stage: str, variables: Mapping[str, PyTree], batch
     """
     rngs = {"dropout": rng} if train else {}
     kw = dict(deterministic=not train)
+    args = model_inputs(stage, batch, pixels)
     if stage == "pretrain":
-        args = (pixels, batch["frame_mask"], batch["text_ids"], batch["text_mask"])
         kw.update({k: batch[k] for k in ("desc_ids", "desc_mask", "desc_vec") if k in batch})
-    else:
-        args = (pixels, batch["frame_mask"], batch["decoder_input_ids"], batch["target_mask"])
     if "frame_index" in batch:  # frame packing (data.pack_frames): the ViT sees valid frames only
         kw["frame_index"] = batch["frame_index"]
     if train:
@@ -109,24 +115,32 @@ def stage_loss(config, stage: str, outputs: Any, batch: Batch) -> tuple[jax.Arra
 
 def train_step(state: dict, batch: Batch, *, model: nn.Module, config, tx: optax.GradientTransformation,
                schedule) -> tuple[dict, dict, jax.Array]:
-    """One optimiser update.
+    """One optimiser update: augmentation of the uint8 frames, then :func:`update_step`.
 
     Returns ``(new_state, metrics, finite)``: ``metrics`` holds the loss parts, ``grad_norm`` and
     ``lr``; ``finite [n] bool`` flags each loss part and each trainable module's gradient (in the
     order of :func:`finite_names`). A step with any non-finite flag leaves the state untouched,
     so the trainer may read the flags late (it stops the run when one is False).
     """
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    r_aug, r_drop = jax.random.split(rng)
+    pixels = augment_frames(config, r_aug, batch["frames"], train=True, frame_mask=batch["frame_mask"])
+    return update_step(state, batch, pixels, model=model, config=config, tx=tx, schedule=schedule, rng=r_drop)
+
+
+def update_step(state: dict, batch: Batch, pixels: jax.Array, *, model: nn.Module, config,
+                tx: optax.GradientTransformation, schedule, rng: jax.Array) -> tuple[dict, dict, jax.Array]:
+    """The update of :func:`train_step` on normalised ``pixels [B, T, H, W, 3]``: forward pass
+    with dropout (``rng``), the stage's loss, gradients of the trainable subtree, the optimiser
+    step and the non-finite guard. The benchmarks time this part against the PyTorch reference."""
     stage = config.train.stage
     nan_step = int(config.train.get("debug_nan_at_step", -1))
     step = state["step"]
-    rng = jax.random.fold_in(state["rng"], step)
-    r_aug, r_drop = jax.random.split(rng)
-    pixels = augment_frames(config, r_aug, batch["frames"], train=True, frame_mask=batch["frame_mask"])
 
     def loss_of(trainable, batch, pixels):
         # Only the trainable subtree is differentiated; frozen params are closed over.
         out, new_bs = forward(model, stage, variables_from_state(state, trainable), batch, pixels,
-                              train=True, rng=r_drop)
+                              train=True, rng=rng)
         loss, parts = stage_loss(config, stage, out, batch)
         if nan_step >= 0:  # test hook: poison the loss at one step
             loss = loss * jnp.where(step == nan_step, jnp.nan, 1.0)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from hfa_jax.train import state as state_lib
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train import loop, optim
 from tests.train.test_loop import tiny_config
@@ -67,4 +68,4 @@ def test_switches_train_and_log(bg_paths, tmp_path, desc=True, hand=True):
 
 def _final_params(workdir):
     state, meta = ckpt_lib.load_state_arrays(workdir, best=False)
-    return optim.merge_params(state["trainable"], state["frozen"]), state, meta
+    return state_lib.merge_params(state["trainable"], state["frozen"]), state, meta

@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
+from hfa_jax.train import state as state_lib
 from hfa_jax.train import checkpoint as ckpt_lib
-from hfa_jax.train import loop, optim
+from hfa_jax.train import evaluation, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -81,7 +82,7 @@ def _compile_cache(tmp_path_factory):
 
 def _final_params(workdir):
     state, meta = ckpt_lib.load_state_arrays(workdir, best=False)
-    return optim.merge_params(state["trainable"], state["frozen"]), state, meta
+    return state_lib.merge_params(state["trainable"], state["frozen"]), state, meta
 
 
 def _losses(workdir, key="loss"):
@@ -120,7 +121,7 @@ def test_resume_after_crash_equals_uninterrupted_run(paths, tmp_path):
         assert la[s] == pytest.approx(lb[s], abs=1e-6)
     # training moved the parameters (the comparison is not between two untouched inits)
     init = jax.device_get(loop.init_state(loop.build_trainer(tiny_config(paths, steps=5), str(tmp_path / "i"))))
-    moved = optim.merge_params(init["trainable"], init["frozen"])
+    moved = state_lib.merge_params(init["trainable"], init["frozen"])
     assert not np.allclose(moved["temporal"]["out_proj"]["kernel"], pa["temporal"]["out_proj"]["kernel"])
 
 
@@ -226,7 +227,7 @@ def test_sigterm_sets_the_preemption_flag_instead_of_killing():
 
 
 def test_video_blind_permutation_is_a_derangement():
-    p = loop.video_blind_permutation(50, seed=3)
+    p = evaluation.video_blind_permutation(50, seed=3)
     assert sorted(p) == list(range(50)) and not np.any(p == np.arange(50))
 
 

@@ -7,6 +7,7 @@ import optax
 import pytest
 import torch
 
+from hfa_jax.train import state as state_lib
 from hfa_jax.train import optim
 
 
@@ -75,10 +76,10 @@ def test_clip_adamw_one_cycle_trajectory_matches_torch():
 def test_split_merge_params_and_frozen_have_no_state():
     params = {"a": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}, "b": {"kernel": jnp.ones(3)}}
     mask = {"a": {"kernel": True, "bias": False}, "b": {"kernel": False}}
-    tr, fr = optim.split_params(params, mask)
+    tr, fr = state_lib.split_params(params, mask)
     assert set(tr) == {"a"} and set(tr["a"]) == {"kernel"}
     assert set(fr) == {"a", "b"} and set(fr["a"]) == {"bias"}
-    merged = optim.merge_params(tr, fr)
+    merged = state_lib.merge_params(tr, fr)
     assert jax.tree.structure(merged) == jax.tree.structure(params)
     tx, _ = optim.make_optimizer(peak_lr=1e-3, total_steps=10)
     n_state = sum(x.size for x in jax.tree.leaves(tx.init(tr)) if x.ndim > 0)
