@@ -10,6 +10,7 @@ that every one of our leaves is filled with the right shape. ``export_state`` is
 from __future__ import annotations
 
 import collections
+import functools
 import re
 from typing import Any, Mapping
 
@@ -21,7 +22,8 @@ from hfa_jax.convert import tables
 from hfa_jax.errors import CheckpointError
 from hfa_jax.models import hfa
 
-__all__ = ["detect_class", "model_config_from_state", "import_state", "export_state", "our_kind"]
+__all__ = ["detect_class", "model_config_from_state", "import_state", "export_state", "export_shapes", "our_shapes",
+           "our_kind"]
 
 
 def our_kind(lay: tables.Layout) -> str:
@@ -127,8 +129,10 @@ def model_config_from_state(sd: Mapping[str, Any], lay: tables.Layout, base: Map
     return m
 
 
+@functools.lru_cache(maxsize=8)
 def _our_leaves(cfg: hfa.HFAConfig, kind: str) -> dict[str, tuple[int, ...]]:
-    """Our variables as {'collection/path': shape}, from abstract shapes (no arrays)."""
+    """Our variables as {'collection/path': shape}, from abstract shapes (no arrays; cached per
+    config, as tracing the paper model takes seconds). Do not mutate the result."""
     shapes = hfa.init_shapes(cfg, kind, image=2 * cfg.vit.patch_size)
     flat = traverse_util.flatten_dict(jax.tree.map(lambda s: tuple(s.shape), shapes,
                                                    is_leaf=lambda x: hasattr(x, "shape")), sep="/")
@@ -225,3 +229,26 @@ def export_state(variables: Mapping[str, Any], lay: tables.Layout, model_cfg: Ma
     for t in tied:
         sd[t.theirs] = sd[t.same_as]
     return sd
+
+
+def export_shapes(leaves: Mapping[str, tuple[int, ...]], lay: tables.Layout, model_cfg: Mapping[str, Any], *,
+                  peft_base_layer: bool = True) -> dict[str, tuple[int, ...]]:
+    """:func:`export_state` on shapes alone: our ``{'collection/path': shape}`` -> the authors'
+    ``{key: shape}`` (for checks at paper widths without allocating the weights)."""
+    cfg = hfa.HFAConfig.from_config(dict(model_cfg))
+    rules, taus, consts, tied = _plan(cfg, lay, leaves, peft_base_layer)
+    out: dict[str, tuple[int, ...]] = {}
+    for r in rules:
+        out.update(zip(r.theirs, r.their_shapes(tuple(leaves[r.ours]))))
+    for leaf in taus:
+        out[_tau_key(lay, leaf)] = (1,)
+    for c in consts:
+        out[c.theirs] = tuple(c.make().shape)
+    for t in tied:
+        out[t.theirs] = out[t.same_as]
+    return out
+
+
+def our_shapes(model_cfg: Mapping[str, Any], kind: str) -> dict[str, tuple[int, ...]]:
+    """Our variables' shapes for a model config (abstract evaluation, no arrays)."""
+    return _our_leaves(hfa.HFAConfig.from_config(dict(model_cfg)), kind)

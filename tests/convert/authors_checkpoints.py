@@ -1,0 +1,88 @@
+"""Lightning checkpoints in the HFA authors' exact layout, for the conversion tests.
+
+The modules are ``bench/reference_authors.py``: the authors' classes (elsobhano/MLLM ``psp-dino``:
+``models/Pretrain_Model.py`` PreTrainModel.model = SLRCLIP, ``models/Finetune_Model.py``
+FineTuneModel.model = gloss_free_model, ``models/clip_models.py``, ``psp_head.py``,
+``models/spatial_models/frame_models/dino_adaptor_model.py``, ``models/dinov2/layers/*``) rebuilt
+with their attribute names, and the real Hugging Face mBART under the real ``peft.get_peft_model``,
+so ``state_dict()`` has their keys. Every learned tensor and BatchNorm statistic is then
+overwritten with seeded values (LoRA B included, so the adapters matter); the buffers the code
+computes (position tables, zero prototype, step counter) keep their computed values.
+
+The checkpoint dict is what ``Trainer.save_checkpoint`` writes: ``epoch``, ``global_step``,
+``pytorch-lightning_version``, ``state_dict``, ``hyper_parameters`` (with the ``argparse.Namespace``
+FineTuneModel saves), ``optimizer_states``, ``lr_schedulers``, ``loops`` and ``callbacks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from bench import reference_authors as ra  # noqa: E402
+
+# Buffers the authors' code computes rather than learns (kept as computed).
+COMPUTED = ("pos_embedding.pe", "rotary_emb.", "zero_embedding", "temperature", "num_batches_tracked")
+
+TOKENIZER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "text",
+                         "mbart-trimmed-gfslt")
+TOKENIZER_VOCAB = 2454  # that tokenizer's vocabulary size
+
+
+def randomise(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    seen = set()
+    with torch.no_grad():
+        for k, v in model.state_dict(keep_vars=True).items():
+            if any(c in k for c in COMPUTED) or id(v) in seen:
+                continue
+            seen.add(id(v))  # tied embeddings: one draw
+            v.data.copy_(torch.randn(v.shape, generator=g) * 0.2)
+            if k.endswith("running_var"):
+                v.data.abs_().add_(0.5)
+
+
+def lightning_dict(model: torch.nn.Module, hyper_parameters: dict, step: int) -> dict:
+    return {
+        "epoch": 3,
+        "global_step": step,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": model.state_dict(),
+        "hyper_parameters": hyper_parameters,
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(5.0), "exp_avg": torch.zeros(3),
+                                            "exp_avg_sq": torch.zeros(3)}},
+                              "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.01,
+                                                "foreach": None, "params": [0]}]}],
+        "lr_schedulers": [{"_anneal_func_type": "cos", "total_steps": 10, "last_epoch": 5}],
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 3, "completed": 3}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': 'val_total_loss', 'mode': 'min'}":
+                      {"best_model_score": torch.tensor(0.964), "dirpath": "outputs", "best_k_models": {}}},
+    }
+
+
+def pretrain_checkpoint(path: str, sizes: ra.Sizes, seed: int = 1) -> ra.PreTrainModel:
+    """Writes a PreTrainModel checkpoint (class temperature 0.2, time temperature 0.3, logit scale 2)."""
+    torch.manual_seed(seed)
+    model = ra.PreTrainModel(sizes).eval()
+    randomise(model, seed)
+    head = model.model.model_images.head_model
+    with torch.no_grad():
+        head.class_temperature.fill_(0.2)
+        head.time_temperature.fill_(0.3)
+        model.model.logit_scale.fill_(2.0)
+    torch.save(lightning_dict(model, {"config": "configs/config.yaml", "lr": 3e-4}, 120), path)
+    return model
+
+
+def finetune_checkpoint(path: str, sizes: ra.Sizes, seed: int = 2) -> ra.FineTuneModel:
+    torch.manual_seed(seed)
+    model = ra.FineTuneModel(sizes).eval()
+    randomise(model, seed)
+    hp = {"config": "configs/config.yaml", "args": argparse.Namespace(lr=1e-4, model_ckpt="pretrain.ckpt"),
+          "eval_freq": 10, "csv_dire": None}
+    torch.save(lightning_dict(model, hp, 77), path)
+    return model
