@@ -111,9 +111,16 @@ class _LightningUnpickler(torch_io._TorchZipUnpickler):
     """torch_io's tensor-only unpickler plus :data:`_METADATA_GLOBALS`."""
 
     def find_class(self, module: str, name: str):
+        module = "builtins" if module == "__builtin__" else module  # protocol 2's Python 2 name
         if (module, name) in _METADATA_GLOBALS:
             return _METADATA_GLOBALS[(module, name)]
-        return super().find_class(module, name)
+        try:
+            return super().find_class(module, name)
+        except CheckpointError:
+            raise CheckpointError(
+                f"{self._path}: refusing to unpickle {module}.{name} (only tensors and Lightning's plain "
+                "metadata are read; nothing in the file was run); re-save only the state_dict: "
+                "torch.save({'state_dict': ckpt['state_dict']}, 'clean.ckpt')") from None
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
