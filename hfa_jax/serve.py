@@ -19,7 +19,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 
 from hfa_jax.data import video as video_lib
 from hfa_jax.errors import UserError, cli_main

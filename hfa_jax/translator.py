@@ -283,7 +283,7 @@ class Translator:
         frames_per_step = t / tmask.shape[1]
         times = np.arange(s_valid) * frames_per_step / self.preprocessing.fps
         # the token at sequence position i was predicted from decoder input position i - 1
-        rows = att[0, [i - 1 for i in keep], :s_valid]
+        rows = att[0][[i - 1 for i in keep]][:, :s_valid]
         words, weights = self._words(ids, keep, rows)
         alignment = Alignment(words, weights, times)
         seconds["alignment"] = time.perf_counter() - t0
@@ -295,7 +295,7 @@ class Translator:
             prog = self._program("pseudo_glosses", self._pg_fn, (self.variables, pg.params, pg.prototypes), (x, mask))
             p, sim, _ = (np.asarray(a) for a in prog(self.variables, pg.params, pg.prototypes, x, mask))
             order = [int(i) for i in np.argsort(-p[0]) if i != 0][:top_k]  # not the blank
-            timeline = Timeline([pg.vocab[i] for i in order], p[0, order], sim[0, :s_valid, order].T,
+            timeline = Timeline([pg.vocab[i] for i in order], p[0][order], sim[0][:s_valid][:, order].T,
                                 times, pg.exact)
             seconds["pseudo-glosses"] = time.perf_counter() - t0
         return Explanation(text, alignment, timeline, seconds)
