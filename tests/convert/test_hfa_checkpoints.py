@@ -198,3 +198,30 @@ def test_cli_errors_are_one_line(converted, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "FineTuneModel" in err and "not --stage pretrain" in err
+
+
+def test_converted_pretraining_initialises_finetuning(converted):
+    """``--config.train.init_from`` of a fine-tuning stage accepts the converted pretraining
+    workdir: the trunk and the video encoder (as mBART's encoder) are copied over."""
+    import ml_collections
+    from flax import traverse_util
+
+    from hfa_jax.convert.__main__ import load_config_file
+    from hfa_jax.train.initial_weights import load_initial_params
+
+    pre_config, pre_vars, _ = _load(converted["pre_wd"])
+    config = load_config_file("configs/finetune.py:stage1_tiny")
+    config.model = ml_collections.ConfigDict(pre_config["model"])
+    config.train.init_from = converted["pre_wd"]
+    shapes = core.our_shapes(pre_config["model"], "translate")
+    flat: dict = {}
+    for name, shape in shapes.items():
+        flat[tuple(name.split("/"))] = np.zeros(shape, np.float32)
+    variables = traverse_util.unflatten_dict(flat)
+    out, report = load_initial_params(config, "finetune1", variables)
+    assert any("initialised" in line for line in report)
+    p, q = out["params"], pre_vars["params"]
+    np.testing.assert_array_equal(p["temporal"]["block_1"]["qkv"]["kernel"], q["temporal"]["block_1"]["qkv"]["kernel"])
+    np.testing.assert_array_equal(p["mbart"]["encoder"]["layers_0"]["self_attn"]["q_proj"]["lora_b"],
+                                  q["video_encoder"]["layers_0"]["self_attn"]["q_proj"]["lora_b"])
+    np.testing.assert_array_equal(out["batch_stats"]["frame_bn"]["var"], pre_vars["batch_stats"]["frame_bn"]["var"])
