@@ -75,6 +75,9 @@ class HFAConfig:
     dtype: str = "float32"  # compute dtype for every submodule; params stay float32
     remat: bool = False
     beyondgloss: BeyondGlossConfig = BeyondGlossConfig()  # SPEC §5 heads (off by default)
+    # The authors' frozen text encoder (clip_models.py TextCLIP) runs in train mode: mBART's dropout
+    # is on while pretraining (True). Default: a fully frozen encoder without dropout.
+    text_encoder_dropout: bool = False
 
     def __post_init__(self):
         if self.temporal.width != self.frame_dim:
@@ -124,7 +127,10 @@ class HFAConfig:
 
     @property
     def text_encoder_cfg(self) -> MBartConfig:
-        """The frozen text encoder: same mBART encoder shape, no LoRA, no dropout."""
+        """The frozen text encoder: same mBART encoder shape, no LoRA, no dropout (unless
+        ``text_encoder_dropout``)."""
+        if self.text_encoder_dropout:
+            return dataclasses.replace(self.mbart, lora_rank=0)
         return dataclasses.replace(self.mbart, lora_rank=0, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
 
 
@@ -263,8 +269,8 @@ class HFAPretrain(_VisualTrunk):
         vstates = self.video_encoder(None, vmask, inputs_embeds=vin, deterministic=deterministic)
         video_vec = _l2n(_mean(vstates, vmask, cfg.masked_mean))
 
-        # Fully frozen text encoder: no dropout, no gradient.
-        tstates = self.text_encoder(text_ids, text_mask, deterministic=True)
+        # Fully frozen text encoder: no gradient, no dropout unless text_encoder_dropout.
+        tstates = self.text_encoder(text_ids, text_mask, deterministic=deterministic or not cfg.text_encoder_dropout)
         text_vec = jax.lax.stop_gradient(_l2n(_mean(tstates, text_mask, cfg.masked_mean)))
         out = {
             "pg_scores": pg_scores,
