@@ -123,7 +123,9 @@ def model_config_from_state(sd: Mapping[str, Any], lay: tables.Layout, base: Map
         m.update(learnable_tau=tc.ndim == 1 or tt.ndim == 1,
                  tau_class=float(np.clip(tc.reshape(-1)[0], 0.01, 1.0)),
                  tau_time=float(np.clip(tt.reshape(-1)[0], 0.01, 1.0)))
-    m.update(frame_dim=frame_dim, masked_mean=False)
+    m.update(frame_dim=frame_dim, masked_mean=False,
+             # TextCLIP's frozen mBART encoder runs in train mode (dropout on) while pretraining
+             text_encoder_dropout=lay.text_encoder is not None)
     m["beyondgloss"] = {**dict(m.get("beyondgloss") or {}), "description": False, "hand_pose": False,
                         "description_vectors": False}
     return m

@@ -72,6 +72,7 @@ def test_written_workdir_and_config(converted):
     assert m["temporal"]["num_heads"] == SIZES_PRE.t_heads and m["temporal"]["mlp_dim"] == 4 * SIZES_PRE.frame_dim
     assert m["temporal"]["zero_padding_before_pool"] is False and m["temporal"]["zero_padded_inputs"] is True
     assert m["temporal"]["ffn_output_dropout"] is False and m["masked_mean"] is False
+    assert m["text_encoder_dropout"] is True
     assert abs(m["tau_class"] - 0.2) < 1e-6 and abs(m["tau_time"] - 0.3) < 1e-6 and not m["learnable_tau"]
     assert float(variables["params"]["logit_scale"]) == 2.0
     ft_config, _, ft_meta = _load(converted["ft_wd"])
