@@ -13,7 +13,7 @@ encoder); plain BCE with weight 20 for the pseudo-gloss loss; stage 2 keeps the 
 (trains mapper + mBART); a random 32-frame subsample per clip.
 ``:smoke`` shrinks it further (the test suite's reduced run). ``:csl_daily`` runs the same demo on
 SynthSign renderings of real CSL-Daily sentences (Chinese, ``zh_CN``, scored per character,
-docs/csl_daily.md); ``:csl_daily_smoke`` is its reduced run.
+docs/csl_daily.md).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def get_config(arg: str | None = None):
         # Sentences run to 12 characters + punctuation: ~14 SentencePiece pieces at most.
         c.data.max_text_len = 24
         c.eval.max_new_tokens = 20
-    if variant in ("smoke", "csl_daily_smoke"):  # the test suite's reduced run
+    if variant == "smoke":  # the test suite's reduced run
         c.demo.update(dict(num_train=24, num_eval=8, max_glosses=3, pretrain_epochs=1.0,
                            finetune1_epochs=1.0, finetune2_epochs=1.0, eval_every_epochs=0.0,
                            frame_encoder_steps=10,
@@ -148,9 +148,6 @@ def get_config(arg: str | None = None):
         c.eval.num_beams = 2
         c.eval.batch_size = 8
         c.train.progress_bar = False
-        if corpus == "csl_daily":
-            c.demo.update(dict(num_eval=8, num_dev=4))
     elif variant not in ("default", "csl_daily"):
-        raise ValueError(f"unknown demo variant {variant!r}; use the default, ':smoke', ':csl_daily' or "
-                         "':csl_daily_smoke'")
+        raise ValueError(f"unknown demo variant {variant!r}; use the default, ':smoke' or ':csl_daily'")
     return c
