@@ -24,7 +24,8 @@ from hfa_jax.train.losses import PG_LOSS_MODES as PG_LOSSES
 
 
 def base() -> ml_collections.ConfigDict:
-    """Every non-model field with the paper defaults (SPEC §1, §3, §4)."""
+    """Every non-model field with the paper defaults (docs/data.md, docs/training.md,
+    docs/evaluation.md). One long literal on purpose: the whole schema reads in one place."""
     c = ml_collections.ConfigDict()
     c.name = "hfa"
     c.job = "train"  # "train": one stage (hfa_jax.train.loop.run); "demo": hfa_jax.demo.run
