@@ -39,9 +39,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hfa_jax.data.hand_targets import HAND_POSE_DIM
 from hfa_jax.errors import ConfigError
 from hfa_jax.models.activations import gelu
 from hfa_jax.models.dropout import Dropout
+from hfa_jax.models import axes
 from hfa_jax.models.heads import torch_dense
 
 Array = jax.Array
@@ -56,8 +58,6 @@ __all__ = [
     "pool_time",
 ]
 
-# 2 hands x (15 MANO joints + 1 global orientation) x 3x3 rotation matrix (HaMeR output).
-HAND_POSE_DIM = 288
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +142,7 @@ class HandPoseStudent(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        h = torch_dense(self.hand_dim, x.shape[-1], self.dtype, name="proj")(x)
+        h = torch_dense(self.hand_dim, x.shape[-1], self.dtype, name="proj", kernel_axes=(axes.EMBED, None))(x)
         return gelu(h)
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from hfa_jax.models import axes
 from hfa_jax.models.activations import gelu
 from hfa_jax.models.dropout import Dropout
 
@@ -32,10 +33,16 @@ def torch_linear_init(fan_in: int) -> Callable:
     return init
 
 
-def torch_dense(features: int, fan_in: int, dtype: Any = None, name: str | None = None) -> nn.Dense:
-    """``nn.Dense`` initialised like PyTorch's ``nn.Linear(fan_in, features)``."""
+def torch_dense(features: int, fan_in: int, dtype: Any = None, name: str | None = None,
+                kernel_axes: tuple[str | None, str | None] = (axes.EMBED, axes.EMBED)) -> nn.Dense:
+    """``nn.Dense`` initialised like PyTorch's ``nn.Linear(fan_in, features)``; ``kernel_axes``:
+    the logical names ``(in, out)`` of its kernel (the bias takes ``out``)."""
     init = torch_linear_init(fan_in)
-    return nn.Dense(features, kernel_init=init, bias_init=init, dtype=dtype, name=name)
+    ax_in, ax_out = kernel_axes
+    if ax_in == ax_out:  # a name may occur once per array: a width -> width map shards its output
+        ax_in = None
+    return nn.Dense(features, kernel_init=axes.param(init, (ax_in, ax_out)), bias_init=axes.param(init, (ax_out,)),
+                    dtype=dtype, name=name)
 
 
 class MaskedBatchNorm(nn.Module):
@@ -55,8 +62,8 @@ class MaskedBatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, use_running_average: bool = True) -> Array:
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,))
-        bias = self.param("bias", nn.initializers.zeros, (c,))
+        scale = self.param("scale", axes.param(nn.initializers.ones, (axes.NORM,)), (c,))
+        bias = self.param("bias", axes.param(nn.initializers.zeros, (axes.NORM,)), (c,))
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         xf = x.astype(jnp.float32)
@@ -116,7 +123,7 @@ class PseudoGlossHead(nn.Module):
     @nn.compact
     def __call__(self, y: Array, mask: Array, protos: Array, deterministic: bool = True) -> tuple[Array, Array]:
         h = Dropout(self.dropout)(y, deterministic=deterministic)
-        h = torch_dense(self.proto_dim, y.shape[-1], self.dtype, name="proj")(h)
+        h = torch_dense(self.proto_dim, y.shape[-1], self.dtype, name="proj", kernel_axes=(axes.EMBED, None))(h)
         sim = cosine_similarity(h, protos)  # [B, T', V+1]
         if self.learnable_tau:
             tc = jnp.exp(self.param("tau_class", nn.initializers.constant(np.log(self.tau_class)), ()))
@@ -138,5 +145,5 @@ class Mapper(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = torch_dense(self.features, x.shape[-1], self.dtype, name="linear")(x)
-        x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
+        x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm", **axes.norm_inits())(x)
         return gelu(x)

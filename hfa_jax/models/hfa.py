@@ -33,9 +33,11 @@ import flax.linen as nn
 import numpy as np
 
 from hfa_jax.errors import CheckpointError, ConfigError
+from hfa_jax.models import axes
 from hfa_jax.models.beyondgloss import BeyondGlossConfig, DescriptionProjector, HandPoseBranch
 from hfa_jax.models.heads import MaskedBatchNorm, Mapper, PseudoGlossHead, torch_dense
 from hfa_jax.models.lora import lora_scale
+from hfa_jax.models import decode as decode_lib
 from hfa_jax.models import packing
 from hfa_jax.models.mbart import MBart, MBartConfig, MBartEncoder
 from hfa_jax.models.temporal import TemporalConfig, TemporalEncoder
@@ -173,7 +175,7 @@ class _VisualTrunk(nn.Module):
         else:
             cls = self.frame_encoder(packing.gather_frames(pixels, frame_index), deterministic, cls_only=True)
             x = packing.scatter_frames(cls[:, 0], frame_index, b, t)
-        x = self.frame_proj(x)
+        x = axes.constrain(self.frame_proj(x), (axes.BATCH, axes.FRAMES, axes.EMBED))
         x = self.frame_bn(x, frame_mask, use_running_average=deterministic)
         aux: dict[str, Array] = {}
         if self.cfg.beyondgloss.hand_pose:
@@ -228,11 +230,14 @@ class HFAPretrain(_VisualTrunk):
         )
         # Trainable prototypes 1..V (fastText vectors in practice); row 0 is prepended as zeros.
         self.prototypes = self.param(
-            "prototypes", nn.initializers.normal(1.0), (cfg.num_pseudo_glosses, cfg.proto_dim)
+            "prototypes", axes.param(nn.initializers.normal(1.0), (axes.VOCAB, None)),
+            (cfg.num_pseudo_glosses, cfg.proto_dim)
         )
         d = cfg.mbart.d_model
-        self.cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, d))
-        self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.logit_scale_init), ())
+        self.cls_token = self.param("cls_token", axes.param(nn.initializers.normal(0.02), (None, None, axes.EMBED)),
+                                    (1, 1, d))
+        self.logit_scale = self.param("logit_scale", axes.param(nn.initializers.constant(cfg.logit_scale_init), ()),
+                                      ())
         self.video_encoder = MBartEncoder(cfg.mbart)
         self.text_encoder = MBartEncoder(cfg.text_encoder_cfg)
         if cfg.beyondgloss.description:  # SPEC §5: GELU(Linear 512->1024) of the temporal features
@@ -355,8 +360,6 @@ class HFATranslate(_VisualTrunk):
         ``forced_eos_token_id=-1`` means the mBART config's value, None disables it;
         ``cache_lengths``: the decoding cache's growth (:func:`hfa_jax.models.decode.generate`).
         """
-        from hfa_jax.models import decode as decode_lib
-
         mcfg = self.cfg.mbart
         start = mcfg.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
         if start is None:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from hfa_jax.models import axes
 from hfa_jax.models.dropout import Dropout
 
 Array = jax.Array
@@ -50,6 +51,9 @@ class LoRADense(nn.Module):
       use_bias: whether the base layer has a bias.
       kernel_init, bias_init: base initialisers (overwritten by imported weights in practice).
       dtype: compute dtype (e.g. bf16); params stay in ``param_dtype``.
+      kernel_axes: logical axis names ``(in, out)`` of ``kernel`` (:mod:`hfa_jax.models.axes`);
+        ``bias`` takes ``(out,)``, ``lora_a`` ``(in, "lora")``, ``lora_b`` ``("lora", out)``.
+        None: the parameters carry no names.
     """
 
     features: int
@@ -63,6 +67,10 @@ class LoRADense(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: Any = None
+    kernel_axes: tuple[str | None, str | None] | None = None
+
+    def _init(self, init_fn: Callable, names: tuple[str | None, ...]) -> Callable:
+        return init_fn if self.kernel_axes is None else axes.param(init_fn, names)
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True, *, splits: int = 1) -> Array | tuple[Array, ...]:
@@ -77,6 +85,7 @@ class LoRADense(nn.Module):
         slice copies took 2.3 ms of a 66 ms fine-tuning step (bench/RESULTS.md). Same
         parameters either way."""
         in_features = x.shape[-1]
+        ax_in, ax_out = self.kernel_axes or (None, None)
         if self.features % splits:
             raise ValueError(f"LoRADense: {self.features} output features do not split into {splits} equal parts")
         if not self.is_initializing() and self.has_variable("params", "kernel_t"):
@@ -86,9 +95,10 @@ class LoRADense(nn.Module):
             kernel_t = self.get_variable("params", "kernel_t")
             kernel = None
         else:
-            kernel = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
+            kernel = self.param("kernel", self._init(self.kernel_init, (ax_in, ax_out)),
+                                (in_features, self.features), self.param_dtype)
         bias = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            self.param("bias", self._init(self.bias_init, (ax_out,)), (self.features,), self.param_dtype)
             if self.use_bias
             else None
         )
@@ -100,8 +110,10 @@ class LoRADense(nn.Module):
         )
         down = up = None
         if has_adapter:
-            a = self.param("lora_a", self.lora_a_init, (in_features, self.rank), self.param_dtype)
-            up = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features), self.param_dtype)
+            a = self.param("lora_a", self._init(self.lora_a_init, (ax_in, axes.LORA)), (in_features, self.rank),
+                           self.param_dtype)
+            up = self.param("lora_b", self._init(nn.initializers.zeros, (axes.LORA, ax_out)),
+                            (self.rank, self.features), self.param_dtype)
             h = Dropout(rate=self.dropout)(xc, deterministic=deterministic)
             down = jnp.einsum("...i,ir->...r", h, a.astype(dtype), precision=self.precision)
         if kernel is None:

@@ -39,6 +39,15 @@ Decoding cache (explicit pure pytree, see :meth:`MBart.init_cache`), head-major:
      "self":  {"layers_{i}": {"k": [N, H, T_max, Dh], "v": [N, H, T_max, Dh]}},
      "cross": {"layers_{i}": {"k": [N, H, S, Dh],     "v": [N, H, S, Dh]}}}
 
+Logical axis names (:mod:`hfa_jax.models.axes`): projections ``(embed, heads)`` / ``(heads, embed)``,
+``fc1`` ``(embed, mlp)``, ``fc2`` ``(mlp, embed)``, token embeddings ``(vocab, embed)``, positions
+``(None, embed)``, norms ``(norm,)``; layer inputs ``(batch, length, embed)``, teacher-forced
+logits ``(batch, length, vocab)``.
+
+This file is ~760 lines, over the project's ~600: it is the one model, in the order of
+transformers' ``modeling_mbart.py`` (config, attention, the two layer kinds, the two stacks, the
+LM head and the decoding cache), and each part would import the others if split.
+
 Pretrained weights: ``mbart.from_hf(folder, vocab_map)`` -> ``(MBart(cfg), variables)`` (and
 ``encoder_from_hf``, ``save_imported``, ``load_imported``); the importer is
 :mod:`hfa_jax.weights.mbart`, re-exported here.
@@ -57,6 +66,7 @@ import numpy as np
 
 from hfa_jax.errors import ConfigError
 from hfa_jax.models import attention as attention_lib
+from hfa_jax.models import axes
 from hfa_jax.models.activations import gelu
 from hfa_jax.models import dropout as dropout_lib
 from hfa_jax.models.dropout import Dropout
@@ -212,7 +222,8 @@ def _dense_init(cfg: MBartConfig):
 
 def _layer_norm(cfg: MBartConfig, name: str | None = None) -> nn.LayerNorm:
     # PyTorch LayerNorm eps 1e-5 (flax's default 1e-6 would break parity); statistics in float32.
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name,
+                        **axes.norm_inits())
 
 
 def _attend(
@@ -269,7 +280,9 @@ class MBartAttention(nn.Module):
         d = cfg.d_model
 
         def proj(name: str) -> LoRADense:
+            names = (axes.HEADS, axes.EMBED) if name == "out_proj" else (axes.EMBED, axes.HEADS)
             return LoRADense(
+                kernel_axes=names,
                 features=d,
                 rank=cfg.lora_rank_for(self.stack, self.block, name),
                 alpha=cfg.lora_alpha,
@@ -348,6 +361,7 @@ class MBartEncoderLayer(nn.Module):
 
 def _make_fc(cfg: MBartConfig, stack: str, name: str, features: int) -> LoRADense:
     return LoRADense(
+        kernel_axes=(axes.EMBED, axes.MLP) if name == "fc1" else (axes.MLP, axes.EMBED),
         features=features,
         rank=cfg.lora_rank_for(stack, "mlp", name),
         alpha=cfg.lora_alpha,
@@ -438,11 +452,12 @@ def _heads_first(x: Array) -> Array:
     return jnp.swapaxes(x, 1, 2)
 
 
-def _embed(cfg: MBartConfig, num: int, name: str | None = None) -> nn.Embed:
+def _embed(cfg: MBartConfig, num: int, name: str | None = None, rows: str | None = None) -> nn.Embed:
+    """Token (``rows="vocab"``) or position (``rows=None``) embedding [num, d_model]."""
     return nn.Embed(
         num_embeddings=num,
         features=cfg.d_model,
-        embedding_init=nn.initializers.normal(stddev=cfg.init_std),
+        embedding_init=axes.param(nn.initializers.normal(stddev=cfg.init_std), (rows, axes.EMBED)),
         dtype=cfg.compute_dtype,
         param_dtype=jnp.float32,
         name=name,
@@ -471,7 +486,7 @@ class MBartEncoder(nn.Module):
     def setup(self):
         cfg = self.cfg
         if self.shared_embedding is None:
-            self.embed_tokens = _embed(cfg, cfg.vocab_size)
+            self.embed_tokens = _embed(cfg, cfg.vocab_size, rows=axes.VOCAB)
         self.embed_positions = _embed(cfg, cfg.max_position_embeddings + POSITION_OFFSET)
         self.layernorm_embedding = _layer_norm(cfg)
         cls = _layer_cls(MBartEncoderLayer, cfg)
@@ -521,7 +536,7 @@ class MBartEncoder(nn.Module):
             attention_mask = jnp.ones((b, s), bool)
         mask = attention_mask.astype(bool)[:, None, None, :]
         for layer in self.layers:
-            x = layer(x, mask, deterministic)
+            x = layer(axes.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), mask, deterministic)
         return self.layer_norm(x)
 
 
@@ -588,6 +603,8 @@ class MBartDecoder(nn.Module):
         new_self = {}
         for i, layer in enumerate(self.layers):
             name = f"layers_{i}"
+            if cache is None:  # teacher forcing; decoding steps keep the layout their cache has
+                x = axes.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
             x, nc = layer(
                 x, self_mask, encoder_states, cross_mask, deterministic,
                 None if cache is None else cache["self"][name],
@@ -611,7 +628,7 @@ class MBart(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        self.shared = _embed(cfg, cfg.vocab_size)
+        self.shared = _embed(cfg, cfg.vocab_size, rows=axes.VOCAB)
         self.encoder = MBartEncoder(cfg, shared_embedding=self.shared)
         self.decoder = MBartDecoder(cfg, shared_embedding=self.shared)
         # HF registers final_logits_bias as a buffer: not a parameter, never trained/counted.
@@ -650,7 +667,7 @@ class MBart(nn.Module):
         h, _ = self.decoder(
             decoder_input_ids, decoder_attention_mask, encoder_states, encoder_mask, deterministic=deterministic
         )
-        return self.lm_head(h)
+        return axes.constrain(self.lm_head(h), (axes.BATCH, axes.LENGTH, axes.VOCAB))
 
     def __call__(
         self,

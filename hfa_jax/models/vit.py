@@ -17,6 +17,11 @@ q/k/v are one fused ``qkv`` projection as in the torch-hub DINOv2 that the HFA r
 Hugging Face's separate query/key/value weights are concatenated on import. ``mask_token`` is
 unused in the forward pass but kept (it is part of the checkpoint and of SPEC's 22,056,576).
 
+Logical axis names (:mod:`hfa_jax.models.axes`): ``qkv`` ``(embed, heads)``, ``proj``
+``(heads, embed)``, ``fc1`` ``(embed, mlp)``, ``fc2`` ``(mlp, embed)``, the patch kernel's output and
+the tokens' width ``embed``, norms and LayerScale ``(norm,)``; block inputs ``(batch, length,
+embed)`` (batch = the frames being encoded).
+
 Position resampling (``pos_resample``), both exactly PyTorch's bicubic (A = -0.75,
 align_corners=False, clamped borders), written as two [out, in] interpolation matrices:
   - "hub": torch-hub DINOv2 ``interpolate_pos_encoding``: ``scale_factor = (g + 0.1) / G`` (the
@@ -43,6 +48,7 @@ import flax.linen as nn
 import numpy as np
 
 from hfa_jax.models import attention as attention_lib
+from hfa_jax.models import axes
 from hfa_jax.models.activations import gelu
 from hfa_jax.models.lora import LoRADense
 
@@ -227,12 +233,13 @@ class Attention(nn.Module):
         cfg = self.cfg
         b, n, d = x.shape
         r = cfg.lora_rank if self.lora else 0
-        dense = lambda f, name: LoRADense(  # noqa: E731
-            f, rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype, name=name
+        dense = lambda f, name, names: LoRADense(  # noqa: E731
+            f, rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype, name=name,
+            kernel_axes=names,
         )
         # q, k, v from the fused qkv parameters as three contiguous arrays (LoRADense ``splits``)
         q, k, v = (t.reshape(b, n, cfg.num_heads, d // cfg.num_heads)
-                   for t in dense(3 * d, "qkv")(x, deterministic, splits=3))
+                   for t in dense(3 * d, "qkv", (axes.EMBED, axes.HEADS))(x, deterministic, splits=3))
         q = q[:, :query_rows]
         impl = _attention_impl(cfg.attention, q.dtype, q.shape[-1])
         if query_rows is not None and query_rows % 2:
@@ -245,7 +252,7 @@ class Attention(nn.Module):
         if h is None:
             h = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=impl)
         h = h.reshape(b, q.shape[1], d)
-        return dense(d, "proj")(h, deterministic)
+        return dense(d, "proj", (axes.HEADS, axes.EMBED))(h, deterministic)
 
 
 class Block(nn.Module):
@@ -260,8 +267,11 @@ class Block(nn.Module):
                  valid_tokens: int | None = None) -> Array:
         cfg = self.cfg
         d = x.shape[-1]
-        ln = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name=name)  # noqa: E731
-        ls = lambda name: self.param(name, nn.initializers.constant(cfg.layerscale_init), (d,))  # noqa: E731
+        ln = lambda name: nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name=name,  # noqa: E731
+                                       **axes.norm_inits())
+        ls = lambda name: self.param(  # noqa: E731
+            name, axes.param(nn.initializers.constant(cfg.layerscale_init), (axes.NORM,)), (d,))
+        x = axes.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
         h = Attention(cfg, self.lora, name="attn")(ln("norm1")(x), deterministic, query_rows, valid_tokens)
         x = x[:, :query_rows] + h * ls("ls1").astype(h.dtype)
         h = _MLP(cfg, self.lora, name="mlp")(ln("norm2")(x), deterministic)
@@ -277,9 +287,9 @@ class _MLP(nn.Module):
         cfg = self.cfg
         r = cfg.lora_rank if self.lora else 0
         kw = dict(rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype)
-        h = LoRADense(cfg.mlp_dim, name="fc1", **kw)(x, deterministic)
+        h = LoRADense(cfg.mlp_dim, name="fc1", kernel_axes=(axes.EMBED, axes.MLP), **kw)(x, deterministic)
         h = gelu(h)
-        return LoRADense(x.shape[-1], name="fc2", **kw)(h, deterministic)
+        return LoRADense(x.shape[-1], name="fc2", kernel_axes=(axes.MLP, axes.EMBED), **kw)(h, deterministic)
 
 
 class PatchEmbed(nn.Module):
@@ -300,8 +310,9 @@ class PatchEmbed(nn.Module):
     def __call__(self, pixels: Array) -> Array:
         b, h, w, c = pixels.shape
         p = self.patch
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel = self.param("kernel", axes.param(nn.initializers.lecun_normal(), (None, None, None, axes.EMBED)),
+                            (p, p, c, self.features))
+        bias = self.param("bias", axes.param(nn.initializers.zeros, (axes.EMBED,)), (self.features,))
         pixels, kernel, bias = nn.dtypes.promote_dtype(pixels, kernel, bias, dtype=self.dtype)
         gh, gw = h // p, w // p
         x = pixels[:, : gh * p, : gw * p]  # VALID: a ragged border is dropped, as the conv does
@@ -328,14 +339,17 @@ class ViT(nn.Module):
         x = PatchEmbed(d, cfg.patch_size, dtype=cfg.compute_dtype, name="patch_embed")(pixels)
         b, gh, gw, _ = x.shape
         x = x.reshape(b, gh * gw, d)
-        cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d))
-        self.param("mask_token", nn.initializers.zeros, (1, d))  # checkpoint parity; unused here
-        pos = self.param("pos_embed", nn.initializers.truncated_normal(0.02), (1, 1 + cfg.pos_grid**2, d))
+        token = (None, None, axes.EMBED)
+        cls = self.param("cls_token", axes.param(nn.initializers.normal(1e-6), token), (1, 1, d))
+        # checkpoint parity; unused here
+        self.param("mask_token", axes.param(nn.initializers.zeros, token[1:]), (1, d))
+        pos = self.param("pos_embed", axes.param(nn.initializers.truncated_normal(0.02), token),
+                         (1, 1 + cfg.pos_grid**2, d))
         pos = resample_pos_embed(pos, gh, gw, cfg.pos_resample)
         dtype = x.dtype
         tokens = [jnp.broadcast_to(cls + pos[:, :1], (b, 1, d)).astype(dtype)]
         if cfg.num_registers:
-            reg = self.param("register_tokens", nn.initializers.zeros, (1, cfg.num_registers, d))
+            reg = self.param("register_tokens", axes.param(nn.initializers.zeros, token), (1, cfg.num_registers, d))
             tokens.append(jnp.broadcast_to(reg, (b, cfg.num_registers, d)).astype(dtype))
         tokens.append((x + pos[:, 1:].astype(dtype)).astype(dtype))
         x = jnp.concatenate(tokens, axis=1)
@@ -356,7 +370,7 @@ class ViT(nn.Module):
         if first >= cfg.depth:
             x = jax.lax.stop_gradient(x)
         x = x[:, :n]
-        return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm")(x)
+        return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm", **axes.norm_inits())(x)
 
 
 # The Hugging Face / torch-hub conversion lives in hfa_jax.weights.dinov2, which imports this

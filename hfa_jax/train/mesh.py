@@ -1,12 +1,24 @@
 """Device mesh and shardings: one code path for data parallelism on one host and FSDP on a pod.
 
 The mesh has two axes, ``data`` and ``fsdp`` (maxtext / big_vision convention). The batch is
-split over both axes (every device sees a different slice of examples); parameters are sharded
-over ``fsdp`` either from their logical axis names (``nn.with_logical_partitioning`` in the
-models, resolved with the config's rules through ``nn.logical_to_mesh_sharding``) or, for
-parameters without logical names, by big_vision's ``fsdp`` heuristic: the largest dimension
-divisible by the ``fsdp`` size is sharded, small arrays stay replicated. With ``fsdp=1`` all
-parameters are replicated, i.e. plain data parallelism.
+split over both axes (every device sees a different slice of examples).
+
+Parameters are placed by their logical axis names. Every parameter of the hfa_jax models names
+its dimensions (:mod:`hfa_jax.models.axes`: ``embed``, ``mlp``, ``heads``, ``vocab``, ``lora``,
+``norm``; large activations are constrained with ``batch``, ``frames``, ``length``, ``embed``,
+``vocab``), and ``config.mesh.rules`` maps those names onto mesh axes, maxtext style: a list of
+``(logical name, mesh axis | [mesh axes] | None)``, first match wins, a mesh axis is used at most
+once per array, unlisted names stay unsharded; :data:`DEFAULT_RULES` when the config gives none.
+With the defaults every model width (``embed``) is sharded over ``fsdp`` (FSDP: with ``fsdp=1``
+that is replication, i.e. plain data parallelism) and vocabularies, hidden widths, heads, LoRA
+ranks and norms are replicated; activations split their ``batch`` over both axes. A rule such
+as ``("mlp", "fsdp")`` placed before ``("embed", "fsdp")`` shards feed-forward hidden widths
+instead. A named dimension whose size the mesh axes do not divide stays unsharded.
+
+Fallback, for leaves without logical names (parameters of a module that does not annotate them,
+or state leaves that match no parameter, see :func:`state_shardings`): big_vision's ``fsdp``
+heuristic shards the largest dimension divisible by the ``fsdp`` size, and leaves arrays smaller
+than ``min_size`` elements replicated (``config.mesh.auto_fsdp=False``: replicate them all).
 """
 
 from __future__ import annotations
@@ -23,16 +35,20 @@ from hfa_jax.errors import ConfigError
 PyTree = Any
 BATCH_AXES = ("data", "fsdp")
 
-# Default logical -> mesh axis rules (maxtext style). Models may annotate parameters with these
-# logical names; activations constrained to "batch" follow the data split.
+# Default logical -> mesh axis rules (maxtext style; names in hfa_jax.models.axes). "batch" comes
+# first so that an activation [batch, ..., embed] takes both axes for its batch, leaving its
+# embed unsharded; a parameter has no batch dimension, so its embed takes fsdp.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
+    ("frames", None),
+    ("length", None),
     ("embed", "fsdp"),
     ("mlp", None),
     ("heads", None),
     ("kv", None),
     ("vocab", None),
-    ("length", None),
+    ("lora", None),
+    ("norm", None),
 )
 
 
@@ -103,12 +119,25 @@ def _keystr(path) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _divisible(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+    """``sharding`` with the mesh axes of every dimension they do not divide dropped (that
+    dimension unsharded): e.g. a 300-wide ``embed`` on ``fsdp=8``."""
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for i, axes in enumerate(spec):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if names and shape[i] % int(np.prod([sharding.mesh.shape[a] for a in names])):
+            spec[i] = None
+    return NamedSharding(sharding.mesh, P(*spec))
+
+
 def variable_shardings(boxed_abstract: PyTree, mesh: Mesh, rules, *, auto_fsdp: bool = True,
                        min_size: int = 2 ** 14) -> PyTree:
-    """Shardings for a (possibly logically-boxed) abstract variables tree, unboxed structure.
+    """Shardings for a logically-boxed abstract variables tree (``jax.eval_shape`` of
+    ``model.init`` under ``nn.logical_axis_rules``), in the unboxed structure.
 
-    Leaves annotated with logical names use ``nn.logical_to_mesh_sharding``; the others the
-    ``fsdp`` heuristic (if ``auto_fsdp``) or replication.
+    Leaves annotated with logical names use ``nn.logical_to_mesh_sharding`` with ``rules``
+    (dimensions the mesh axes do not divide stay unsharded); the others the ``fsdp`` heuristic
+    (if ``auto_fsdp``) or replication (the module docstring's fallback).
     """
     fsdp = mesh.shape["fsdp"]
     logical = nn.get_partition_spec(boxed_abstract)  # P() for unannotated leaves
@@ -119,7 +148,7 @@ def variable_shardings(boxed_abstract: PyTree, mesh: Mesh, rules, *, auto_fsdp: 
 
     def pick(x, sh, ann):
         if ann:
-            return sh
+            return _divisible(sh, x.shape)
         spec = _auto_fsdp_spec(x.shape, fsdp, min_size) if auto_fsdp else P()
         return NamedSharding(mesh, spec)
 
@@ -132,7 +161,7 @@ def state_shardings(abstract_state: PyTree, param_shardings_by_path: dict, mesh:
 
     A leaf whose key path ends with a parameter's path (e.g. ``opt_state/.../mu/<param path>``)
     and has its shape takes that parameter's sharding, so Adam moments live where their parameter
-    lives; anything else uses the heuristic / replication.
+    lives; scalars are replicated; anything else uses the fallback heuristic / replication.
     """
     fsdp = mesh.shape["fsdp"]
 

@@ -231,7 +231,8 @@ def _fill_missing(module: nn.Module, imported: dict, rng: Array, sample_args: tu
     """Add freshly initialised LoRA adapters (absent from HF checkpoints) to imported params,
     checking every imported tensor against the module's own shapes."""
     kw = {} if method is None else {"method": method}
-    shapes = jax.eval_shape(lambda r: module.init(r, *sample_args, **kw), rng)["params"]
+    # unbox: under logical axis rules init returns named boxes (hfa_jax.models.axes)
+    shapes = nn.meta.unbox(jax.eval_shape(lambda r: module.init(r, *sample_args, **kw), rng))["params"]
     flat_shapes = _flatten(shapes)
     flat_imp = _flatten(imported)
     for k, arr in flat_imp.items():
@@ -246,7 +247,7 @@ def _fill_missing(module: nn.Module, imported: dict, rng: Array, sample_args: tu
             raise CheckpointError(f"checkpoint provides no tensor for parameter {not_lora[0]}")
 
         def init_missing(r):  # jit + returning only the adapters lets XLA drop the rest of init
-            full = _flatten(module.init(r, *sample_args, **kw)["params"])
+            full = _flatten(nn.meta.unbox(module.init(r, *sample_args, **kw))["params"])
             return {k: full[k] for k in missing}
 
         fresh = jax.jit(init_missing)(rng)
