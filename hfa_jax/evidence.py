@@ -44,7 +44,7 @@ def alignment_figure(explanation, frames: np.ndarray, fps: float, title: str = "
     fig, (top, ax) = plt.subplots(2, 1, figsize=(8, 1.6 + 0.32 * rows), sharex=True,
                                   gridspec_kw={"height_ratios": [1.2, max(1.0, 0.3 * rows)]})
     _strip_axis(top, frames, seconds)
-    top.set_title(title or explanation.text or "(empty translation)", fontsize=10, loc="left")
+    top.set_title(title or explanation.text or "(empty translation)", fontsize=10)
     if al.words:
         step = (al.times[1] - al.times[0]) if len(al.times) > 1 else seconds
         ax.imshow(al.weights, aspect="auto", cmap="viridis", interpolation="nearest",

@@ -13,6 +13,9 @@ import pytest
 
 from hfa_jax.errors import CheckpointError
 
+# One xdist worker runs the application tests: they share the session's trained model.
+pytestmark = pytest.mark.xdist_group("apps")
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -11,6 +11,9 @@ import socket
 
 import pytest
 
+# One xdist worker runs the application tests: they share the session's trained model.
+pytestmark = pytest.mark.xdist_group("apps")
+
 pytest.importorskip("gradio", reason='the web page needs the [app] extra: pip install -e ".[app]"')
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

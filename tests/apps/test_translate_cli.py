@@ -12,6 +12,9 @@ from PIL import Image
 
 from hfa_jax import translate
 
+# One xdist worker runs the application tests: they share the session's trained model.
+pytestmark = pytest.mark.xdist_group("apps")
+
 
 def test_folder_of_videos_and_frame_folders(tmp_path, capsys, workdirs, translator, clips, encoded):
     inputs = tmp_path / "inputs"
