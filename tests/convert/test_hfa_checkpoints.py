@@ -27,6 +27,9 @@ from hfa_jax.translator import _variables
 from tests.convert import authors_checkpoints as ac
 from tests.convert.authors_checkpoints import ra
 
+# One worker builds the converted checkpoints once (CI runs pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("convert_hfa")
+
 SIZES_PRE = ra.Sizes(vocab=50)
 SIZES_FT = ra.Sizes(vocab=ac.TOKENIZER_VOCAB)  # translation needs the test tokenizer's vocabulary
 TOL = 1e-4
