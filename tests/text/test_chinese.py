@@ -115,7 +115,7 @@ def test_char_protocol_on_real_csl_daily_references(sentences):
     assert raw < got["bleu4"] - 1.0
 
 
-# The worked example of docs/csl_daily.md (a real test reference; a hypothesis as the model writes it).
+# The worked example of docs/csl_daily.md (CSL-Daily-style references; hypotheses as the model writes them).
 EXAMPLE_HYPS = ["我 想 买 苹果 。", "今天 会 下雨 吗?"]
 EXAMPLE_REFS = ["我想吃面条。", "今天会下雨吗？"]
 EXAMPLE_BLEU4 = 62.79
