@@ -123,7 +123,7 @@ def model_card(bundle: ModelBundle, workdir: str, metrics: dict, versions: dict,
              "A video-to-text model trained with hfa_jax "
              "(Hierarchical Feature Alignment, arXiv 2507.06732). It reads a signed video and writes a "
              f"{lang} sentence.", "", "## Use it", "", "```bash",
-             'pip install "hfa_jax[app]"    # from a clone: pip install -e ".[app]"',
+             'pip install -e ".[app]"    # in a clone of hfa_jax',
              "python -m hfa_jax.translate --model THIS_FOLDER --input clip.mp4 --explain explain/",
              "python -m hfa_jax.serve --model THIS_FOLDER --port 7860", "```", "", "```python",
              "from hfa_jax import Translator", 't = Translator.from_pretrained("THIS_FOLDER")',
@@ -194,6 +194,7 @@ def export(workdir: str, out: str, *, merge: bool = True, force: bool = False) -
         with open(os.path.join(out, PSEUDO_GLOSSES), "w") as f:
             json.dump({"vocab": pg.vocab, "exact": pg.exact}, f, ensure_ascii=False, indent=1)
     save_file(tensors, os.path.join(out, WEIGHTS), metadata={"format": "hfa_jax", "version": str(FORMAT_VERSION)})
+    os.chmod(os.path.join(out, WEIGHTS), 0o644)  # safetensors writes 0600; the folder is meant to be shared
     with open(os.path.join(out, "config.json"), "w") as f:
         f.write(bundle.config.to_json_best_effort(indent=2))
     bundle.preprocessing.save(os.path.join(out, PREPROCESSING))
