@@ -46,3 +46,23 @@ def initialize(mesh_cfg) -> None:
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat, **kwargs)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+
+
+_barriers = 0
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Every process waits here until all have arrived; a no-op on one process.
+
+    The coordination service's barrier, not a device collective. The loop calls it after
+    compiling a program and before running it: processes finish compiling at different times
+    (minutes apart on a loaded machine), and gloo's CPU collectives abort the process (SIGABRT)
+    when a peer is that late to the first collective of a step.
+    """
+    global _barriers
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the client; jax has no public barrier
+
+    _barriers += 1
+    jax_distributed.global_state.client.wait_at_barrier(f"hfa_jax:{name}:{_barriers}", timeout_s * 1000)

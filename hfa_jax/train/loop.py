@@ -31,6 +31,7 @@ from tqdm import tqdm
 from hfa_jax.data import pipeline
 from hfa_jax.errors import UserError
 from hfa_jax.train import checkpoint as ckpt_lib
+from hfa_jax.train import distributed
 from hfa_jax.train import evaluation
 from hfa_jax.train import logs
 from hfa_jax.train import steps as steps_lib
@@ -71,14 +72,14 @@ def train_loader(tr: Trainer, start_batch: int = 0):
         length_grouping=int(dcfg.get("length_grouping", 0)), start_batch=start_batch)
 
 
-class CompiledTrainStep:
-    """The donated train step, lowered and compiled once per batch shape (one per bucket and
-    frame-packing level met); logs each program's memory analysis."""
+class CompiledPrograms:
+    """A step function compiled once per batch shape (one per bucket and frame-packing level
+    met), under the mesh and its logical-axis rules. With ``log_memory`` each program's memory
+    analysis is logged; on several processes, all wait for each other after a compile."""
 
-    def __init__(self, tr: Trainer):
-        self._tr = tr
-        self._jit = jax.jit(tr.steps.train, in_shardings=(tr.state_shardings, None),
-                            out_shardings=(tr.state_shardings, None, None), donate_argnums=(0,))
+    def __init__(self, tr: Trainer, fn: Callable, *, name: str, log_memory: bool = False, **jit_kwargs):
+        self._tr, self._name, self._log = tr, name, log_memory
+        self._jit = jax.jit(fn, **jit_kwargs)
         self._compiled: dict[tuple, Any] = {}
 
     def __call__(self, state, dev_batch):
@@ -88,9 +89,21 @@ class CompiledTrainStep:
             with self._tr.mesh, nn.logical_axis_rules(self._tr.rules):
                 c = self._jit.lower(state, dev_batch).compile()
             self._compiled[key] = c
-            shapes = {k: dev_batch[k].shape for k in ("frames", "frame_index") if k in dev_batch}
-            logs.log_memory(c, time.time() - t0, shapes)
+            if self._log:
+                shapes = {k: dev_batch[k].shape for k in ("frames", "frame_index") if k in dev_batch}
+                logs.log_memory(c, time.time() - t0, shapes)
+            distributed.barrier(f"compiled {self._name}")
         return self._compiled[key](state, dev_batch)
+
+
+def compile_steps(tr: Trainer) -> tuple[Callable, Callable, Callable | None]:
+    """The stage's train (donated state), eval and generate programs."""
+    train = CompiledPrograms(tr, tr.steps.train, name="train", log_memory=True,
+                             in_shardings=(tr.state_shardings, None),
+                             out_shardings=(tr.state_shardings, None, None), donate_argnums=(0,))
+    evaluate = CompiledPrograms(tr, tr.steps.eval, name="eval")
+    generate = CompiledPrograms(tr, tr.steps.generate, name="generate") if tr.steps.generate is not None else None
+    return train, evaluate, generate
 
 
 def _check_finite(tr: Trainer, step_no: int, finite, metrics: Mapping[str, Any]) -> None:
@@ -116,9 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Step s reads global batch s: the position in the data is the step, whatever the number of
     # processes that wrote the checkpoint or read it now.
     it = iter(train_loader(tr, start_batch=int(jax.device_get(state["step"]))))  # loader
-    step_fn = CompiledTrainStep(tr)                                       # compile
-    eval_jit = jax.jit(tr.steps.eval)
-    gen_jit = jax.jit(tr.steps.generate) if tr.steps.generate is not None else None
+    step_fn, eval_jit, gen_jit = compile_steps(tr)                        # compile
     state, step, best_value, final = _train(tr, state, it, step_fn, eval_jit, gen_jit, best_value)  # loop
     summary = {"stage": tr.stage, "steps": step, "best_value": best_value,          # final
                "best_metric": best_metric_name(tr.stage), "final": final}
