@@ -2,7 +2,7 @@
 ``frames_<T>`` scaling rows, hfa_jax against the PyTorch reference (``bench/reference_torch.py``).
 
 Both sides get the same shapes (:class:`reference_torch.Shapes`), the same batch layout (one
-clip padded to 3/4 of the frames), the same trainable set (SPEC §2-3) and the same optimiser
+clip padded to 3/4 of the frames), the same trainable set (docs/training.md) and the same optimiser
 (clip 1.0 -> AdamW wd 0.01 with the one-cycle schedule). Both run the ViT on the valid frames
 only: the reference by boolean indexing (a dynamic shape, as GFSLT-VLP concatenates clips),
 ours with the trainer's frame packing (``data.pack_frames`` capacity levels; at the default 8
@@ -48,7 +48,7 @@ STAGE = {"pretrain": "pretrain", "finetune": "finetune2", "finetune2": "finetune
 
 
 def hfa_config(s: Shapes, *, dtype: str = "float32"):
-    """``HFAConfig`` for the benchmark shapes: SPEC's ViT-S/14 and temporal encoder, mBART with
+    """``HFAConfig`` for the benchmark shapes: the paper's ViT-S/14 and temporal encoder, mBART with
     the depth/width of ``s`` (paper: d 1024, 12+12 layers)."""
     from hfa_jax.models.hfa import HFAConfig
     from configs.common import model_config

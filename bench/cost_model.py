@@ -2,7 +2,7 @@
 machine's measured matmul peak and memory bandwidth, the floor time per step, and a projection
 of the full paper schedule on one H100.
 
-Paper scale (SPEC §2-3): batch 16, 300 frames, 224 px, ViT-S/14, temporal 512, mBART-large
+Paper scale (docs/training.md): batch 16, 300 frames, 224 px, ViT-S/14, temporal 512, mBART-large
 (12+12 layers, d 1024, trimmed vocabulary 2172), text length 64, bf16 compute (the paper
 configs' ``model.dtype``). The steps are built exactly as in ``bench/bench_train.py`` (the
 trainer's step: trainable-only gradients, AdamW + clip, NaN guard) and lowered on abstract

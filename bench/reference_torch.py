@@ -4,7 +4,7 @@ Built the way the PyTorch implementations (elsobhano/MLLM ``psp-dino``, GFSLT-VL
 configs with random weights (no downloads; speed does not depend on the weights):
 
 - frame encoder: transformers ``Dinov2Model`` (SDPA attention), LoRA from ``peft`` on blocks
-  9-11 (r 4, alpha 4, dropout 0.1). Difference from SPEC §2 / ours: Hugging Face's DINOv2 has
+  9-11 (r 4, alpha 4, dropout 0.1). Difference from ours: Hugging Face's DINOv2 has
   separate ``q_proj``/``k_proj``/``v_proj`` linears where torch-hub (and hfa_jax) have one fused
   ``qkv``; LoRA goes on ``q_proj, k_proj, v_proj, o_proj, fc1, fc2`` (9,216 instead of 6,144
   adapter parameters on the attention input per block: same rank, same FLOP class). Blocks 0-8
@@ -12,7 +12,7 @@ configs with random weights (no downloads; speed does not depend on the weights)
   Only the valid frames go through it (``pixels[frame_mask]``: GFSLT-VLP likewise concatenates
   the clips' frames before its CNN), then the features are scattered back to ``[B, T]``.
 - Linear(384->512) -> BatchNorm1d over the valid frames only.
-- temporal encoder written here to SPEC §2: post-LN blocks, local attention |t-s| <= 3 (+ self)
+- temporal encoder written here to docs/models_and_weights.md: post-LN blocks, local attention |t-s| <= 3 (+ self)
   as a dense boolean mask into ``F.scaled_dot_product_attention`` (what the xformers
   ``local_mask`` path degrades to without xformers), interleaved RoPE, LayerScale on the
   attention branch, DropPath, AvgPool1d(3, 2, 1) downsampling, Linear(512->1024).
@@ -24,7 +24,7 @@ configs with random weights (no downloads; speed does not depend on the weights)
   self-attention and cross-attention; cross-entropy with label smoothing 0.2, padding ignored.
 - AdamW(weight_decay=0.01) + ``OneCycleLR(pct_start=0.05)`` + ``clip_grad_norm_(1.0)``.
 
-Trainable sets are SPEC's: pretrain = ViT LoRA, Linear+BN, temporal, head, prototypes, CLS,
+Trainable sets are the paper's: pretrain = ViT LoRA, Linear+BN, temporal, head, prototypes, CLS,
 logit scale, video-encoder LoRA; finetune2 = ViT LoRA, Linear+BN, temporal, mapper, mBART LoRA.
 
 Bench code only (imports torch); never imported by ``hfa_jax``.
@@ -61,7 +61,7 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------
-# Temporal encoder (SPEC §2)
+# Temporal encoder (docs/models_and_weights.md)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ against '/'-joined parameter paths, first match wins, every parameter must match
 (``hfa_jax.train.freeze.trainable_mask``).
 
 Variants:
-  - "paper": SPEC §2 exactly (ViT-S/14 + LoRA r4 on blocks 9-11, temporal 512/8 heads/2+2
+  - "paper": the paper's model exactly (ViT-S/14 + LoRA r4 on blocks 9-11, temporal 512/8 heads/2+2
     blocks, mBART-large-cc25 with the trimmed 2172-token vocabulary and LoRA r16/alpha 32,
     2322 pseudo-gloss prototypes). ``python -m hfa_jax.params`` reproduces the paper's counts.
   - "tiny" (alias "demo"): the same architecture at toy widths for CPU smoke runs and tests.
@@ -31,7 +31,7 @@ __all__ = ["model_config", "trainable_rules", "STAGES", "csl_daily"]
 
 def _mbart(**kw) -> dict:
     d = dict(
-        vocab_size=2172,  # trimmed PHOENIX14T vocabulary (SPEC §1)
+        vocab_size=2172,  # trimmed PHOENIX14T vocabulary (docs/text.md)
         d_model=1024,
         encoder_layers=12,
         decoder_layers=12,
@@ -63,7 +63,7 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
                 pos_grid=37, num_registers=0, layerscale_init=1.0,
                 pos_resample="hub",  # the reference loads torch-hub DINOv2 (scale-factor + 0.1 offset)
                 lora_blocks=(9, 10, 11), lora_rank=4, lora_alpha=4.0, lora_dropout=0.1,
-                train_all_blocks=False,  # SPEC: blocks below the first LoRA block are frozen
+                train_all_blocks=False,  # the paper: blocks below the first LoRA block are frozen
                 # cuDNN's fused attention on a GPU in bf16/fp16, XLA's elsewhere (CPU: identical
                 # to "xla"); an H100 fine-tuning step 98.7 -> 66.4 ms (bench/RESULTS.md)
                 attention="auto",
@@ -112,7 +112,7 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
         bn_eps=1e-5,
         dtype="float32",  # "bfloat16" on GPU/TPU (params stay float32)
         remat=False,
-        # BeyondGloss objectives (SPEC §5; hfa_jax/models/hand.py), off = plain HFA.
+        # BeyondGloss objectives (docs/beyondgloss.md; hfa_jax/models/beyondgloss.py), off = plain HFA.
         beyondgloss=dict(description=False, description_vectors=False, hand_pose=False, hand_dim=288,
                          feedback_dropout=0.1, desc_dim=0),
     )

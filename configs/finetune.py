@@ -1,4 +1,4 @@
-"""Fine-tuning (SPEC §3): stage 1 trains the mapper + decoder LoRA (100 epochs), stage 2 everything
+"""Fine-tuning (docs/training.md): stage 1 trains the mapper + decoder LoRA (100 epochs), stage 2 everything
 trainable (200 epochs); the kept checkpoint (``WORKDIR/best``) has the best dev BLEU-4.
 
     python -m hfa_jax.main --config=configs/finetune.py:stage1 --workdir=runs/finetune1 \

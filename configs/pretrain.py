@@ -1,4 +1,4 @@
-"""Pretraining (SPEC §2-3): pseudo-gloss + video-text alignment, 100 epochs, peak LR 3e-4.
+"""Pretraining (docs/training.md): pseudo-gloss + video-text alignment, 100 epochs, peak LR 3e-4.
 
     python -m hfa_jax.main --config=configs/pretrain.py \
         --config.data.dataset_dir=data/phoenix14t_ds --config.data.tokenizer_dir=data/mbart_trimmed \
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
     c.eval.splits = ("dev",)  # validation loss selects the kept checkpoint
     c.eval.every_epochs = 1.0
     if variant in ("paper", "csl_daily"):
-        c.model.dtype = "bfloat16"  # bf16 compute, fp32 master weights (SPEC §3)
+        c.model.dtype = "bfloat16"  # bf16 compute, fp32 master weights (docs/training.md)
     if variant == "csl_daily":
         common.csl_daily(c, "pretrain")
     return c

@@ -1,4 +1,4 @@
-"""Add BeyondGloss side data (SPEC §5) to an ArrayRecord dataset written by `data_prep.build_dataset`.
+"""Add BeyondGloss side data (docs/beyondgloss.md) to an ArrayRecord dataset written by `data_prep.build_dataset`.
 
     python -m data_prep.beyondgloss --dataset DS --out OUT [--name NAME] [--splits train,dev,test]
         [--descriptions DIR [--description_key refined|chunks]]     -> feature `description` (str)

@@ -1,4 +1,4 @@
-"""Pseudo-gloss prototypes: one fastText vector per class, plus the zero "blank" row (SPEC §1).
+"""Pseudo-gloss prototypes: one fastText vector per class, plus the zero "blank" row (docs/text.md).
 
     python -m data_prep.prototypes --vocab FILE.json --fasttext cc.de.300.bin --out protos.npy
     python -m data_prep.prototypes --train_fasttext --root ROOT --fasttext OUT.bin \

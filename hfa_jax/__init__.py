@@ -1,7 +1,7 @@
 """hfa_jax: gloss-free sign language translation in JAX/Flax.
 
 Hierarchical Feature Alignment (HFA, arXiv 2507.06732) with the BeyondGloss objectives
-(arXiv 2507.23575). See README.md for the quick start and ../SPEC-derived configs in configs/.
+(arXiv 2507.23575). See README.md for the quick start and docs/ for the design.
 
 ``from hfa_jax import Translator`` gives :class:`hfa_jax.translator.Translator`; it is imported on
 first use, so ``import hfa_jax`` alone loads neither JAX nor the models.

@@ -1,7 +1,7 @@
 """A stand-in for DINOv2 on SynthSign: pretrain a small ViT to locate the signer's hands.
 
 HFA starts from a pretrained DINOv2 ViT-S/14 that stays frozen apart from LoRA on its last blocks
-(SPEC §2); the pseudo-gloss and alignment losses only shape the layers above it. The CPU demo has
+(docs/models_and_weights.md); the pseudo-gloss and alignment losses only shape the layers above it. The CPU demo has
 no pretrained weights, and a randomly initialised ViT does not learn hand positions from the
 video-level pseudo-gloss bags within a CPU budget (measured: dev pseudo-gloss recall stays at the
 label-frequency prior after 2,500 steps, while the same temporal encoder and head reach 0.8 on

@@ -1,4 +1,4 @@
-"""Translation metrics under named protocols (SPEC §4): BLEU-1..4, ROUGE-L, chrF.
+"""Translation metrics under named protocols (docs/evaluation.md): BLEU-1..4, ROUGE-L, chrF.
 
 Numbers are only comparable under one protocol, so every score is computed on texts prepared
 by exactly one of:

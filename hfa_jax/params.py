@@ -11,7 +11,7 @@ Usage::
 ``model_config(ARG)`` (then ``--stage`` picks the freezing rules; default "pretrain").
 The model is the pretraining model for stage "pretrain" and the translation model otherwise.
 Only the ``params`` collection is counted: BatchNorm statistics, ``final_logits_bias`` and the
-sinusoidal tables are buffers/constants (SPEC §2).
+sinusoidal tables are buffers/constants (docs/models_and_weights.md).
 """
 
 from __future__ import annotations

@@ -345,7 +345,7 @@ def model_config(config, tokenizer) -> hfa.HFAConfig:
 def training_preprocessing(config) -> video_lib.Preprocessing:
     """The preprocessing a workdir's model was trained with: the dataset's frame rate and frame
     size (:data:`DATASET_SOURCES`, by the tfds builder's name), its stored square size (from the
-    dataset's features, else the 256/224 convention of SPEC §1), the crop and the frame limit."""
+    dataset's features, else the 256/224 convention of docs/data.md), the crop and the frame limit."""
     crop = int(config.data.crop_size)
     size, name = int(round(crop * 256 / 224)), "phoenix14t"
     try:

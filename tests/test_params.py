@@ -1,4 +1,4 @@
-"""Parameter report: the paper's exact counts (SPEC §2 / paper Table 3) from shapes alone."""
+"""Parameter report: the paper's exact counts (paper Table 3; docs/models_and_weights.md) from shapes alone."""
 
 import json
 import os
@@ -15,7 +15,7 @@ def test_paper_counts_exact():
     pre = param_report(mc, "pretrain")
     assert (pre["trainable"], pre["total"]) == (15_200_325, 346_123_973)
     mods = pre["modules"]
-    # the counted pieces of SPEC §2
+    # the counted pieces listed in docs/models_and_weights.md
     assert mods["frame_encoder"] == (73_728, 22_056_576 + 73_728)
     assert mods["frame_proj"][1] + mods["frame_bn"][1] == 198_144
     assert mods["temporal"] == (12_611_584 + 525_312,) * 2

@@ -196,7 +196,7 @@ def lexical_keys(gloss: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Descriptions: a stand-in for the VideoLLM hand-motion descriptions of BeyondGloss (SPEC §5).
+# Descriptions: a stand-in for the VideoLLM hand-motion descriptions of BeyondGloss (docs/beyondgloss.md).
 
 _MOVE_PHRASES: dict[str, tuple[str, str]] = {
     # movement -> (phrase with a start and an end location, phrase in place)

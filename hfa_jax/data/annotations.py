@@ -3,7 +3,7 @@
 This module is the one place that knows each source layout (STYLE: "one place that knows the
 PHOENIX14T layout"):
 
-* the official PHOENIX14T release tree (:func:`read_phoenix14t`, SPEC §1),
+* the official PHOENIX14T release tree (:func:`read_phoenix14t`, docs/data.md),
 * GFSLT-VLP label files, gzip pickles keyed `"split/name"` (:func:`read_gfslt_labels`),
 * CSL-Daily label files in the same GFSLT style plus the CSL-Daily frame folders
   (:func:`read_csl_daily`).
@@ -135,7 +135,7 @@ def find_phoenix14t_root(root: str) -> str:
 
 def read_phoenix14t(root: str, split: str, *, bad: list[BadVideo] | None = None,
                     check_frames: bool = True) -> list[VideoRecord]:
-    """Reads one split of the official PHOENIX14T tree (SPEC §1).
+    """Reads one split of the official PHOENIX14T tree (docs/data.md).
 
     Layout (`root` = the folder holding `annotations/` and `features/`, or a release parent)::
 

@@ -3,7 +3,7 @@
 Host batches arrive as ``uint8`` (4x less host->device traffic than float32); everything here runs
 inside ``jit`` on the device.
 
-Training (SPEC §1; elsobhano/MLLM ``dataset/slt_dataset.py`` draws once per clip with vidaug):
+Training (docs/data.md; elsobhano/MLLM ``dataset/slt_dataset.py`` draws once per clip with vidaug):
 a random 224 crop of the 256x256 frame, then, each with probability ``p`` = 0.5 and drawn
 independently, a rotation by U(-30°, 30°), a rescale by U(0.8, 1.2) and a translation by integer
 U{-10..10} px per axis. ONE draw per clip: all frames of a clip get the same transform, so motion
@@ -36,7 +36,7 @@ blend towards black rather than PIL's hard cut. Identity parameters sample exact
 positions, so they reproduce the crop bit for bit.
 
 Note on the reference: vidaug's ``RandomResize`` changes the image size and the frames are then
-resized back to 256x256, which cancels the zoom; we implement the rescale the SPEC describes
+resized back to 256x256, which cancels the zoom; we implement the rescale docs/data.md describes
 (a zoom about the frame centre).
 """
 

@@ -1,4 +1,4 @@
-"""Readers for the BeyondGloss side data (SPEC §5) and the trainer's per-example hand-pose field.
+"""Readers for the BeyondGloss side data (docs/beyondgloss.md) and the trainer's per-example hand-pose field.
 
 Formats (elsobhano/BeyondGloss):
 

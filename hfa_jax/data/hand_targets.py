@@ -1,4 +1,4 @@
-"""Hand-pose distillation targets for SynthSign, in HaMeR's 288-d MANO layout (SPEC §5).
+"""Hand-pose distillation targets for SynthSign, in HaMeR's 288-d MANO layout (docs/beyondgloss.md).
 
 BeyondGloss distils per-frame HaMeR outputs: for each of the two hands the MANO ``hand_pose``
 (15 joints x 3x3 rotation matrix) and ``global_orient`` (3x3), zeros when no hand is found —

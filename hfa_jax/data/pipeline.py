@@ -47,7 +47,7 @@ from hfa_jax.data.source import ArrayRecordSplit, open_split, source_num_frames 
 from hfa_jax.errors import ConfigError, DataError
 
 # Bucket lengths for the padded time axis. PHOENIX14T clips have 16-475 frames (median 112) and at
-# most 300 are kept (SPEC §1), so five buckets keep padding waste moderate with few recompiles.
+# most 300 are kept (docs/data.md), so five buckets keep padding waste moderate with few recompiles.
 DEFAULT_BUCKETS: tuple[int, ...] = (64, 128, 192, 256, 300)
 
 FRAME_SELECTIONS = ("first", "random")
@@ -315,7 +315,7 @@ def make_loader(
       shuffle: global shuffle, a different permutation every epoch.
       num_epochs: number of passes; None repeats forever.
       frame_selection: "first" (HFA) or "random" (GFSLT-VLP): which ``max_frames`` frames to keep.
-      max_frames: the most frames kept per clip (SPEC: 300).
+      max_frames: the most frames kept per clip (the paper: 300).
       buckets: allowed padded lengths T, ascending; the last must be >= max_frames.
       drop_remainder: drop the last incomplete batch (training).
       worker_count: grain worker processes decoding batches (0 = in this process).

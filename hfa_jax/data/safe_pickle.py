@@ -1,6 +1,6 @@
 """Restricted unpickling for dataset label files.
 
-GFSLT-VLP and the HFA authors ship their labels as gzip-compressed pickles (SPEC §1). A plain
+GFSLT-VLP and the HFA authors ship their labels as gzip-compressed pickles (docs/data.md). A plain
 `pickle.load` executes whatever the file asks for (any importable callable, e.g. `os.system`),
 so label files are read with an unpickler whose `find_class` admits no global except:
 

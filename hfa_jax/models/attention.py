@@ -191,7 +191,7 @@ def local_attention(
     chunk_size: int = 64,
 ) -> Array:
     """Local self-attention: query t sees keys s with |t - s| <= window that are valid, and
-    always itself (SPEC §2, the reference's xformers ``local_mask`` attention with ``| eye``).
+    always itself (docs/models_and_weights.md, the reference's xformers ``local_mask`` attention with ``| eye``).
 
     q, k, v: [B, T, N, H]; key_mask: [B, T] bool (True = valid frame). Returns [B, T, N, H].
     implementation: "xla" (``jax.nn.dot_product_attention`` with ``local_window_size``; O(T²)

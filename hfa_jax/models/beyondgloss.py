@@ -1,4 +1,4 @@
-"""BeyondGloss hand-centric heads (SPEC §5): hand-pose distillation with feedback, and the
+"""BeyondGloss hand-centric heads (docs/beyondgloss.md): hand-pose distillation with feedback, and the
 hand-motion description projector.
 
 Both are optional pretraining objectives layered on the HFA visual trunk (``hfa.py``); they are
@@ -21,12 +21,12 @@ Reference conventions matched here (all from ``clip_models.py``):
   linear; the concatenation order is ``[frame feature, feedback]``.
 * The description projection takes the 512-d temporal features and is pooled with a plain mean
   over *all* T' positions, padding included (``img_to_desc.mean(dim=1)``, ``ImageCLIP.forward``),
-  like HFA's video/text means; ``masked=True`` gives the masked mean instead (SPEC §2 switch).
+  like HFA's video/text means; ``masked=True`` gives the masked mean instead (a switch; docs/models_and_weights.md).
 * These linears are plain ``nn.Linear`` outside the temporal ``Transformer`` (whose
   ``_init_weights`` only touches its own submodules), so they use PyTorch's default init.
 * The reference additionally feeds the description projection back into the video path
   (``mapper_2`` 1024->512, dropout, concatenated with the 512-d temporal output to form the
-  1024-d mBART input, replacing HFA's Linear 512->1024). SPEC §5 does not include that path;
+  1024-d mBART input, replacing HFA's Linear 512->1024). docs/beyondgloss.md leaves out that path;
   it is not implemented here.
 """
 
@@ -147,7 +147,7 @@ class HandPoseStudent(nn.Module):
 
 
 class HandPoseFeedback(nn.Module):
-    """Feeds the hand-pose prediction back into the frame features (SPEC §5).
+    """Feeds the hand-pose prediction back into the frame features (docs/beyondgloss.md).
 
     ``x [B, T, D]`` (frame features after Linear+BN), ``pred [B, T, hand_dim]`` ->
     ``GELU(Linear_{2D->D}(concat[x, Dropout(Linear_{hand_dim->D}(pred))]))`` ``[B, T, D]``.
@@ -187,7 +187,7 @@ class HandPoseBranch(nn.Module):
 
 
 class DescriptionProjector(nn.Module):
-    """Video side of the description alignment (SPEC §5).
+    """Video side of the description alignment (docs/beyondgloss.md).
 
     ``h [B, T', D_t]`` (512-d temporal features, *before* the temporal encoder's 512->1024
     output projection), ``mask [B, T'] bool`` -> ``video_desc_vec [B, features]`` float32,

@@ -1,4 +1,4 @@
-"""Small HFA heads (SPEC §2): the masked BatchNorm of the frame projection, the pseudo-gloss
+"""Small HFA heads (docs/models_and_weights.md): the masked BatchNorm of the frame projection, the pseudo-gloss
 prototype head of pretraining, and the translation mapper.
 
 Linear layers here use PyTorch's ``nn.Linear`` default init (U(±1/sqrt(fan_in)) for weight and
@@ -46,7 +46,7 @@ def torch_dense(features: int, fan_in: int, dtype: Any = None, name: str | None 
 
 
 class MaskedBatchNorm(nn.Module):
-    """BatchNorm1d over the valid frames only (SPEC §2: padding is excluded from the statistics).
+    """BatchNorm1d over the valid frames only (docs/models_and_weights.md: padding is excluded from the statistics).
 
     x: [B, T, C], mask: [B, T] bool -> [B, T, C]. Parameters ``scale``/``bias`` [C]; running
     ``mean``/``var`` [C] in the ``batch_stats`` collection, updated as PyTorch does
@@ -102,7 +102,7 @@ def cosine_similarity(x: Array, protos: Array, eps: float = 1e-12) -> Array:
 
 
 class PseudoGlossHead(nn.Module):
-    """Pseudo-gloss prototype head (pretraining only; SPEC §2, Sign2GPT-style).
+    """Pseudo-gloss prototype head (pretraining only; docs/models_and_weights.md, Sign2GPT-style).
 
     Call: ``y [B, T', 1024]``, ``mask [B, T'] bool``, ``protos [V+1, 300]`` (row 0 = the fixed
     zero "blank" prototype, supplied by the caller) ->
@@ -137,7 +137,7 @@ class PseudoGlossHead(nn.Module):
 
 
 class Mapper(nn.Module):
-    """Translation mapper (SPEC §2): Linear(1024 -> 1024), LayerNorm, GELU. x: [B, T, D] -> [B, T, D]."""
+    """Translation mapper (docs/models_and_weights.md): Linear(1024 -> 1024), LayerNorm, GELU. x: [B, T, D] -> [B, T, D]."""
 
     features: int = 1024
     dtype: Any = None

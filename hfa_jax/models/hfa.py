@@ -1,4 +1,4 @@
-"""The composed HFA models (SPEC §2): pretraining (pseudo-gloss + video-text alignment) and
+"""The composed HFA models (docs/models_and_weights.md): pretraining (pseudo-gloss + video-text alignment) and
 translation.
 
 Shared visual trunk (``pixels [B, T, H, W, 3]`` normalised float32, ``frame_mask [B, T]`` bool)::
@@ -76,7 +76,7 @@ class HFAConfig:
     bn_eps: float = 1e-5
     dtype: str = "float32"  # compute dtype for every submodule; params stay float32
     remat: bool = False
-    beyondgloss: BeyondGlossConfig = BeyondGlossConfig()  # SPEC §5 heads (off by default)
+    beyondgloss: BeyondGlossConfig = BeyondGlossConfig()  # docs/beyondgloss.md heads (off by default)
     # The authors' frozen text encoder (clip_models.py TextCLIP) runs in train mode: mBART's dropout
     # is on while pretraining (True). Default: a fully frozen encoder without dropout.
     text_encoder_dropout: bool = False
@@ -155,7 +155,7 @@ class _VisualTrunk(nn.Module):
         self.frame_proj = torch_dense(cfg.frame_dim, cfg.vit.width, cfg.compute_dtype)
         self.frame_bn = MaskedBatchNorm(momentum=cfg.bn_momentum, epsilon=cfg.bn_eps, dtype=cfg.compute_dtype)
         self.temporal = TemporalEncoder(cfg.temporal)
-        if cfg.beyondgloss.hand_pose:  # SPEC §5: student + feedback between frame_bn and temporal
+        if cfg.beyondgloss.hand_pose:  # docs/beyondgloss.md: student + feedback between frame_bn and temporal
             bg = cfg.beyondgloss
             self.hand_pose = HandPoseBranch(bg.hand_dim, bg.feedback_dropout, dtype=cfg.compute_dtype)
 
@@ -240,7 +240,7 @@ class HFAPretrain(_VisualTrunk):
                                       ())
         self.video_encoder = MBartEncoder(cfg.mbart)
         self.text_encoder = MBartEncoder(cfg.text_encoder_cfg)
-        if cfg.beyondgloss.description:  # SPEC §5: GELU(Linear 512->1024) of the temporal features
+        if cfg.beyondgloss.description:  # docs/beyondgloss.md: GELU(Linear 512->1024) of the temporal features
             self.desc_proj = DescriptionProjector(features=cfg.beyondgloss.desc_width(d), masked=cfg.masked_mean,
                                                   dtype=cfg.compute_dtype)
 
@@ -269,7 +269,7 @@ class HFAPretrain(_VisualTrunk):
         vmask = jnp.concatenate([jnp.ones((b, 1), bool), tmask], axis=1)
         if self.is_initializing():
             # The video encoder only sees inputs_embeds, but it is a full mBART encoder (its token
-            # embedding is part of the checkpoint and of SPEC's parameter count): create it.
+            # embedding is part of the checkpoint and of the paper's parameter count): create it.
             _ = self.video_encoder(text_ids[:, :1], None, deterministic=True)
         vstates = self.video_encoder(None, vmask, inputs_embeds=vin, deterministic=deterministic)
         video_vec = _l2n(_mean(vstates, vmask, cfg.masked_mean))

@@ -4,7 +4,7 @@ Design (after levanter's ``lora.py``): the frozen base weight keeps the paramete
 ``nn.Dense`` (``kernel [in, out]``, ``bias [out]``), so weights imported from Hugging Face /
 torch-hub checkpoints load unchanged, and the adapter adds two parameters next to it:
 
-- ``lora_a [in, r]`` ~ N(0, 0.02)   (the HFA reference / peft "gaussian"-style init used by SPEC §2)
+- ``lora_a [in, r]`` ~ N(0, 0.02)   (the HFA reference / peft "gaussian"-style init used by the paper config)
 - ``lora_b [r, out]`` = 0           (so an untrained adapter is the identity change)
 
 ``y = x @ kernel + bias + (dropout(x) @ lora_a @ lora_b) * alpha / r``; dropout acts on the LoRA

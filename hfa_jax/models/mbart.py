@@ -1,7 +1,7 @@
 """mBART (Liu et al. 2020, mbart-large-cc25) in Flax linen, with LoRA, an ``inputs_embeds`` path for
 visual features and an explicit key/value cache for decoding.
 
-Architecture (transformers' ``modeling_mbart.py`` is the reference; SPEC §2):
+Architecture (transformers' ``modeling_mbart.py`` is the reference; docs/models_and_weights.md):
 
 - Pre-LN encoder and decoder layers (``x + Attn(LN(x))``, ``x + FFN(LN(x))``), exact-erf GELU,
   LayerNorm eps 1e-5 (PyTorch default), final ``layer_norm`` after the last layer of each stack.
@@ -13,7 +13,7 @@ Architecture (transformers' ``modeling_mbart.py`` is the reference; SPEC §2):
   ``buffers`` collection here, so it is never counted or trained as a parameter).
 - LoRA (:class:`hfa_jax.models.lora.LoRADense`) on the projections named in
   ``MBartConfig.lora_targets`` (default: q and v of encoder self-attention, decoder self-attention
-  and decoder cross-attention; SPEC §2, r16 alpha32 dropout 0.1).
+  and decoder cross-attention; docs/models_and_weights.md, r16 alpha32 dropout 0.1).
 
 Parameter tree of :class:`MBart` (names mirror the HF module names so the importer and the freezing
 regexes read naturally; '/'-joined)::
@@ -96,7 +96,7 @@ __all__ = [
 # fairseq/HF learned positions start at row 2 (rows 0/1 were reserved for padding in fairseq).
 POSITION_OFFSET = 2
 
-# SPEC §2: LoRA on q and v of encoder self-attention, decoder self-attention and cross-attention.
+# Paper: LoRA on q and v of encoder self-attention, decoder self-attention and cross-attention.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
     "encoder.self_attn.q_proj",
     "encoder.self_attn.v_proj",
@@ -112,7 +112,7 @@ _ATTN_IMPLS = ("xla", "cudnn")
 
 @dataclasses.dataclass(frozen=True)
 class MBartConfig:
-    """mBART hyper-parameters (defaults: mbart-large-cc25 with SPEC §2's translation LoRA).
+    """mBART hyper-parameters (defaults: mbart-large-cc25 with the paper's translation LoRA).
 
     Field names follow transformers' ``MBartConfig`` so a ``config.json`` maps one to one.
     ``lora_rank=0`` disables LoRA (the frozen text encoder). ``dtype`` is the compute dtype
@@ -508,7 +508,7 @@ class MBartEncoder(nn.Module):
         """Encode tokens or precomputed embeddings.
 
         input_ids: [B, S] int (ignored when ``inputs_embeds`` is given);
-        inputs_embeds: [B, S, D] float (visual features: no sqrt(d) scaling, SPEC §2);
+        inputs_embeds: [B, S, D] float (visual features: no sqrt(d) scaling, docs/models_and_weights.md);
         attention_mask: [B, S] bool (True = valid; None = all valid).
         Returns the final-layer-norm states [B, S, D] in the compute dtype.
         """
@@ -524,7 +524,7 @@ class MBartEncoder(nn.Module):
             x = inputs_embeds.astype(dtype)
             if self.is_initializing():
                 # Materialise the token embedding even when init only sees visual features: it is
-                # part of the model (SPEC's parameter counts include it) and receives imported weights.
+                # part of the model (the paper's parameter counts include it) and receives imported weights.
                 self._tokens()(jnp.zeros((1, 1), jnp.int32))
         b, s = x.shape[:2]
         if s > cfg.max_position_embeddings:

@@ -1,4 +1,4 @@
-"""The HFA temporal encoder (SPEC §2): a post-LN local-attention transformer with RoPE.
+"""The HFA temporal encoder (docs/models_and_weights.md): a post-LN local-attention transformer with RoPE.
 
 ``x [B, T, 512]`` (frame features after Linear+BN) + sinusoidal position embedding
 -> 2 blocks -> average-pool downsampling (k3 s2 p1) -> 2 blocks -> Linear(512 -> 1024)
@@ -92,7 +92,7 @@ def sinusoidal_embedding(length: int, dim: int) -> np.ndarray:
 
 def downsample_mask(mask: Array) -> Array:
     """mask [B, T] bool -> [B, ceil(T/2)] bool: output j covers inputs 2j-1, 2j, 2j+1 and is
-    valid if any of them is; position 0 is always valid (SPEC §2)."""
+    valid if any of them is; position 0 is always valid (docs/models_and_weights.md)."""
     b, t = mask.shape
     tp = (t - 1) // 2 + 1
     m = jnp.pad(mask, ((0, 0), (1, 2 * tp + 1 - t - 1)))  # index i of m = input i-1

@@ -1,6 +1,6 @@
 """DINOv2 ViT (Oquab et al. 2023) in Flax linen, with LoRA on the top blocks.
 
-Architecture (ViT-S/14 defaults, SPEC §2): patch 14 conv -> CLS (+ registers) + patches, learned
+Architecture (ViT-S/14 defaults, docs/models_and_weights.md): patch 14 conv -> CLS (+ registers) + patches, learned
 positions on the pretrained 37x37 grid resampled bicubically to the input grid -> 12 pre-LN
 blocks with LayerScale (LN eps 1e-6, exact GELU MLP) -> final LayerNorm.
 
@@ -13,9 +13,9 @@ Parameter tree (``frame_encoder/...`` inside HFA)::
     block_{i}/ls2 [D]        norm/{scale,bias}
 
 q/k/v are one fused ``qkv`` projection as in the torch-hub DINOv2 that the HFA reference loads
-(its LoRA on the fused [384 -> 1152] projection gives SPEC's 73,728 LoRA parameters);
+(its LoRA on the fused [384 -> 1152] projection gives the 73,728 LoRA parameters of the paper's count);
 Hugging Face's separate query/key/value weights are concatenated on import. ``mask_token`` is
-unused in the forward pass but kept (it is part of the checkpoint and of SPEC's 22,056,576).
+unused in the forward pass but kept (it is part of the checkpoint and of the paper's parameter count).
 
 Logical axis names (:mod:`hfa_jax.models.axes`): ``qkv`` ``(embed, heads)``, ``proj``
 ``(heads, embed)``, ``fc1`` ``(embed, mlp)``, ``fc2`` ``(mlp, embed)``, the patch kernel's output and
@@ -66,7 +66,7 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
-    """DINOv2 ViT hyper-parameters (ViT-S/14 and SPEC §2's LoRA by default)."""
+    """DINOv2 ViT hyper-parameters (ViT-S/14 and the paper's LoRA by default)."""
 
     patch_size: int = 14
     width: int = 384
@@ -88,7 +88,7 @@ class ViTConfig:
     # "cudnn" (fused flash attention: GPU, bf16/fp16 only) or "auto" (cudnn where it applies,
     # else xla; jax's own implementation=None always means xla)
     attention: str = "xla"
-    # False (SPEC): the blocks below the first LoRA block are frozen and run under stop_gradient
+    # False (the paper): the blocks below the first LoRA block are frozen and run under stop_gradient
     # (no gradient, no stored activations). True: gradient through every block, for a ViT trained
     # from scratch or fully fine-tuned; the freezing table then decides what is updated.
     train_all_blocks: bool = False

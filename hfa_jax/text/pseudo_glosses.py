@@ -1,4 +1,4 @@
-"""Pseudo-glosses (Sign2GPT recipe, used by HFA; SPEC §1): extraction, vocabulary, targets, file I/O.
+"""Pseudo-glosses (Sign2GPT recipe, used by HFA; docs/text.md): extraction, vocabulary, targets, file I/O.
 
 A pseudo-gloss is the lowercased lemma of a translation token whose universal POS is one of
 NOUN, NUM, ADV, PRON, PROPN, ADJ, VERB. The HFA authors tag with spaCy's German pipeline

@@ -1,6 +1,6 @@
 """mBART tokeniser wrapper: sentences -> fixed-shape id arrays, and ids -> sentences.
 
-The model side of HFA uses mBART-large-cc25 (SPEC §1): `src_lang = tgt_lang = de_DE`
+The model side of HFA uses mBART-large-cc25 (docs/text.md): `src_lang = tgt_lang = de_DE`
 (`zh_CN` for CSL-Daily). The conventions, identical to transformers' `MBartTokenizer` and
 `modeling_mbart.shift_tokens_right` that the reference code uses:
 

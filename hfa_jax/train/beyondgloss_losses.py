@@ -1,4 +1,4 @@
-"""BeyondGloss pretraining objectives (SPEC §5), added on top of HFA's pretraining loss.
+"""BeyondGloss pretraining objectives (docs/beyondgloss.md), added on top of HFA's pretraining loss.
 
 Reference: elsobhano/BeyondGloss ``slt_framework/models/Pretrain_Model.py``
 (``training_step``: ``total = clip + landa_desc * clip_desc + landa_hamer * hamer``;

@@ -78,7 +78,7 @@ _LORA = r"/lora_[ab]$"
 
 
 def trainable_rules(stage: str) -> list[tuple[str, bool]]:
-    """Freezing table for ``stage`` in {"pretrain", "finetune1", "finetune2"} (SPEC §2-3).
+    """Freezing table for ``stage`` in {"pretrain", "finetune1", "finetune2"} (docs/training.md).
 
     pretrain: ViT LoRA, Linear+BN, temporal, pseudo-gloss head, prototypes, CLS, logit scale and
       the video encoder's LoRA train; the ViT, the video encoder's mBART weights and the text

@@ -1,4 +1,4 @@
-"""Training objectives of HFA (SPEC §2), exactly as the reference code computes them.
+"""Training objectives of HFA (docs/models_and_weights.md), exactly as the reference code computes them.
 
 Reference: elsobhano/MLLM (branch ``psp-dino``), ``models/utils.py`` (``KLLoss``, ``PG_Loss``),
 ``models/Pretrain_Model.py`` (how they are combined) and ``models/Finetune_Model.py`` (translation
@@ -31,7 +31,7 @@ def pseudo_gloss_loss(
 
     Args:
       scores: ``[B, V+1]`` per-class scores p in [0, 1] (class-softmax x time-softmax summed over
-        time; SPEC §2).
+        time; docs/models_and_weights.md).
       targets: ``[B, V+1]`` multi-hot lemma targets (0/1, any numeric dtype).
       mode: ``"bce_with_logits_on_probs"`` (faithful default): the reference's ``PG_Loss`` feeds
         the clamped *probabilities* into ``BCEWithLogitsLoss``, i.e. a sigmoid is applied on top of
@@ -149,7 +149,7 @@ def translation_loss(
 def pretrain_loss(outputs: dict, pg_targets: jax.Array, *, pg_weight: float = 1.0,
                   pg_mode: str = "bce_with_logits_on_probs", target_scale: float = 10.0,
                   example_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Total pretraining loss ``L_align + lambda * L_pgp`` (SPEC §2, lambda = 1.0).
+    """Total pretraining loss ``L_align + lambda * L_pgp`` (docs/models_and_weights.md, lambda = 1.0).
 
     Args:
       outputs: the dict returned by ``HFAPretrain``: ``pg_scores [B, V+1]``, ``video_vec [B, D]``,

@@ -1,4 +1,4 @@
-"""Optimiser of SPEC §3: global-norm clip 1.0 -> AdamW (explicit weight decay) driven by a
+"""The optimiser of docs/training.md: global-norm clip 1.0 -> AdamW (explicit weight decay) driven by a
 one-cycle cosine schedule with PyTorch ``OneCycleLR`` semantics, including the β1 cycle.
 
 The reference (elsobhano/MLLM ``Pretrain_Model.configure_optimizers``) uses

@@ -2,7 +2,7 @@
 
 * ``loss_curves.png``: every logged scalar whose name contains "loss", against the step.
 * ``pg_alignment.png``: for one validation video, the pseudo-gloss time x class similarity map
-  (the S of SPEC §2 restricted to the video's target classes plus the best-scoring others).
+  (the S of docs/models_and_weights.md restricted to the video's target classes plus the best-scoring others).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def base() -> ml_collections.ConfigDict:
         num_beams=4,
         max_new_tokens=150,
         length_penalty=1.0,
-        protocol="hfa",          # SPEC §4: sacrebleu 13a with " ." appended
+        protocol="hfa",          # docs/evaluation.md: sacrebleu 13a with " ." appended
         video_blind=False,       # also score the video-blind control (hyps shuffled)
         at_end=True,             # evaluate (and keep the best) after the last step
         final_on_best=True,      # after training, evaluate the best checkpoint on every split

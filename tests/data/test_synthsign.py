@@ -70,7 +70,7 @@ def test_shipped_corpus_counts_and_texts_match_the_original_files():
     test_by_name = {e.name: e for e in c["test"]}
     assert test_by_name[fields[0]].gloss == fields[5]
     assert test_by_name[fields[0]].translation == fields[6]
-    assert all(r.num_frames >= 16 for r in load_table())  # real frame counts (SPEC: 16-475)
+    assert all(r.num_frames >= 16 for r in load_table())  # real frame counts (docs/data.md: 16-475)
 
 
 # ----------------------------------------------------------------------------------------------

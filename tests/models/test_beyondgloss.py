@@ -45,7 +45,7 @@ def test_hand_branch_matches_reference_and_param_counts():
     mod = hand.HandPoseBranch()
     variables = mod.init(jax.random.key(0), jnp.asarray(x))
     p = variables["params"]
-    # SPEC §5 shapes at paper width: Linear 512->288, Linear 288->512, Linear 1024->512.
+    # docs/beyondgloss.md shapes at paper width: Linear 512->288, Linear 288->512, Linear 1024->512.
     assert p["student"]["proj"]["kernel"].shape == (512, 288)
     assert p["feedback"]["up"]["kernel"].shape == (288, 512)
     assert p["feedback"]["fuse"]["kernel"].shape == (1024, 512)

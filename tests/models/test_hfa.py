@@ -61,7 +61,7 @@ def test_pretrain_outputs_match_definitions(pretrain):
     assert set(v["params"]) == {"frame_encoder", "frame_proj", "frame_bn", "temporal", "pg_head", "prototypes",
                                 "cls_token", "logit_scale", "video_encoder", "text_encoder"}
     assert v["params"]["prototypes"].shape == (V, 300)  # the zero row 0 is not a parameter
-    assert "embed_tokens" in v["params"]["video_encoder"]  # full encoder, as counted by SPEC
+    assert "embed_tokens" in v["params"]["video_encoder"]  # full encoder, as counted by the paper
     out = apply(v, pixels, fmask, ids, tmask)
     tp = (T + 1) // 2
     assert out["pg_scores"].shape == (B, V + 1) and out["pg_sim"].shape == (B, tp, V + 1)

@@ -266,7 +266,7 @@ def test_standalone_encoder_import(tiny):
 
 
 def test_parameter_counts_match_spec():
-    """SPEC §2: one encoder 152,209,408 (+ embeddings 2172x1024), decoder 202,614,784, LoRA
+    """docs/models_and_weights.md: one encoder 152,209,408 (+ embeddings 2172x1024), decoder 202,614,784, LoRA
     786,432 (encoder) and 1,572,864 (decoder); final_logits_bias is a buffer, not a parameter."""
     cfg = mbart.MBartConfig(vocab_size=2172)
     module = mbart.MBart(cfg)

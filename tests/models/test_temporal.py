@@ -1,4 +1,4 @@
-"""Temporal encoder against naive NumPy definitions (SPEC §2): local attention (every
+"""Temporal encoder against naive NumPy definitions (docs/models_and_weights.md): local attention (every
 implementation), RoPE, the downsampler and its mask rule, a full forward pass, padding invariance."""
 
 import dataclasses
@@ -107,7 +107,7 @@ def _rope_np(x):
 
 
 def naive_encoder(params, x, mask, cfg):
-    """SPEC §2 written out: sinusoid, post-LN blocks, pool k3 s2 p1, Linear."""
+    """The design of docs/models_and_weights.md written out: sinusoid, post-LN blocks, pool k3 s2 p1, Linear."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     b, t, d = x.shape
     pe = np.zeros((t, d))
@@ -174,7 +174,7 @@ def test_paper_shapes_inits_and_training_mode():
     assert cfg.drop_path_rates() == pytest.approx([0, 1 / 30, 2 / 30, 0.1])
     shapes = jax.eval_shape(lambda: TemporalEncoder(cfg).init(jax.random.key(0), jnp.zeros((1, 8, 512)), jnp.ones((1, 8), bool)))
     n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"]))
-    assert n == 12_611_584 + 525_312  # SPEC §2: 4 blocks + Linear 512->1024
+    assert n == 12_611_584 + 525_312  # docs/models_and_weights.md: 4 blocks + Linear 512->1024
     # inits (small model, same rules)
     c = _tiny(width=64, num_heads=2, mlp_dim=128, out_dim=64, blocks_before=1, blocks_after=1)
     p = jax.jit(TemporalEncoder(c).init)(jax.random.key(1), jnp.zeros((1, 8, 64)), jnp.ones((1, 8), bool))["params"]

@@ -85,7 +85,7 @@ def test_parity_with_hf_dinov2_vits14(tmp_path):
     module, variables = from_hf(str(tmp_path / "vits14"))
     assert module.cfg.pos_grid == 37 and module.cfg.pos_resample == "hf"
     n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables))
-    assert n == 22_056_576 + 73_728  # SPEC §2: ViT incl. mask token + LoRA r4 on blocks 9-11
+    assert n == 22_056_576 + 73_728  # docs/models_and_weights.md: ViT incl. mask token + LoRA r4 on blocks 9-11
     x = _pixels(2, 224, 224)
     ours = np.asarray(jax.jit(module.apply)(variables, jnp.asarray(x)))
     ref = _torch_tokens(model, x)
@@ -172,7 +172,7 @@ def test_train_all_blocks_gives_every_block_a_gradient():
     g = jax.jit(jax.grad(lambda q: jnp.sum(m.apply({"params": q}, x) ** 2)))(p)
     for name in ("block_0", "block_1", "patch_embed", "pos_embed", "cls_token"):
         assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g[name])) > 0, name
-    # no LoRA at all: SPEC freezes the whole ViT, train_all_blocks trains it
+    # no LoRA at all: the paper freezes the whole ViT, train_all_blocks trains it
     cfg0 = ViTConfig(**{**cfg.__dict__, "lora_rank": 0})
     p0 = jax.jit(ViT(cfg0).init)(jax.random.key(0), x)["params"]
     g0 = jax.grad(lambda q: jnp.sum(ViT(cfg0).apply({"params": q}, x) ** 2))(p0)

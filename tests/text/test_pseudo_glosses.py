@@ -50,7 +50,7 @@ def test_from_reference_gives_the_papers_2322_classes(tmp_path, phoenix_root, re
 
 
 def test_hanta_pipeline_agrees_with_reference(ref):
-    """SPEC: a HanTa-based pipeline reaches token F1 ~0.91 (measured 0.908 on all 8257)."""
+    """docs/text.md: a HanTa-based pipeline reaches token F1 ~0.91 (measured 0.908 on all 8257)."""
     nlp, desc = pg.load_pipeline("hanta")
     assert desc.startswith("hanta")
     keys = sorted(k for k in ref if k.startswith("dev/"))[:300]

@@ -1,4 +1,4 @@
-"""BeyondGloss switches through the trainer (SPEC §5): both objectives on a tiny SynthSign
+"""BeyondGloss switches through the trainer (docs/beyondgloss.md): both objectives on a tiny SynthSign
 dataset converted by data_prep.beyondgloss; logged terms show which objectives are on; the
 hand-pose feedback travels from pretraining into fine-tuning."""
 
