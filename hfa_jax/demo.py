@@ -7,7 +7,7 @@ resumes; the training stages resume from their own checkpoints):
    ``config.demo.corpus`` (PHOENIX14T, or CSL-Daily for ``configs/demo.py:csl_daily``), seed ``config.data.seed``
 2. ``dataset/``     the ArrayRecord dataset (``data_prep.build_dataset.convert``)
 3. ``tokenizer/``   a SentencePiece tokenizer in mBART layout (``data_prep.trim_vocab.train_tokenizer``)
-4. ``pseudo_glosses.json`` from the SynthSign sign keys, or HanTa lemmas of the text (the SPEC recipe)
+4. ``pseudo_glosses.json`` from the SynthSign sign keys, or HanTa lemmas of the text (the recipe of docs/text.md)
 5. ``prototypes.npy`` from a small fastText model trained on the training sentences
 5b. ``frame_encoder/`` the DINOv2 stand-in (``hfa_jax.demo_hand_locator``), a DINOv2 folder that the
    pretraining stage imports through ``config.weights.vit``
@@ -18,6 +18,7 @@ resumes; the training stages resume from their own checkpoints):
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from data_prep import beyondgloss, build_dataset, prototypes, pseudo_glosses, tr
 from data_prep.synthsign import generate, lexicon, writer
 from data_prep.synthsign.corpus import get_corpus
 from hfa_jax import demo_hand_locator as hand_locator
+from hfa_jax import export as export_lib
 from hfa_jax.data.annotations import read_csl_daily, read_phoenix14t
 from hfa_jax.data.beyondgloss_io import load_synthsign_descriptions
 from hfa_jax.errors import ConfigError
@@ -74,7 +76,7 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
                               jpeg_quality=90, workers=int(d.workers), progress=True)
     bg = config.model.get("beyondgloss", None)
     if bg is not None and bg.get("hand_pose", False):
-        # BeyondGloss (SPEC §5): per-frame hand-pose targets derived from SynthSign's extras
+        # BeyondGloss (docs/beyondgloss.md): per-frame hand-pose targets derived from SynthSign's extras
         # (the `description` feature is already in the dataset).
 
         bg_root = os.path.join(workdir, "dataset_beyondgloss")
@@ -158,7 +160,7 @@ def _gloss_pseudo_glosses(root: str, out: str, corpus: str = "phoenix14t") -> No
     """Pseudo-glosses from the SynthSign sign keys of each video's gloss (what is visibly signed).
 
     SynthSign renders one sign per lexical key of the gloss, so these targets are the
-    exact "words" in the video; the SPEC recipe ("text": lemmas of the translation) is the
+    exact "words" in the video; the docs/text.md recipe ("text": lemmas of the translation) is the
     realistic alternative."""
 
     keys = {}
@@ -229,6 +231,16 @@ def run(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(results_table(results))
+    # The final model as a folder that travels (hfa_jax.export), with a few test clips as examples.
+    model_dir = os.path.join(workdir, "model")
+    if not _done(os.path.join(model_dir, export_lib.EXPORT_MARKER)):
+        export_lib.export(os.path.join(workdir, "finetune2"), model_dir, force=True)
+        clips = sorted(glob.glob(os.path.join(workdir, "synthsign", "features", "*", "test", "*")))[:3]
+        export_lib.add_examples(model_dir, clips)
+    examples = sorted(glob.glob(os.path.join(model_dir, "examples", "*.mp4")))
+    print(f"[demo] model folder: {model_dir}; try it:\n"
+          f"  python -m hfa_jax.translate --model {model_dir} --input {examples[0] if examples else 'clip.mp4'}\n"
+          f"  python -m hfa_jax.serve --model {model_dir}    # needs pip install -e \".[app]\"", flush=True)
     return results
 
 
