@@ -33,11 +33,16 @@ from flax import traverse_util
 
 from hfa_jax.data import augment
 from hfa_jax.data import video as video_lib
+from hfa_jax.data import pipeline
 from hfa_jax.data.pipeline import bucket_length
 from hfa_jax.errors import CheckpointError, ConfigError, DataError
 from hfa_jax.models import hfa
 from hfa_jax.models.heads import PseudoGlossHead
+from hfa_jax.text import pseudo_glosses as pg_lib
 from hfa_jax.text import tokenizer as text_lib
+from hfa_jax.train import checkpoint as ckpt_lib
+from hfa_jax.train.state import variables_from_state
+from hfa_jax.train.trainer import model_config
 
 EXPORT_MARKER = "hfa_export.json"
 # Compiled programs of every Translator in this process, by model configuration, decoding
@@ -333,15 +338,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
-def model_config(config, tokenizer) -> hfa.HFAConfig:
-    """``config.model`` with the tokenizer's vocabulary size and special ids (as training sets them)."""
-    d = config.model.to_dict()
-    d["mbart"] = {**d.get("mbart", {}), "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
-                  "eos_token_id": tokenizer.eos_id, "bos_token_id": tokenizer.bos_id,
-                  "decoder_start_token_id": tokenizer.lang_id}
-    return hfa.HFAConfig.from_config(d)
-
-
 def training_preprocessing(config) -> video_lib.Preprocessing:
     """The preprocessing a workdir's model was trained with: the dataset's frame rate and frame
     size (:data:`DATASET_SOURCES`, by the tfds builder's name), its stored square size (from the
@@ -349,8 +345,6 @@ def training_preprocessing(config) -> video_lib.Preprocessing:
     crop = int(config.data.crop_size)
     size, name = int(round(crop * 256 / 224)), "phoenix14t"
     try:
-        from hfa_jax.data import pipeline
-
         src = pipeline.open_split(config.data.dataset_dir, config.data.train_split)
         size = int(src.features["frames"].feature.shape[0])
         name = os.path.basename(os.path.dirname(src.builder_dir))
@@ -362,20 +356,7 @@ def training_preprocessing(config) -> video_lib.Preprocessing:
                                    frame_selection=str(config.data.frame_selection))
 
 
-def _variables(state: dict) -> dict:
-    """A saved train state -> model variables (``trainable`` + ``frozen`` params, batch stats,
-    buffers)."""
-    flat = dict(traverse_util.flatten_dict(state.get("frozen") or {}))
-    flat.update(traverse_util.flatten_dict(state.get("trainable") or {}))
-    variables = {"params": traverse_util.unflatten_dict(flat), **(state.get("buffers") or {})}
-    if state.get("batch_stats"):
-        variables["batch_stats"] = state["batch_stats"]
-    return variables
-
-
 def _load_state(workdir: str) -> tuple[dict, dict]:
-    from hfa_jax.train import checkpoint as ckpt_lib
-
     try:
         return ckpt_lib.load_state_arrays(workdir, best=True)
     except CheckpointError:
@@ -397,8 +378,6 @@ def _same_trunk(a: dict, b: dict) -> bool:
 def find_pretrain_head(config, variables: dict) -> PseudoGlossHeadBundle | None:
     """The pseudo-gloss head of the pretraining stage this model descends from
     (``config.train.init_from``, followed back), or None where any piece is missing."""
-    from hfa_jax.text import pseudo_glosses as pg_lib
-
     seen = set()
     wd = str(config.train.get("init_from", "") or "")
     while wd and wd not in seen and os.path.isfile(os.path.join(wd, "config.json")):
@@ -409,7 +388,7 @@ def find_pretrain_head(config, variables: dict) -> PseudoGlossHeadBundle | None:
             continue
         try:
             state, _ = _load_state(wd)
-            pv = _variables(state)
+            pv = variables_from_state(state)
             vocab = ["<blank>"] + list(pg_lib.load_pseudo_glosses(str(c.data.pseudo_glosses)).vocab)
         except (CheckpointError, DataError, OSError):
             return None
@@ -436,8 +415,8 @@ def load_workdir(workdir: str) -> ModelBundle:
         raise ConfigError(f"{workdir}: its tokenizer folder {tok_dir} (config.data.tokenizer_dir) is missing")
     tokenizer = text_lib.load_tokenizer(tok_dir, lang=config.data.get("lang", "de_DE"))
     state, meta = _load_state(workdir)
-    variables = _variables(state)
-    return ModelBundle(config=config, model_cfg=model_config(config, tokenizer), variables=variables,
+    variables = variables_from_state(state)
+    return ModelBundle(config=config, model_cfg=model_config(config, tokenizer=tokenizer), variables=variables,
                        tokenizer_dir=tok_dir, preprocessing=training_preprocessing(config),
                        step=meta.get("step"), pg_head=find_pretrain_head(config, variables),
                        source=os.path.abspath(workdir))

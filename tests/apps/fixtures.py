@@ -28,7 +28,8 @@ from hfa_jax.models.heads import PseudoGlossHead
 from hfa_jax.text import pseudo_glosses as pg_lib
 from hfa_jax.text import tokenizer as text_lib
 from hfa_jax.train import checkpoint as ckpt_lib
-from hfa_jax.translator import model_config, training_preprocessing
+from hfa_jax.train.trainer import model_config
+from hfa_jax.translator import training_preprocessing
 
 RES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "text")
 TOKENIZER = os.path.join(RES, "mbart-trimmed-gfslt")
@@ -80,7 +81,7 @@ def make_workdirs(root: str, clips: list[tuple[str, str]]) -> dict[str, str]:
     pre_dir, ft_dir = os.path.join(root, "pretrain"), os.path.join(root, "finetune2")
     config = tiny_config(tok_dir, init_from=pre_dir)
     prep = training_preprocessing(config)
-    cfg = model_config(config, tok)
+    cfg = model_config(config, tokenizer=tok)
     model = hfa.build_model(cfg, "translate")
 
     frames = [video_lib.select_frames(video_lib.read_clip(d, prep).frames, prep) for d, _ in clips]
