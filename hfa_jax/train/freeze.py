@@ -16,14 +16,14 @@ import jax
 
 from hfa_jax.errors import ConfigError
 
-__all__ = ["STAGES", "path_str", "trainable_mask", "count_params", "trainable_rules"]
+__all__ = ["STAGES", "path_keys", "path_str", "trainable_mask", "count_params", "trainable_rules"]
 
 # The training stages, in order: pseudo-gloss + video-text pretraining, then the two fine-tuning stages.
 STAGES = ("pretrain", "finetune1", "finetune2")
 
 
-def path_str(path: tuple) -> str:
-    """A jax key path -> 'a/b/c'."""
+def path_keys(path: tuple) -> tuple[str, ...]:
+    """A jax key path -> its keys as strings, e.g. ``("frame_encoder", "block_9", "attn")``."""
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):
@@ -32,7 +32,12 @@ def path_str(path: tuple) -> str:
                 break
         else:
             parts.append(str(k))
-    return "/".join(parts)
+    return tuple(parts)
+
+
+def path_str(path: tuple) -> str:
+    """A jax key path -> 'a/b/c'."""
+    return "/".join(path_keys(path))
 
 
 def trainable_mask(params: Any, rules: Sequence[tuple[str, bool]]) -> Any:

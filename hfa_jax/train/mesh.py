@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hfa_jax.errors import ConfigError
+from hfa_jax.train.freeze import path_keys
 
 PyTree = Any
 BATCH_AXES = ("data", "fsdp")
@@ -52,20 +53,14 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def maybe_initialize_distributed(mesh_cfg) -> None:
-    """``jax.distributed.initialize()`` for multi-host runs (TPU pods, multi-node GPU) when
-    ``config.mesh.distributed`` is true. Coordinator address etc. come from the environment
-    (SLURM / TPU metadata / ``JAX_COORDINATOR_ADDRESS``), as JAX documents."""
-    if bool(mesh_cfg.get("distributed", False)):
-        jax.distributed.initialize()
-
-
-def make_mesh(mesh_cfg) -> Mesh:
-    """Mesh of shape ``(data, fsdp)`` over all (global) devices.
+def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None) -> Mesh:
+    """Mesh of shape ``(data, fsdp)`` over all (global) devices, or over ``devices`` (e.g. the
+    devices of a TPU topology description, for ahead-of-time compilation).
 
     ``mesh_cfg.data = -1`` takes every device not used by ``fsdp``.
     """
-    n = jax.device_count()
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
     fsdp = int(mesh_cfg.get("fsdp", 1))
     data = int(mesh_cfg.get("data", -1))
     if fsdp < 1 or n % fsdp:
@@ -74,8 +69,7 @@ def make_mesh(mesh_cfg) -> Mesh:
         data = n // fsdp
     if data * fsdp != n:
         raise ConfigError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != {n} devices; set data=-1")
-    devices = np.asarray(jax.devices()).reshape(data, fsdp)
-    return Mesh(devices, BATCH_AXES)
+    return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
 
 
 def rules_from_config(mesh_cfg) -> tuple[tuple[str, Any], ...]:
@@ -83,11 +77,6 @@ def rules_from_config(mesh_cfg) -> tuple[tuple[str, Any], ...]:
     if rules is None:
         return DEFAULT_RULES
     return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over ``data`` x ``fsdp``."""
-    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -105,18 +94,6 @@ def _auto_fsdp_spec(shape: Sequence[int], fsdp: int, min_size: int) -> P:
             spec[i] = "fsdp"
             return P(*spec)
     return P()
-
-
-def _keystr(path) -> tuple[str, ...]:
-    out = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                out.append(str(getattr(k, attr)))
-                break
-        else:
-            out.append(str(k))
-    return tuple(out)
 
 
 def _divisible(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
@@ -166,7 +143,7 @@ def state_shardings(abstract_state: PyTree, param_shardings_by_path: dict, mesh:
     fsdp = mesh.shape["fsdp"]
 
     def pick(path, x):
-        keys = _keystr(path)
+        keys = path_keys(path)
         for start in range(len(keys)):
             sh = param_shardings_by_path.get(keys[start:])
             if sh is not None and sh[1] == tuple(x.shape):
@@ -185,5 +162,5 @@ def shardings_by_path(abstract_params: PyTree, shardings: PyTree) -> dict:
     flat_p = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
     flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
     for (path, x), s in zip(flat_p, flat_s):
-        out[_keystr(path)] = (s, tuple(x.shape))
+        out[path_keys(path)] = (s, tuple(x.shape))
     return out
