@@ -23,7 +23,7 @@ from hfa_jax.errors import CheckpointError
 from hfa_jax.models import hfa
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train import losses
-from hfa_jax.translator import _variables
+from hfa_jax.train.state import variables_from_state
 from tests.convert import authors_checkpoints as ac
 from tests.convert.authors_checkpoints import ra
 
@@ -54,7 +54,7 @@ def _load(wd: str):
     with open(os.path.join(wd, "config.json")) as f:
         config = json.load(f)
     state, meta = ckpt_lib.load_state_arrays(wd)
-    return config, _variables(state), meta
+    return config, variables_from_state(state), meta
 
 
 def _inputs(seed: int, b: int, t: int, lengths: list[int], size: int = 42):
