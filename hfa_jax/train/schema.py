@@ -65,6 +65,7 @@ def base() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         stage="pretrain",
         batch_size=16,         # global batch (all devices, all hosts)
+        microbatches=1,        # > 1: the batch in this many sequential parts, one update (train/microbatch.py)
         epochs=100.0,
         num_steps=0,           # > 0 overrides epochs
         lr=3e-4,               # peak of the one-cycle schedule

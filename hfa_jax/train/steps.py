@@ -32,6 +32,7 @@ from hfa_jax.models.beyondgloss import BeyondGlossConfig
 from hfa_jax.models.packing import leaves_out_frames
 from hfa_jax.train import beyondgloss_losses as bg_losses
 from hfa_jax.train import losses as losses_lib
+from hfa_jax.train import microbatch as microbatch_lib
 from hfa_jax.train.mesh import BATCH_AXES
 from hfa_jax.train.state import grad_groups, variables_from_state
 
@@ -147,8 +148,18 @@ def update_step(state: dict, batch: Batch, pixels: jax.Array, *, model: nn.Modul
             parts = {**parts, "loss": loss}
         return loss, (parts, new_bs)
 
-    (loss, (parts, new_bs)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-        state["trainable"], batch, pixels)
+    num_micro = int(config.train.get("microbatches", 1) or 1)
+    if num_micro > 1:  # the global batch in K sequential parts, exact gradients (train/microbatch.py)
+        def apply_fn(trainable, micro, index):
+            return forward(model, stage, variables_from_state(state, trainable), micro, micro["pixels"],
+                           train=True, rng=jax.random.fold_in(rng, index))
+
+        (loss, (parts, new_bs)), grads = microbatch_lib.value_and_grad(
+            apply_fn, microbatch_lib.stage_terms(config, stage), state["trainable"], {**batch, "pixels": pixels},
+            num_micro)
+    else:
+        (loss, (parts, new_bs)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            state["trainable"], batch, pixels)
     updates, new_opt = tx.update(grads, state["opt_state"], state["trainable"])
     new_tr = optax.apply_updates(state["trainable"], updates)
     names = sorted(parts)

@@ -38,6 +38,7 @@ from hfa_jax.train import distributed
 from hfa_jax.train import freeze
 from hfa_jax.train import initial_weights
 from hfa_jax.train import logs
+from hfa_jax.train import microbatch
 from hfa_jax.train import mesh as mesh_lib
 from hfa_jax.train import optim as optim_lib
 from hfa_jax.train import schema
@@ -346,6 +347,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     n_train = len(data.sources[config.data.train_split])
     if n_train < gbs:
         raise ConfigError(f"config.train.batch_size={gbs} > {n_train} training videos; lower it")
+    microbatch.check_microbatches(gbs, int(config.train.get("microbatches", 1)), n_dev)
     steps_per_epoch = n_train // gbs
     total_steps = total_steps_of(config, steps_per_epoch)
     log.info("data: %d train videos, %d steps/epoch, %d steps", n_train, steps_per_epoch, total_steps)
