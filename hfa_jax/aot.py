@@ -240,39 +240,47 @@ def format_table(topology: str, devices, num_processes: int, reports: Sequence[P
     return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py[:variant])", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", "local", "a TPU topology (v5e:2x4, v6e:2x2, v5p:2x2x2 ...) or 'local'")
-_JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 7096, "training videos (steps per epoch; PHOENIX14T: 7096)")
-_FRAME_SIZE = flags.DEFINE_integer("frame_size", 256, "stored frame size of the dataset (build_dataset --size)")
-_SUGGEST = flags.DEFINE_bool("suggest", True, "if the train step does not fit, try the switches that may make it fit")
+_FLAGS: dict = {}
+
+
+def _define_flags() -> None:
+    """The command's flags, defined when it runs (not at import: ``hfa_jax.main`` defines a
+    ``--config`` flag of its own, and both modules are imported by the tests)."""
+    _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py[:variant])",
+                                                       lock_config=True)
+    _FLAGS["topology"] = flags.DEFINE_string("topology", "local", "a TPU topology (v5e:2x4, v6e:2x2 ...) or 'local'")
+    _FLAGS["json"] = flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
+    _FLAGS["num_train"] = flags.DEFINE_integer("num_train", 7096, "training videos (steps per epoch; PHOENIX14T: 7096)")
+    _FLAGS["frame_size"] = flags.DEFINE_integer("frame_size", 256, "stored frame size of the dataset (build_dataset --size)")
+    _FLAGS["suggest"] = flags.DEFINE_bool("suggest", True, "if the train step does not fit, try the switches that may make it fit")
 
 
 def _main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    config = _CONFIG.value
+    config = _FLAGS["config"].value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py")
     try:
-        devices, num_processes = topology_devices(_TOPOLOGY.value)
-        reports = stage_programs(config, devices, num_train=_NUM_TRAIN.value, frame_size=_FRAME_SIZE.value)
+        devices, num_processes = topology_devices(_FLAGS["topology"].value)
+        reports = stage_programs(config, devices, num_train=_FLAGS["num_train"].value, frame_size=_FLAGS["frame_size"].value)
         tried = []
         train = next((r for r in reports if r.name == "train"), None)
-        if _SUGGEST.value and train is not None and train.fits is False:
-            tried = suggestions(config, devices, num_train=_NUM_TRAIN.value, frame_size=_FRAME_SIZE.value)
+        if _FLAGS["suggest"].value and train is not None and train.fits is False:
+            tried = suggestions(config, devices, num_train=_FLAGS["num_train"].value, frame_size=_FLAGS["frame_size"].value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if _JSON.value:
-        print(json.dumps({"topology": _TOPOLOGY.value, "num_devices": len(devices), "num_processes": num_processes,
+    if _FLAGS["json"].value:
+        print(json.dumps({"topology": _FLAGS["topology"].value, "num_devices": len(devices), "num_processes": num_processes,
                           "programs": [r.to_json() for r in reports],
                           "suggestions": [{"override": k, **r.to_json()} for k, r in tried]}, indent=1))
     else:
-        print(format_table(_TOPOLOGY.value, devices, num_processes, reports, tried))
+        print(format_table(_FLAGS["topology"].value, devices, num_processes, reports, tried))
 
 
 def main() -> None:
+    _define_flags()
     app.run(_main)
 
 
