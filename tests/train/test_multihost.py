@@ -23,6 +23,10 @@ import pytest
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train import state as state_lib
 
+# One xdist worker runs them all (pytest.ini: --dist loadgroup): they share the data, the
+# reference run and the compilation cache, and two multi-process runs at once would starve each other.
+pytestmark = pytest.mark.xdist_group("multihost")
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The stage config every process loads (``--config=<file>:<stage>``); paths come from the env.
@@ -165,18 +169,22 @@ def test_c_checkpoints_move_between_process_counts(env, reference):
 
 def test_e_a_lost_process_stops_the_others_with_one_line(env, reference):
     wd = str(env["root"] / "lost")
-    p = subprocess.Popen(launch_cmd(env, 2, 2, wd, "pretrain", "--config.train.num_steps=400"), cwd=REPO,
-                         env=env["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and not os.path.isdir(os.path.join(wd, "checkpoints", "1")):
-        time.sleep(0.2)
-    out = subprocess.run(["pgrep", "-f", f"workdir={wd}"], capture_output=True, text=True).stdout.split()
-    children = [int(x) for x in out if int(x) != p.pid]
-    victim = next(pid for pid in children if "JAX_PROCESS_ID=1" in open(f"/proc/{pid}/environ").read().replace("\0", " "))
-    t0 = time.time()
-    os.kill(victim, signal.SIGKILL)
-    text, _ = p.communicate(timeout=120)
-    assert time.time() - t0 < 120  # the launcher's 5 s grace plus process teardown on a busy machine
+    log_path = env["root"] / "lost.log"
+    with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the training processes
+        p = subprocess.Popen(launch_cmd(env, 2, 2, wd, "pretrain", "--config.train.num_steps=400"), cwd=REPO,
+                             env=env["env"], stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 600
+        while time.time() < deadline and not os.path.isdir(os.path.join(wd, "checkpoints", "1")):
+            time.sleep(0.2)
+        out = subprocess.run(["pgrep", "-f", f"workdir={wd}"], capture_output=True, text=True).stdout.split()
+        children = [int(x) for x in out if int(x) != p.pid]
+        victim = next(pid for pid in children
+                      if "JAX_PROCESS_ID=1" in open(f"/proc/{pid}/environ").read().replace("\0", " "))
+        t0 = time.time()
+        os.kill(victim, signal.SIGKILL)
+        p.wait(timeout=300)
+        assert time.time() - t0 < 120  # the launcher's 5 s grace plus process teardown on a busy machine
+    text = log_path.read_text()
     assert p.returncode != 0
     lines = [line for line in text.splitlines() if line.startswith("hfa_jax.launch:")]
     assert lines == ["hfa_jax.launch: process 1 was killed by signal 9 (SIGKILL); stopping the other 1 process(es)"]
