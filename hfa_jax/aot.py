@@ -152,6 +152,9 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
         raise ConfigError(f"config.train.batch_size={gbs} is not a multiple of the {len(devices)} devices")
     steps_per_epoch = max(1, num_train // gbs)
     total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
+    if config.model.mbart.get("decoder_start_token_id") is None:
+        # The language id comes from the tokenizer in a real run; any id compiles the same program.
+        config.model.mbart.decoder_start_token_id = int(config.model.mbart.vocab_size) - 1
     model_cfg = trainer_lib.model_config(config)
     model = trainer_lib.build_model(config, model_cfg)
     plan = trainer_lib.plan_state(config, model, mesh, rules, total_steps=total_steps, steps_per_epoch=steps_per_epoch)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -103,28 +104,34 @@ def launch(main_args: Sequence[str], *, num_processes: int, devices_per_process:
             if p.poll() is None:
                 p.send_signal(signum)
 
+    # One waiter per process records when it ended, so the line names the process that failed
+    # first: a lost process makes its peers abort (SIGABRT from gloo or the coordination
+    # service) within milliseconds, and a poll would see all of them dead at once.
+    ended: "queue.Queue[tuple[int, int]]" = queue.Queue()
+    for i, p in enumerate(procs):
+        threading.Thread(target=lambda i=i, p=p: ended.put((i, p.wait())), daemon=True).start()
+
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     status = 0
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
-            if failed:
-                i, rc = failed[0]
-                with lock:
-                    out.write(f"hfa_jax.launch: process {i} {_describe(rc)}; stopping the other "
-                              f"{sum(p.poll() is None for p in procs)} process(es)\n")
-                    out.flush()
-                _stop(procs, grace_s)
-                status = 128 - rc if rc < 0 else rc
-                break
-            time.sleep(0.2)
-        else:
-            failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
-            if failed:
-                i, rc = failed[0]
-                with lock:
-                    out.write(f"hfa_jax.launch: process {i} {_describe(rc)}\n")
-                status = 128 - rc if rc < 0 else rc
+        for _ in range(num_processes):
+            i, rc = ended.get()
+            if rc == 0:
+                continue
+            time.sleep(0.5)  # peers that died with it: the root cause is the one that did not abort
+            others = []
+            while not ended.empty():
+                others.append(ended.get())
+            if rc == -signal.SIGABRT:
+                i, rc = next(((j, r) for j, r in others if r not in (0, -signal.SIGABRT)), (i, rc))
+            running = sum(p.poll() is None for p in procs)
+            with lock:
+                out.write(f"hfa_jax.launch: process {i} {_describe(rc)}"
+                          + (f"; stopping the other {running} process(es)\n" if running else "\n"))
+                out.flush()
+            _stop(procs, grace_s)
+            status = 128 - rc if rc < 0 else rc
+            break
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -32,9 +32,13 @@ from hfa_jax.errors import CheckpointError
 PyTree = Any
 
 
-def _manager(directory: str, keep: int, use_async: bool) -> ocp.CheckpointManager:
-    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                        enable_async_checkpointing=use_async)
+def _manager(directory: str, keep: int, use_async: bool, name: str) -> ocp.CheckpointManager:
+    # On several processes orbax names its barriers after the step: the latest and the best
+    # managers saving the same step at once (the last step, never evaluated) would meet at one
+    # barrier name ("... is already ongoing") and abort the run. A prefix per manager keeps them apart.
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=use_async,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
     return ocp.CheckpointManager(os.path.abspath(directory), options=opts,
                                  item_names=("state", "meta"))
 
@@ -48,8 +52,8 @@ class Checkpointer:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         self.workdir = workdir
         self.best_mode = best_mode
-        self.latest = _manager(os.path.join(workdir, "checkpoints"), keep, use_async)
-        self.best = _manager(os.path.join(workdir, "best"), 1, use_async)
+        self.latest = _manager(os.path.join(workdir, "checkpoints"), keep, use_async, "latest")
+        self.best = _manager(os.path.join(workdir, "best"), 1, use_async, "best")
 
     # -- saving ------------------------------------------------------------------------------
     def save(self, step: int, state: PyTree, meta: dict, *, force: bool = True) -> None:

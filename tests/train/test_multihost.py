@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +103,8 @@ def launch_cmd(env, procs, devices, workdir, stage="pretrain", *flags):
 def launch(env, procs, devices, workdir, stage="pretrain", *flags, check=True):
     r = subprocess.run(launch_cmd(env, procs, devices, workdir, stage, *flags), cwd=REPO, env=env["env"],
                        capture_output=True, text=True, timeout=900)
+    with open(workdir + ".log", "a") as f:  # the whole output, for a failure's first lines
+        f.write(r.stdout + r.stderr)
     if check:
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     return r
@@ -187,4 +190,6 @@ def test_e_a_lost_process_stops_the_others_with_one_line(env, reference):
     text = log_path.read_text()
     assert p.returncode != 0
     lines = [line for line in text.splitlines() if line.startswith("hfa_jax.launch:")]
-    assert lines == ["hfa_jax.launch: process 1 was killed by signal 9 (SIGKILL); stopping the other 1 process(es)"]
+    # Process 0 may already have aborted on its own (its peer is gone) by the time the line is written.
+    assert len(lines) == 1 and re.fullmatch(r"hfa_jax\.launch: process 1 was killed by signal 9 \(SIGKILL\)"
+                                            r"(; stopping the other 1 process\(es\))?", lines[0]), lines
