@@ -2,8 +2,10 @@
 127.0.0.1, gloo CPU collectives, emulated devices per process), against single-process runs:
 
 (a) pretraining on 2 processes x 2 devices equals 1 process x 4 devices, each process reading only
-    its rows of every global batch; (c) a checkpoint written by 2 processes resumes in 1 and the
-    reverse; (e) kill -9 of one process stops the others, with one line naming it.
+    its rows of every global batch; (b) fine-tuning with FSDP and a beam-search evaluation on 2
+    processes equals 1 process: losses, parameters and every dev hypothesis; (c) a checkpoint
+    written by 2 processes resumes in 1 and the reverse; (e) kill -9 of one process stops the
+    others, with one line naming it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +63,7 @@ TINY_CONFIG = textwrap.dedent('''
         c.train.lr = 1e-3
         c.train.log_every_steps = 1
         c.train.checkpoint_every_steps = 1
+        c.train.keep_checkpoints = 4  # (c) resumes from step 2 of a finished run
         c.train.progress_bar = False
         c.train.tensorboard = False
         c.eval.splits = ("dev",)
@@ -145,14 +149,20 @@ def reference(env):
     return wd
 
 
-def test_a_two_processes_equal_one_and_read_only_their_rows(env, reference):
+@pytest.fixture(scope="module")
+def two(env, reference):
+    """The same run on 2 processes x 2 devices, each recording the rows it read."""
     wd = str(env["root"] / "two")
     r = launch(env, 2, 2, wd, "pretrain", "--config.train.debug_record_batches=True")
     assert "[p0]" in r.stdout and "[p1]" in r.stdout
-    assert_same_run(reference, wd)
+    return wd
+
+
+def test_a_two_processes_equal_one_and_read_only_their_rows(reference, two):
+    assert_same_run(reference, two)
     rows = []
     for p in range(2):
-        with open(os.path.join(wd, f"batches.p{p}.jsonl")) as f:
+        with open(os.path.join(two, f"batches.p{p}.jsonl")) as f:
             rows.append([json.loads(line)["index"] for line in f])
     assert [len(x) for x in rows] == [4, 4]
     for step in range(4):  # 2 rows each, disjoint; together the global batch of 4
@@ -160,13 +170,38 @@ def test_a_two_processes_equal_one_and_read_only_their_rows(env, reference):
         assert len(a) == len(b) == 2 and not set(a) & set(b)
 
 
-def test_c_checkpoints_move_between_process_counts(env, reference):
-    for first, then, name in (((2, 2), (1, 4), "two_then_one"), ((1, 4), (2, 2), "one_then_two")):
-        wd = str(env["root"] / name)
-        r = launch(env, *first, wd, "pretrain", "--config.train.debug_crash_after_step=2", check=False)
-        assert r.returncode != 0 and "debug crash after step 2" in r.stdout, r.stdout[-3000:]
+def test_b_fine_tuning_with_fsdp_and_beam_search_on_two_processes_equals_one(env, reference):
+    flags = (f"--config.train.init_from={reference}", "--config.mesh.fsdp=2", "--config.eval.at_end=True")
+    one, two = str(env["root"] / "ft_one"), str(env["root"] / "ft_two")
+    launch(env, 1, 4, one, "finetune1", *flags)
+    r = launch(env, 2, 2, two, "finetune1", *flags)
+    assert "mesh {'data': 2, 'fsdp': 2}" in r.stdout
+    assert_same_run(one, two)
+
+    def hypotheses(wd):  # the dev beam search after the last step, gathered from both processes
+        with open(os.path.join(wd, "translations", "dev_step4.hyp.txt"), encoding="utf-8") as f:
+            return f.read().splitlines()
+
+    assert len(hypotheses(one)) == 6 and hypotheses(two) == hypotheses(one)
+
+
+def stopped_at(source: str, workdir: str, step: int = 2) -> str:
+    """A workdir as ``source``'s run left it had it stopped after ``step``: that checkpoint and
+    the metrics logged up to it."""
+    shutil.copytree(os.path.join(source, "checkpoints", str(step)), os.path.join(workdir, "checkpoints", str(step)))
+    with open(os.path.join(source, "metrics.jsonl")) as f:
+        rows = [line for line in f if json.loads(line)["step"] <= step]
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.writelines(rows)
+    return workdir
+
+
+def test_c_checkpoints_move_between_process_counts(env, reference, two):
+    for source, then, name in ((two, (1, 4), "two_then_one"), (reference, (2, 2), "one_then_two")):
+        wd = stopped_at(source, str(env["root"] / name))
         assert ckpt_lib.Checkpointer(wd).latest_step() == 2
-        launch(env, *then, wd)  # the same command on another layout resumes at step 3
+        r = launch(env, *then, wd)  # the same command on another layout resumes at step 3
+        assert "resumed from step 2" in r.stdout
         assert_same_run(reference, wd)
 
 
