@@ -5,7 +5,7 @@
     its rows of every global batch; (b) fine-tuning with FSDP and a beam-search evaluation on 2
     processes equals 1 process: losses, parameters and every dev hypothesis; (c) a checkpoint
     written by 2 processes resumes in 1 and the reverse; (e) kill -9 of one process stops the
-    others, with one line naming it.
+    others, with one line naming it, and (d) the same command then resumes where they stopped.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def test_c_checkpoints_move_between_process_counts(env, reference, two):
         assert_same_run(reference, wd)
 
 
-def test_e_a_lost_process_stops_the_others_with_one_line(env, reference):
+def test_e_a_lost_process_stops_the_others_and_d_the_same_command_resumes(env, reference):
     wd = str(env["root"] / "lost")
     log_path = env["root"] / "lost.log"
     with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the training processes
@@ -228,3 +228,19 @@ def test_e_a_lost_process_stops_the_others_with_one_line(env, reference):
     # Process 0 may already have aborted on its own (its peer is gone) by the time the line is written.
     assert len(lines) == 1 and re.fullmatch(r"hfa_jax\.launch: process 1 was killed by signal 9 \(SIGKILL\)"
                                             r"(; stopping the other 1 process\(es\))?", lines[0]), lines
+
+    # (d) Every process is gone now. The same command resumes from the last complete checkpoint,
+    # and the step it redoes gives the loss the lost run had logged for it (when it had).
+    saved = ckpt_lib.Checkpointer(wd).latest_step()
+    assert saved is not None and saved >= 1
+    before = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+    r = launch(env, 2, 2, wd, "pretrain", "--config.train.num_steps=400",
+               f"--config.train.debug_crash_after_step={saved + 1}", check=False)
+    assert f"resumed from step {saved}" in r.stdout and f"debug crash after step {saved + 1}" in r.stdout, \
+        r.stdout[-3000:]
+    assert ckpt_lib.Checkpointer(wd).latest_step() == saved + 1
+    redone = [row for row in (json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl")))
+              if row["split"] == "train" and row["step"] == saved + 1][-1]
+    first = [row for row in before if row["split"] == "train" and row["step"] == saved + 1]
+    if first:
+        assert redone["loss"] == pytest.approx(first[0]["loss"], rel=1e-6)
