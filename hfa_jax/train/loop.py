@@ -173,6 +173,7 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
     eval_every = every(config.eval.get("every_epochs", None), int(config.eval.get("every_steps", 0) or 0),
                        tr.steps_per_epoch)
     crash_after = int(tcfg.get("debug_crash_after_step", -1))
+    hold_after = int(tcfg.get("debug_hold_after_step", -1))
 
     def meta_now(s):
         return {"step": int(s), "stage": stage, "global_batches_read": int(s), "best_value": best_value,
@@ -242,6 +243,11 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
                 if step == crash_after:
                     tr.ckpt.wait()
                     raise DebugCrash(f"debug crash after step {step}")
+                if step == hold_after:  # test hook: a run killed mid-way at a known step
+                    tr.ckpt.wait()
+                    log.info("debug hold after step %d: waiting to be killed", step)
+                    while True:
+                        time.sleep(60)
             final = do_eval(step) if bool(config.eval.at_end) else None
             tr.ckpt.save(step, state, meta_now(step))
             if tr.ckpt.best.latest_step() is None:  # never evaluated: the last state is the kept one

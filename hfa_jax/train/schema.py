@@ -89,6 +89,7 @@ def base() -> ml_collections.ConfigDict:
         tensorboard=True,
         debug_nan_at_step=-1,        # test hook: poison the loss at this step
         debug_crash_after_step=-1,   # test hook: raise after this step (simulates a kill)
+        debug_hold_after_step=-1,    # test hook: after this step's checkpoint, wait to be killed
         debug_record_batches=False,  # test hook: each process logs the rows it read (batches.p<i>.jsonl)
     ))
 
