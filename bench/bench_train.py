@@ -146,6 +146,7 @@ def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int 
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
+    import ml_collections
 
     from hfa_jax.models.hfa import build_model
     from hfa_jax.train import freeze, schema, steps
@@ -158,6 +159,7 @@ def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int 
                                             weight_decay=0.01, clip_norm=1.0)
     config = schema.base()
     config.train.stage = STAGE[kind]
+    config.model = ml_collections.ConfigDict({"beyondgloss": None})  # the paper model: no BeyondGloss terms
     rules = freeze.trainable_rules(STAGE[kind])
     small = dataclasses.replace(s, batch=1, frames=2)
     dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(kind, small, packed_frames=0).items()}

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,3 +149,14 @@ def test_decode_matmul_floor_runs():
     short = bench_decode.matmul_floor(s, sentences=1, max_new_tokens=2, repeats=1)
     assert short["median_s"] > 0 and len(short["times"]) == 1
     assert short["ms_per_step"] == pytest.approx(1e3 * short["median_s"] / 2)
+
+
+def test_our_pretrain_step_row_runs():
+    """The pretrain_step row's own side: the library's update step at toy widths (the
+    finetune_step row runs in test_accelerator_rows_run_on_cpu)."""
+    kind = "pretrain"
+    from bench import bench_train
+    from bench.common import Shapes
+
+    res = bench_train.ours_worker(kind, bench_train._micro(Shapes()), iters=1, warmup=0, max_seconds=30)
+    assert res["median_s"] > 0 and np.isfinite(res["loss"]) and res["trainable"] > 0
