@@ -1,9 +1,8 @@
 """One-call probe of our training step on an accelerator: variants side by side, MFU, and where
 the device time goes.
 
-GPUs come to this project in short leases (30 device-minutes, a fresh machine per call), so
-this script does in one process what a lease is for: for each ViT attention variant (``xla``:
-the paper config, scores materialised; ``auto``: ``jax.nn.dot_product_attention`` picks cuDNN's
+Everything runs in one process, so one short run on a fresh GPU machine gives the whole
+picture: for each ViT attention variant (``xla``: the paper config, scores materialised; ``auto``: ``jax.nn.dot_product_attention`` picks cuDNN's
 fused kernel where it applies) it builds the training step at the accelerator shapes of
 ``bench/bench_train.py`` (``TRAIN_SHAPES["accel"]``, bf16 compute), initialises it on the host
 CPU, compiles it, times it (median after warm-up) and reads its FLOPs from the compiled module;
@@ -122,7 +121,7 @@ def main(argv=None) -> dict:
 
     from bench.bench_train import TRAIN_SHAPES, _micro
 
-    cache = common.enable_jax_cache()  # HFA_BENCH_JAX_CACHE: a later lease can carry the compiles
+    cache = common.enable_jax_cache()  # HFA_BENCH_JAX_CACHE: a later run can reuse the compiles
 
     base = Shapes(**TRAIN_SHAPES["accel"])
     if a.micro:

@@ -78,7 +78,7 @@ def test_h100_projection_arithmetic():
 
 def test_accelerator_rows_run_on_cpu(tmp_path):
     # The GPU rows (ours bf16 vs the reference's autocast, MFU against the measured bf16 peak)
-    # must be ready when a GPU is lent; on CPU the same code runs with bf16 autocast.
+    # run the same code on CPU, with bf16 autocast.
     out = tmp_path / "rows.json"
     # (--accelerator defaults to the ViT attention a GPU run picks: "auto", XLA's on CPU)
     run_all.main(["--micro", "--accelerator", "--only", "finetune_step", "--no-torch-compile", "--json", str(out)])
