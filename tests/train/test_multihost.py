@@ -208,6 +208,18 @@ def test_c_checkpoints_move_between_process_counts(env, reference, two):
         assert_same_run(reference, wd)
 
 
+def training_processes(workdir: str, launcher: subprocess.Popen) -> dict[int, int]:
+    """{JAX process id: pid} of the ``hfa_jax.main`` processes ``launcher`` started for ``workdir``."""
+    out = subprocess.run(["pgrep", "-f", f"workdir={workdir}"], capture_output=True, text=True).stdout.split()
+    found = {}
+    for pid in (int(x) for x in out if int(x) != launcher.pid):
+        with open(f"/proc/{pid}/environ") as f:
+            ids = [v.split("=", 1)[1] for v in f.read().split("\0") if v.startswith("JAX_PROCESS_ID=")]
+        if ids:
+            found[int(ids[0])] = pid
+    return found
+
+
 def test_d_every_process_killed_then_the_same_command_ends_at_the_uninterrupted_run(env, two):
     wd = str(env["root"] / "killed")
     log_path = env["root"] / "killed.log"
@@ -219,10 +231,9 @@ def test_d_every_process_killed_then_the_same_command_ends_at_the_uninterrupted_
         while (time.time() < deadline and p.poll() is None
                and log_path.read_text().count("debug hold after step 2") < 2):
             time.sleep(0.5)
-        out = subprocess.run(["pgrep", "-f", f"workdir={wd}"], capture_output=True, text=True).stdout.split()
-        children = [int(x) for x in out if int(x) != p.pid]
-        assert len(children) == 2, log_path.read_text()[-3000:]
-        for pid in children:
+        children = training_processes(wd, p)
+        assert sorted(children) == [0, 1], log_path.read_text()[-3000:]
+        for pid in children.values():
             os.kill(pid, signal.SIGKILL)
         p.wait(timeout=120)
     assert p.returncode != 0
@@ -241,10 +252,7 @@ def test_e_a_lost_process_stops_the_others_with_one_line(env, reference):
         deadline = time.time() + 600
         while time.time() < deadline and not os.path.isdir(os.path.join(wd, "checkpoints", "1")):
             time.sleep(0.2)
-        out = subprocess.run(["pgrep", "-f", f"workdir={wd}"], capture_output=True, text=True).stdout.split()
-        children = [int(x) for x in out if int(x) != p.pid]
-        victim = next(pid for pid in children
-                      if "JAX_PROCESS_ID=1" in open(f"/proc/{pid}/environ").read().replace("\0", " "))
+        victim = training_processes(wd, p)[1]
         t0 = time.time()
         os.kill(victim, signal.SIGKILL)
         p.wait(timeout=300)
