@@ -7,6 +7,10 @@ and LoRA dropout are identities in ``eval()``), plus the two pretraining losses.
 are the real Hugging Face modules wrapped by the real ``peft.get_peft_model``, as in the
 authors' ``clip_models.py``.
 
+The BeyondGloss classes (``elsobhano/BeyondGloss`` ``slt_framework/models/``: ``Pretrain_Model.py``,
+``Pretrain_desc.py``, ``Finetune_Model.py``, ``clip_models.py``) are at the end, built from the same
+DINOv2 / temporal / mBART parts with BeyondGloss's attribute names.
+
 Used by ``tests/convert`` to check ``python -m hfa_jax.convert`` against the authors' layout and
 arithmetic. Imports torch; never imported by ``hfa_jax``.
 """
@@ -20,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Sizes", "PreTrainModel", "FineTuneModel", "kl_loss", "pg_loss", "frames_to_authors"]
+__all__ = ["Sizes", "PreTrainModel", "FineTuneModel", "kl_loss", "pg_loss", "frames_to_authors",
+           "BeyondGlossPreTrainModel", "BeyondGlossPretrainDesc", "BeyondGlossFineTuneModel", "masked_l2_loss"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,8 @@ class Sizes:
     max_pos: int = 256
     num_pg: int = 7  # len(dict_lem_to_id)
     proto_dim: int = 300
+    hand_dim: int = 288  # BeyondGloss hamer_mapper_1 width (HaMeR MANO rotations)
+    desc_dim: int = 1024  # BeyondGloss mapper_1 width (the mBART-large-50 description vectors)
 
 
 # ---------------------------------------------------------------- models/dinov2 + dino_adaptor_model.py
@@ -450,3 +457,138 @@ def frames_to_authors(pixels, frame_mask):
     p = torch.as_tensor(pixels)
     m = torch.as_tensor(frame_mask)
     return p[m].permute(0, 3, 1, 2).contiguous(), [int(n) for n in m.sum(1)]
+
+
+# ---------------------------------------------------------------- BeyondGloss (elsobhano/BeyondGloss slt_framework)
+class BGFeatureExtracter(nn.Module):
+    """clip_models.py ``FeatureExtracter``: dino -> HaMeR student + feedback -> ``mapper_1_downsample``
+    -> ``Transformer(..., d_llm = d_model / 2)`` -> description features ``mapper_1`` + feedback
+    ``mapper_2``, concatenated. Returns ``(x [B, T', d_model], mask, hamer [B, T, hand], desc [B, T', desc])``."""
+
+    def __init__(self, s: Sizes):
+        super().__init__()
+        d_llm = s.d_model // 2  # their d_llm=512 with mBART-large's 1024
+        self.conv_2d = _Dino(s)
+        self.hamer_mapper_1 = nn.Linear(s.frame_dim, s.hand_dim)
+        self.hamer_mapper_1_ac_fn, self.hamer_mapper_1_drop = nn.GELU(), nn.Dropout(0.1)
+        self.hamer_mapper_2 = nn.Linear(s.hand_dim, s.frame_dim)
+        self.mapper_1_downsample = nn.Sequential(nn.Linear(2 * s.frame_dim, s.frame_dim), nn.GELU())
+        self.conv_1d = Transformer(s.frame_dim, s.t_heads, s.t_layers, d_llm)
+        self.mapper_1 = nn.Linear(d_llm, s.desc_dim)
+        self.mapper_1_ac_fn, self.mapper_1_drop = nn.GELU(), nn.Dropout(0.1)
+        self.mapper_2 = nn.Linear(s.desc_dim, d_llm)
+
+    def forward(self, frames, lengths):
+        x, mask = self.conv_2d(frames, lengths)  # padded frames are zeros here (dino_adaptor_model.py pad)
+        hamer = self.hamer_mapper_1_ac_fn(self.hamer_mapper_1(x))
+        x = self.mapper_1_downsample(torch.cat([x, self.hamer_mapper_1_drop(self.hamer_mapper_2(hamer))], -1))
+        x, mask = self.conv_1d(x, mask)
+        desc = self.mapper_1_ac_fn(self.mapper_1(x))
+        return torch.cat([x, self.mapper_1_drop(self.mapper_2(desc))], -1), mask, hamer, desc
+
+
+class BGImageCLIP(nn.Module):
+    """clip_models.py ``ImageCLIP`` of BeyondGloss: no ``head_model``, no ``cls_token``."""
+
+    def __init__(self, s: Sizes):
+        super().__init__()
+        self.model = BGFeatureExtracter(s)
+        self.trans_encoder = _peft(_mbart_encoder(s))
+
+    def forward(self, frames, lengths):
+        x, mask, hamer, desc = self.model(frames, lengths)
+        h = self.trans_encoder(inputs_embeds=x, attention_mask=mask, return_dict=True)["last_hidden_state"]
+        return h.mean(1), desc.mean(1), hamer
+
+
+def _soft_identity_logits(a, b, scale):
+    a, b = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    lpi = scale * a @ b.t()
+    return lpi, lpi.t(), torch.eye(lpi.shape[0])  # create_soft_target_matrix_with_gradients(scale_off_diag=0)
+
+
+class BGSLRCLIP(nn.Module):
+    """clip_models.py ``SLRCLIP`` of BeyondGloss: the description logits use ``logit_scale``;
+    ``logit_scale_desc`` is held but never used."""
+
+    def __init__(self, s: Sizes):
+        super().__init__()
+        self.model_txt = TextCLIP(s)
+        self.model_images = BGImageCLIP(s)
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.logit_scale_desc = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+
+    def forward(self, frames, lengths, ids, mask, desc_feats):
+        img, img_to_desc, hamer = self.model_images(frames, lengths)
+        txt = self.model_txt(ids, mask)
+        scale = self.logit_scale.exp()
+        return _soft_identity_logits(img, txt, scale), _soft_identity_logits(img_to_desc, desc_feats, scale), hamer
+
+
+def masked_l2_loss(pred, target, mask):  # Pretrain_Model.py PreTrainModel.masked_l2_loss
+    return ((pred - target).norm(dim=-1) ** 2 * mask).sum() / (mask.sum() * pred.shape[-1])
+
+
+class BeyondGlossPreTrainModel(nn.Module):  # Pretrain_Model.py PreTrainModel (the LightningModule's attributes)
+    def __init__(self, s: Sizes):
+        super().__init__()
+        self.model = BGSLRCLIP(s)
+
+    def losses(self, frames, lengths, ids, mask, desc_feats, hamer_feats, hamer_mask, landa_desc, landa_hamer):
+        """(clip, clip_desc, hamer, total) as ``training_step``."""
+        (lpi, lpt, gt), (lpi_d, lpt_d, gt_d), hamer = self.model(frames, lengths, ids, mask, desc_feats)
+        clip = (kl_loss(lpi, gt) + kl_loss(lpt, gt)) / 2.0
+        clip_desc = (kl_loss(lpi_d, gt_d) + kl_loss(lpt_d, gt_d)) / 2.0
+        hl = masked_l2_loss(hamer, hamer_feats, hamer_mask)
+        return clip, clip_desc, hl, clip + landa_desc * clip_desc + landa_hamer * hl
+
+
+class BGDescClip(nn.Module):
+    """clip_models.py ``Desc_Clip``: the video encoder's mean aligned with the description vectors.
+    As published, its ``forward`` unpacks two values from ``FeatureExtracter``, which returns four
+    (a ValueError); this takes the first two, the evident intent."""
+
+    def __init__(self, s: Sizes):
+        super().__init__()
+        self.model = BGFeatureExtracter(s)
+        self.trans_encoder = _peft(_mbart_encoder(s))
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+
+    def forward(self, frames, lengths, desc_feats):
+        x, mask, *_ = self.model(frames, lengths)
+        h = self.trans_encoder(inputs_embeds=x, attention_mask=mask, return_dict=True)["last_hidden_state"]
+        return _soft_identity_logits(h.mean(1), desc_feats, self.logit_scale.exp())
+
+
+class BeyondGlossPretrainDesc(nn.Module):  # Pretrain_desc.py PreTrainModel (self.model = Desc_Clip)
+    def __init__(self, s: Sizes):
+        super().__init__()
+        self.model = BGDescClip(s)
+
+    def losses(self, frames, lengths, desc_feats):
+        lpi, lpt, gt = self.model(frames, lengths, desc_feats)
+        return (kl_loss(lpi, gt) + kl_loss(lpt, gt)) / 2.0
+
+
+class BGGlossFreeModel(nn.Module):
+    """clip_models.py ``gloss_free_model`` of BeyondGloss; ``sign_proj=False`` (their configs):
+    ``sign_emb`` is ``nn.Identity`` and holds no tensors."""
+
+    def __init__(self, s: Sizes, sign_proj: bool = False):
+        super().__init__()
+        from transformers import MBartForConditionalGeneration
+
+        self.backbone = BGFeatureExtracter(s)
+        self.mbart = _peft(MBartForConditionalGeneration(hf_mbart_config(s)))
+        self.sign_emb = V_encoder(s.d_model) if sign_proj else nn.Identity()
+
+    def forward(self, frames, lengths, decoder_input_ids, decoder_mask):
+        x, mask, *_ = self.backbone(frames, lengths)
+        return self.mbart(inputs_embeds=self.sign_emb(x), attention_mask=mask, decoder_input_ids=decoder_input_ids,
+                          decoder_attention_mask=decoder_mask, return_dict=True)["logits"]
+
+
+class BeyondGlossFineTuneModel(nn.Module):  # Finetune_Model.py FineTuneModel (self.model = gloss_free_model)
+    def __init__(self, s: Sizes, sign_proj: bool = False):
+        super().__init__()
+        self.model = BGGlossFreeModel(s, sign_proj)

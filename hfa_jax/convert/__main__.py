@@ -1,9 +1,9 @@
-"""Convert between the HFA authors' PyTorch Lightning checkpoints and hfa_jax workdirs.
+"""Convert between the HFA and BeyondGloss authors' PyTorch Lightning checkpoints and hfa_jax workdirs.
 
     python -m hfa_jax.convert from-lightning --ckpt best.ckpt --stage pretrain --out runs/pretrain
     python -m hfa_jax.convert from-lightning --ckpt best.ckpt --stage finetune --out runs/finetune2 \\
         --tokenizer MBart_trimmed
-    python -m hfa_jax.convert to-lightning --workdir runs/finetune2 --out finetune.ckpt [--target hfa]
+    python -m hfa_jax.convert to-lightning --workdir runs/finetune2 --out finetune.ckpt [--target hfa|beyondgloss]
 
 ``from-lightning`` writes an hfa_jax workdir (``config.json`` + an orbax ``best/`` checkpoint in
 the train-state layout) that ``--config.train.init_from``, ``hfa_jax.translate`` and the evaluation
@@ -80,7 +80,8 @@ def from_lightning(ckpt: str, stage: str, out: str, *, target: str | None = None
     obj = lightning_io.read_checkpoint(ckpt)
     sd = obj["state_dict"]
     found_target, found_stage = core.detect_class(sd)
-    if found_stage != stage or (target and target != found_target):
+    # BeyondGloss Pretrain_desc (Desc_Clip) is a pretraining class too: --stage pretrain
+    if found_stage.partition("_")[0] != stage or (target and target != found_target):
         raise CheckpointError(f"{ckpt}: holds the authors' {tables.MODEL_CLASSES[(found_target, found_stage)]}, "
                               f"not --stage {stage}" + (f" --target {target}" if target else ""))
     lay = tables.layout_for(found_target, found_stage)
@@ -104,8 +105,10 @@ def from_lightning(ckpt: str, stage: str, out: str, *, target: str | None = None
             "rebuilt": report["rebuilt"], "tied": report["tied"], "dropped_entries": dropped, "step": step}
 
 
-def to_lightning(workdir: str, out: str, *, target: str = "hfa", legacy_peft: bool = False) -> dict:
-    """Writes the authors' checkpoint for ``workdir``'s best (else latest) checkpoint to ``out``."""
+def to_lightning(workdir: str, out: str, *, target: str | None = None, legacy_peft: bool = False) -> dict:
+    """Writes the authors' checkpoint for ``workdir``'s best (else latest) checkpoint to ``out``.
+    ``target`` None: ``beyondgloss`` when the model has the authors' description feedback
+    (``model.beyondgloss.desc_feedback``), else ``hfa``."""
     import ml_collections
     from flax import traverse_util
 
@@ -120,7 +123,11 @@ def to_lightning(workdir: str, out: str, *, target: str = "hfa", legacy_peft: bo
         state, meta = ckpt_lib.load_state_arrays(workdir, best=True)
     except CheckpointError:
         state, meta = ckpt_lib.load_state_arrays(workdir, best=False)
+    bg = config.model.get("beyondgloss", None) or {}
+    target = target or ("beyondgloss" if bg.get("desc_feedback", False) else "hfa")
     stage = "pretrain" if config.train.stage == "pretrain" else "finetune"
+    if stage == "pretrain" and target == "beyondgloss" and bg.get("description_from", "") == "video_encoder":
+        stage = "pretrain_desc"  # Desc_Clip (Pretrain_desc.py)
     lay = tables.layout_for(target, stage)
     flat = dict(traverse_util.flatten_dict(state.get("frozen") or {}))
     flat.update(traverse_util.flatten_dict(state.get("trainable") or {}))
@@ -133,6 +140,7 @@ def to_lightning(workdir: str, out: str, *, target: str = "hfa", legacy_peft: bo
     vocab = shared if shared is not None else emb
     if vocab is not None:  # the training config takes it from the tokenizer: read it from the weights
         model_cfg["mbart"] = {**model_cfg.get("mbart", {}), "vocab_size": int(np.shape(vocab)[0])}
+    core.check_exportable(model_cfg, lay)
     sd = core.export_state(variables, lay, model_cfg, peft_base_layer=not legacy_peft)
     step = int(meta.get("step", 0) or 0)
     lightning_io.write_checkpoint(out, sd, global_step=step)
@@ -145,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("from-lightning", help="the authors' .ckpt -> an hfa_jax workdir")
     a.add_argument("--ckpt", required=True, help="the authors' Lightning checkpoint (.ckpt)")
-    a.add_argument("--stage", required=True, choices=("pretrain", "finetune"))
+    a.add_argument("--stage", required=True, choices=("pretrain", "finetune"),
+                   help="pretrain: HFA/BeyondGloss PreTrainModel (SLRCLIP or Desc_Clip); finetune: FineTuneModel")
     a.add_argument("--out", required=True, help="the hfa_jax workdir to write (new or empty)")
     a.add_argument("--target", choices=("hfa", "beyondgloss"), default=None, help="expected code base (checked)")
     a.add_argument("--config", default=None, help="base training config (default: the paper's for the stage)")
@@ -153,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     b = sub.add_parser("to-lightning", help="an hfa_jax workdir -> the authors' .ckpt")
     b.add_argument("--workdir", required=True)
     b.add_argument("--out", required=True, help="the .ckpt file to write")
-    b.add_argument("--target", choices=("hfa", "beyondgloss"), default="hfa")
+    b.add_argument("--target", choices=("hfa", "beyondgloss"), default=None,
+                   help="the authors' code base (default: beyondgloss for a model with model.beyondgloss.desc_feedback)")
     b.add_argument("--legacy-peft", action="store_true",
                    help="peft < 0.7 key names (q_proj.weight instead of q_proj.base_layer.weight)")
     args = p.parse_args(argv)

@@ -22,12 +22,12 @@ from hfa_jax.convert import tables
 from hfa_jax.errors import CheckpointError
 from hfa_jax.models import hfa
 
-__all__ = ["detect_class", "model_config_from_state", "import_state", "export_state", "export_shapes", "our_shapes",
+__all__ = ["detect_class", "check_exportable", "model_config_from_state", "import_state", "export_state", "export_shapes", "our_shapes",
            "our_kind"]
 
 
 def our_kind(lay: tables.Layout) -> str:
-    return "pretrain" if lay.stage == "pretrain" else "translate"
+    return "translate" if lay.stage == "finetune" else "pretrain"
 
 
 def detect_class(sd: Mapping[str, Any]) -> tuple[str, str]:
@@ -126,9 +126,31 @@ def model_config_from_state(sd: Mapping[str, Any], lay: tables.Layout, base: Map
     m.update(frame_dim=frame_dim, masked_mean=False,
              # TextCLIP's frozen mBART encoder runs in train mode (dropout on) while pretraining
              text_encoder_dropout=lay.text_encoder is not None)
-    m["beyondgloss"] = {**dict(m.get("beyondgloss") or {}), "description": False, "hand_pose": False,
-                        "description_vectors": False}
+    bg = {**dict(m.get("beyondgloss") or {}), "description": False, "hand_pose": False, "description_vectors": False}
+    if lay.extracter:
+        bg.update(_beyondgloss_switches(sd, lay))
+    m["beyondgloss"] = bg
     return m
+
+
+def _beyondgloss_switches(sd: Mapping[str, Any], lay: tables.Layout) -> dict:
+    """``config.model.beyondgloss`` for the authors' BeyondGloss classes (slt_framework/models/clip_models.py
+    ``FeatureExtracter``, ``ImageCLIP``, ``Desc_Clip``, ``gloss_free_model``): the HaMeR branch and the
+    description feedback are in every class; the pretraining ones align precomputed description vectors."""
+    fe = lay.extracter
+    hamer = _need(sd, fe + "hamer_mapper_1.weight", "BeyondGloss HaMeR student (FeatureExtracter.hamer_mapper_1)")
+    desc = _need(sd, fe + "mapper_1.weight", "BeyondGloss description features (FeatureExtracter.mapper_1)")
+    pretraining = lay.stage != "finetune"
+    return dict(
+        hand_pose=True, hand_dim=int(hamer.shape[0]), feedback_dropout=0.1,  # hamer_mapper_1_drop, mapper_1_drop
+        desc_feedback=True, desc_dim=int(desc.shape[0]),
+        description=pretraining, description_vectors=pretraining,  # offline mBART-large-50 vectors (desc_path)
+        pseudo_gloss_head=lay.head is not None, cls_token=lay.cls_token is not None,
+        text_encoder=lay.text_encoder is not None or not pretraining,
+        description_from="video_encoder" if lay.stage == "pretrain_desc" else "features",
+        # gloss_free_model.sign_emb is V_encoder only with sign_proj: True (their configs: False)
+        mapper=bool(lay.mapper) and any(k.startswith(lay.mapper) for k in sd),
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -210,6 +232,27 @@ def import_state(sd: Mapping[str, Any], lay: tables.Layout, model_cfg: Mapping[s
                               + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     variables = traverse_util.unflatten_dict(flat, sep="/")
     return variables, {"used": used, "rebuilt": rebuilt, "tied": [t.theirs for t in tied]}
+
+
+def check_exportable(model_cfg: Mapping[str, Any], lay: tables.Layout) -> None:
+    """Raises :class:`CheckpointError` (one line) when the model config lacks a part the authors'
+    class has, or has one it lacks, beyond what the per-tensor rules see (a missing module leaves
+    no leaf to complain about)."""
+    bg = hfa.HFAConfig.from_config(dict(model_cfg)).beyondgloss
+    pretraining = lay.stage != "finetune"
+    want = {"hand_pose": bool(lay.extracter), "desc_feedback": bool(lay.extracter)}
+    if pretraining:
+        want.update(pseudo_gloss_head=lay.head is not None, cls_token=lay.cls_token is not None,
+                    text_encoder=lay.text_encoder is not None)
+    if lay.stage == "pretrain_desc":
+        want["description_from"] = "video_encoder"
+    if lay.target == "hfa" and not pretraining:
+        want["mapper"] = True
+    for name, value in want.items():
+        if getattr(bg, name) != value:
+            raise CheckpointError(f"the model has model.beyondgloss.{name}={getattr(bg, name)!r}; the authors' "
+                                  f"{tables.MODEL_CLASSES[(lay.target, lay.stage)]} needs {value!r} "
+                                  "(pick the matching --target)")
 
 
 def export_state(variables: Mapping[str, Any], lay: tables.Layout, model_cfg: Mapping[str, Any], *,

@@ -11,6 +11,14 @@ Sources (read for the key names and shapes; cited next to each rule):
   ``psp_head.py`` (``HeadModel``), ``models/spatial_models/frame_models/dino_adaptor_model.py``
   (``Model``: ``spatial_model``, ``lin``, ``bn``), ``models/dinov2/layers/{attention,mlp,block}.py``
   (``Attention``/``Mlp`` LoRA ``lora_w{1,2}_l{1,2}``, ``Block`` ``ls1``/``ls2``).
+- BeyondGloss: ``elsobhano/BeyondGloss`` ``slt_framework/models/``: ``Pretrain_Model.py``
+  (``PreTrainModel.model = SLRCLIP``), ``Pretrain_desc.py`` (``PreTrainModel.model = Desc_Clip``),
+  ``Finetune_Model.py`` (``FineTuneModel.model = gloss_free_model``) and ``clip_models.py``
+  (``FeatureExtracter``: ``conv_2d``, ``hamer_mapper_1``, ``hamer_mapper_2``,
+  ``mapper_1_downsample``, ``conv_1d = Transformer(512, 8, [2, 2], d_llm=512)``, ``mapper_1``,
+  ``mapper_2``; ``ImageCLIP`` without ``head_model`` and ``cls_token``; ``SLRCLIP.logit_scale_desc``;
+  ``Desc_Clip``; ``gloss_free_model`` with ``sign_emb = nn.Identity`` under ``sign_proj: False``).
+  The DINOv2, adaptor, temporal and mBART parts are the HFA ones under other prefixes.
 - Hugging Face ``MBartEncoder`` / ``MBartForConditionalGeneration`` names, wrapped by peft
   ``get_peft_model`` (``base_model.model.`` prefix; LoRA on every ``q_proj``/``v_proj`` as
   ``<proj>.base_layer.{weight,bias}``, ``<proj>.lora_A.default.weight [r, in]``,
@@ -156,6 +164,8 @@ class Layout:
     text_encoder: str | None = None
     mbart: str | None = None  # peft-wrapped MBartForConditionalGeneration: ... .base_model.model.
     mapper: str | None = None  # V_encoder
+    extracter: str | None = None  # BeyondGloss FeatureExtracter (hamer_mapper_*, mapper_1_downsample, mapper_1/2)
+    logit_scale_desc: str | None = None  # BeyondGloss SLRCLIP's unused parameter (rebuilt)
 
 
 # PreTrainModel.model = SLRCLIP (Pretrain_Model.py); SLRCLIP.model_images = ImageCLIP,
@@ -182,18 +192,50 @@ _HFA_FINETUNE = Layout(
     mapper="model.sign_emb.",
 )
 
-_LAYOUTS = {("hfa", "pretrain"): _HFA_PRETRAIN, ("hfa", "finetune"): _HFA_FINETUNE}
+# BeyondGloss Pretrain_Model.py: PreTrainModel.model = SLRCLIP (clip_models.py): .model_images =
+# ImageCLIP (.model = FeatureExtracter, .trans_encoder = peft(MBartEncoder); no head_model, no
+# cls_token), .model_txt = TextCLIP, .logit_scale, .logit_scale_desc (never used).
+_BG_PRETRAIN = Layout(
+    target="beyondgloss", stage="pretrain",
+    dino="model.model_images.model.conv_2d.dino.",
+    temporal="model.model_images.model.conv_1d.",
+    logit_scale="model.logit_scale",
+    video_encoder="model.model_images.trans_encoder.base_model.model.",
+    text_encoder="model.model_txt.model_txt.",
+    extracter="model.model_images.model.",
+    logit_scale_desc="model.logit_scale_desc",
+)
+# BeyondGloss Pretrain_desc.py: PreTrainModel.model = Desc_Clip (clip_models.py): .model =
+# FeatureExtracter, .trans_encoder = peft(MBartEncoder), .logit_scale; no text encoder.
+_BG_PRETRAIN_DESC = Layout(
+    target="beyondgloss", stage="pretrain_desc",
+    dino="model.model.conv_2d.dino.",
+    temporal="model.model.conv_1d.",
+    logit_scale="model.logit_scale",
+    video_encoder="model.trans_encoder.base_model.model.",
+    extracter="model.model.",
+)
+# BeyondGloss Finetune_Model.py: FineTuneModel.model = gloss_free_model (clip_models.py): .backbone =
+# FeatureExtracter, .mbart = peft(MBartForConditionalGeneration), .sign_emb = V_encoder only with
+# config sign_proj: True (their configs/config.yaml and csldaily.yaml: False, nn.Identity, no tensors).
+_BG_FINETUNE = Layout(
+    target="beyondgloss", stage="finetune",
+    dino="model.backbone.conv_2d.dino.",
+    temporal="model.backbone.conv_1d.",
+    mbart="model.mbart.base_model.model.",
+    mapper="model.sign_emb.",
+    extracter="model.backbone.",
+)
+
+_LAYOUTS = {("hfa", "pretrain"): _HFA_PRETRAIN, ("hfa", "finetune"): _HFA_FINETUNE,
+            ("beyondgloss", "pretrain"): _BG_PRETRAIN, ("beyondgloss", "pretrain_desc"): _BG_PRETRAIN_DESC,
+            ("beyondgloss", "finetune"): _BG_FINETUNE}
 
 
 def layout_for(target: str, stage: str) -> Layout:
     if (target, stage) not in MODEL_CLASSES:
         raise CheckpointError(f"unknown --target {target!r} / --stage {stage!r}; "
                               f"known: {sorted(MODEL_CLASSES)}")
-    if (target, stage) not in _LAYOUTS:
-        raise CheckpointError(
-            f"{MODEL_CLASSES[(target, stage)]}: not convertible yet. Its forward pass has parts hfa_jax's "
-            "models do not have (the description feedback mapper_2 into a 512-wide temporal output, no CLS "
-            "token and no pseudo-gloss head); see docs/coming_from_pytorch.md")
     return _LAYOUTS[(target, stage)]
 
 
@@ -204,6 +246,15 @@ _ADAPTOR = "models/spatial_models/frame_models/dino_adaptor_model.py Model"
 _TEMPORAL = "models/clip_models.py Transformer / TransformerBlock / MultiHeadAttention / FeedForward"
 _HEAD = "psp_head.py HeadModel"
 _MBART = "transformers MBartEncoder/MBartForConditionalGeneration names under peft get_peft_model (clip_models.py)"
+_EXTRACTER = "BeyondGloss slt_framework/models/clip_models.py FeatureExtracter"
+# Our BeyondGloss trunk modules -> FeatureExtracter attribute names (hfa_jax/models/beyondgloss.py).
+_EXTRACTER_NAMES = {
+    "hand_pose/student/proj": "hamer_mapper_1",  # + GELU: the HaMeR prediction
+    "hand_pose/feedback/up": "hamer_mapper_2",  # + hamer_mapper_1_drop
+    "hand_pose/feedback/fuse": "mapper_1_downsample.0",  # Sequential(Linear 1024->512, GELU)
+    "desc_feedback/mapper_1": "mapper_1",  # + mapper_1_ac_fn (GELU): the description features
+    "desc_feedback/mapper_2": "mapper_2",  # + mapper_1_drop, concatenated after the temporal output
+}
 
 
 def _vit_rule(path: str, pre: str) -> Rule | None:
@@ -352,6 +403,12 @@ def _their_rule(ours: str, lay: Layout, blocks_before: int, peft_base_layer: boo
             stack, _, sub = rest.partition("/")
             if stack in ("encoder", "decoder"):
                 rule = _mbart_stack_rule(sub, lay.mbart + f"model.{stack}.", peft_base_layer)
+    elif top in ("hand_pose", "desc_feedback") and lay.extracter:
+        mod, _, leaf = path.rpartition("/")
+        name = _EXTRACTER_NAMES.get(mod)
+        if name and leaf in _W:
+            rule = Rule("", (lay.extracter + f"{name}.{_W[leaf]}",), "linear" if leaf == "kernel" else "copy",
+                        f"{_EXTRACTER}.{name.split('.')[0]}")
     elif top == "mapper" and lay.mapper:
         sub, _, leaf = rest.partition("/")
         name = {"linear": "src_emb.", "norm": "bn_ac.0."}.get(sub)
@@ -409,6 +466,12 @@ def constants_for(lay: Layout, *, width: int, num_heads: int, num_blocks: int, b
         cite = "models/clip_models.py RotaryPositionalEmbedding (rebuilt: attention.apply_rope)"
         out += [Constant(layer + "sin", lambda s=sin: s, cite, atol=1e-4),
                 Constant(layer + "cos", lambda c=cos: c, cite, atol=1e-4)]
+    if lay.logit_scale_desc:
+        # SLRCLIP.logit_scale_desc = log(1/0.07), never used in the forward pass, so no gradient
+        # and no AdamW step (torch skips parameters without .grad): it keeps its initial value.
+        out.append(Constant(lay.logit_scale_desc, lambda: np.array(np.log(1 / 0.07), np.float32),
+                            "BeyondGloss clip_models.py SLRCLIP.logit_scale_desc (unused; its initial value)",
+                            atol=1e-6))
     if lay.head:
         out.append(Constant(lay.head + "zero_embedding", lambda: np.zeros((proto_dim, 1, 1), np.float32),
                             _HEAD + " zero_embedding (our fixed prototype row 0)"))

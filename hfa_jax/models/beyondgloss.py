@@ -27,7 +27,12 @@ Reference conventions matched here (all from ``clip_models.py``):
 * The reference additionally feeds the description projection back into the video path
   (``mapper_2`` 1024->512, dropout, concatenated with the 512-d temporal output to form the
   1024-d mBART input, replacing HFA's Linear 512->1024). docs/beyondgloss.md leaves out that path;
-  it is not implemented here.
+  ``desc_feedback=True`` (:class:`DescriptionFeedback`) adds it, as the authors' checkpoints have
+  it (docs/coming_from_pytorch.md)::
+
+        h [B,T',512] = temporal output (out_proj 512->512, the authors' d_llm=512)
+        d  = GELU(Linear 512->1024)(h)                 ("mapper_1"; the description features)
+        y  = concat[h, Dropout 0.1(Linear 1024->512)(d)]  [B,T',1024]   ("mapper_2")
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ from hfa_jax.models.heads import torch_dense
 
 Array = jax.Array
 
+# Where the description alignment's video vector comes from (BeyondGlossConfig.description_from).
+DESCRIPTION_SOURCES = ("features", "video_encoder")
+
 __all__ = [
     "BeyondGlossConfig",
     "HAND_POSE_DIM",
@@ -55,6 +63,8 @@ __all__ = [
     "HandPoseFeedback",
     "HandPoseBranch",
     "DescriptionProjector",
+    "DescriptionFeedback",
+    "DESCRIPTION_SOURCES",
     "pool_time",
 ]
 
@@ -78,6 +88,27 @@ class BeyondGlossConfig:
 
     The description projection is pooled like the video/text vectors (``HFAConfig.masked_mean``:
     False = the reference's mean over all positions, padding included).
+
+    The authors' BeyondGloss code (elsobhano/BeyondGloss ``slt_framework/models/clip_models.py``)
+    differs from docs/beyondgloss.md in the parts below; converted checkpoints set them
+    (docs/coming_from_pytorch.md), every default is the HFA model:
+
+      desc_feedback: ``FeatureExtracter.mapper_1``/``mapper_2``: the description features are
+        ``GELU(Linear(h))`` of the temporal *output* ``h`` (``model.temporal.out_dim`` = half of
+        mBART's width, their ``d_llm=512``), fed back through ``Linear`` + dropout
+        (``feedback_dropout``) and concatenated with ``h`` into the mBART input (no
+        ``desc_proj``; parameters ``desc_feedback/{mapper_1,mapper_2}``, in both models).
+      pseudo_gloss_head: False = no pseudo-gloss head and prototypes (their ``ImageCLIP``).
+      cls_token: False = the video encoder reads the temporal output without a CLS token.
+      text_encoder: False = no text encoder and no ``text_vec`` (``Desc_Clip``, Pretrain_desc.py).
+      description_from: ``"features"`` (the description head) or ``"video_encoder"``: the
+        description alignment uses the video encoder's mean, ``video_vec`` (``Desc_Clip``).
+      mapper: False = the trunk output enters mBART as is (their ``sign_proj: False``:
+        ``gloss_free_model.sign_emb`` is ``nn.Identity``); translation model only.
+
+    A pretraining model without the pseudo-gloss head or without the text encoder has no
+    hfa_jax training loss yet (``hfa_jax.train.schema.validate`` refuses it); it converts,
+    evaluates and initialises fine-tuning (``train.init_from``).
     """
 
     description: bool = False
@@ -86,6 +117,12 @@ class BeyondGlossConfig:
     hand_dim: int = HAND_POSE_DIM
     feedback_dropout: float = 0.1
     desc_dim: int = 0
+    desc_feedback: bool = False
+    pseudo_gloss_head: bool = True
+    cls_token: bool = True
+    text_encoder: bool = True
+    description_from: str = "features"
+    mapper: bool = True
 
     @classmethod
     def from_config(cls, c: Mapping[str, Any] | None) -> "BeyondGlossConfig":
@@ -107,6 +144,15 @@ class BeyondGlossConfig:
             raise ConfigError("model.beyondgloss.description_vectors=True needs model.beyondgloss.description=True")
         if not 0.0 <= out.feedback_dropout < 1.0:
             raise ConfigError(f"model.beyondgloss.feedback_dropout={out.feedback_dropout} must be in [0, 1)")
+        if out.description_from not in DESCRIPTION_SOURCES:
+            raise ConfigError(f"model.beyondgloss.description_from={out.description_from!r} is not one of "
+                              f"{DESCRIPTION_SOURCES}")
+        if out.description_from == "video_encoder" and not out.description:
+            raise ConfigError("model.beyondgloss.description_from='video_encoder' needs "
+                              "model.beyondgloss.description=True")
+        if not out.text_encoder and out.description and not out.description_vectors:
+            raise ConfigError("model.beyondgloss.text_encoder=False needs description_vectors=True (no encoder "
+                              "is left to encode the description text)")
         return out
 
     @property
@@ -205,3 +251,26 @@ class DescriptionProjector(nn.Module):
         z = gelu(torch_dense(self.features, h.shape[-1], self.dtype, name="proj")(h))
         v = pool_time(z, mask, self.masked)
         return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+class DescriptionFeedback(nn.Module):
+    """The authors' description path in the trunk (``FeatureExtracter.mapper_1`` / ``mapper_2``,
+    elsobhano/BeyondGloss ``slt_framework/models/clip_models.py``).
+
+    ``h [B, T', D]`` (temporal output) -> ``(y [B, T', 2 D], desc [B, T', features])`` with
+    ``desc = GELU(mapper_1(h))`` (the description features, pooled by the pretraining model) and
+    ``y = concat[h, Dropout(mapper_2(desc))]`` (the mBART input; order ``[h, feedback]`` as theirs).
+    Parameters: ``mapper_1/{kernel [D, features], bias}``, ``mapper_2/{kernel [features, D], bias}``.
+    """
+
+    features: int = 1024
+    dropout: float = 0.1
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, h: Array, deterministic: bool = True) -> tuple[Array, Array]:
+        d = h.shape[-1]
+        desc = gelu(torch_dense(self.features, d, self.dtype, name="mapper_1", kernel_axes=(None, axes.EMBED))(h))
+        fb = torch_dense(d, self.features, self.dtype, name="mapper_2", kernel_axes=(axes.EMBED, None))(desc)
+        fb = Dropout(self.dropout)(fb, deterministic=deterministic)
+        return jnp.concatenate([h.astype(fb.dtype), fb], axis=-1), desc

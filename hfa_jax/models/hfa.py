@@ -34,7 +34,7 @@ import numpy as np
 
 from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import axes
-from hfa_jax.models.beyondgloss import BeyondGlossConfig, DescriptionProjector, HandPoseBranch
+from hfa_jax.models.beyondgloss import BeyondGlossConfig, DescriptionFeedback, DescriptionProjector, HandPoseBranch
 from hfa_jax.models.heads import MaskedBatchNorm, Mapper, PseudoGlossHead, torch_dense
 from hfa_jax.models.lora import lora_scale
 from hfa_jax.models import decode as decode_lib
@@ -84,7 +84,11 @@ class HFAConfig:
     def __post_init__(self):
         if self.temporal.width != self.frame_dim:
             raise ConfigError(f"model.temporal.width ({self.temporal.width}) must equal model.frame_dim ({self.frame_dim})")
-        if self.temporal.out_dim != self.mbart.d_model:
+        if self.beyondgloss.desc_feedback:  # mBART reads concat[temporal output, feedback]
+            if 2 * self.temporal.out_dim != self.mbart.d_model:
+                raise ConfigError(f"model.beyondgloss.desc_feedback: model.temporal.out_dim ({self.temporal.out_dim}) "
+                                  f"must be half of model.mbart.d_model ({self.mbart.d_model})")
+        elif self.temporal.out_dim != self.mbart.d_model:
             raise ConfigError(
                 f"model.temporal.out_dim ({self.temporal.out_dim}) must equal model.mbart.d_model ({self.mbart.d_model})"
             )
@@ -154,16 +158,23 @@ class _VisualTrunk(nn.Module):
         self.frame_encoder = ViT(cfg.vit)
         self.frame_proj = torch_dense(cfg.frame_dim, cfg.vit.width, cfg.compute_dtype)
         self.frame_bn = MaskedBatchNorm(momentum=cfg.bn_momentum, epsilon=cfg.bn_eps, dtype=cfg.compute_dtype)
-        self.temporal = TemporalEncoder(cfg.temporal)
-        if cfg.beyondgloss.hand_pose:  # docs/beyondgloss.md: student + feedback between frame_bn and temporal
-            bg = cfg.beyondgloss
+        bg = cfg.beyondgloss
+        tcfg = cfg.temporal
+        if bg.hand_pose and tcfg.zero_padded_inputs:  # zeroed before the hand branch (encode_frames_aux)
+            tcfg = dataclasses.replace(tcfg, zero_padded_inputs=False)
+        self.temporal = TemporalEncoder(tcfg)
+        if bg.hand_pose:  # docs/beyondgloss.md: student + feedback between frame_bn and temporal
             self.hand_pose = HandPoseBranch(bg.hand_dim, bg.feedback_dropout, dtype=cfg.compute_dtype)
+        if bg.desc_feedback:  # the authors' mapper_1/mapper_2 after the temporal encoder
+            self.desc_feedback = DescriptionFeedback(bg.desc_width(cfg.mbart.d_model), bg.feedback_dropout,
+                                                     dtype=cfg.compute_dtype)
 
     def encode_frames_aux(self, pixels: Array, frame_mask: Array, deterministic: bool = True,
                           return_hidden: bool = False, frame_index: Array | None = None,
                           ) -> tuple[Array, Array, dict[str, Array]]:
         """:meth:`encode_frames` plus ``aux``: ``hand_pred [B, T, 288]`` (with the hand-pose
-        branch) and ``temporal_hidden [B, T', 512]`` (with ``return_hidden``).
+        branch), ``temporal_hidden [B, T', 512]`` (with ``return_hidden``) and
+        ``desc_features [B, T', 1024]`` (with ``beyondgloss.desc_feedback``).
 
         ``frame_index [G, P]`` (:func:`hfa_jax.models.packing.pack_index` of ``frame_mask``): run
         the frame encoder on the ``G * P`` packed valid frames only; padded frames get zero
@@ -178,12 +189,18 @@ class _VisualTrunk(nn.Module):
         x = axes.constrain(self.frame_proj(x), (axes.BATCH, axes.FRAMES, axes.EMBED))
         x = self.frame_bn(x, frame_mask, use_running_average=deterministic)
         aux: dict[str, Array] = {}
-        if self.cfg.beyondgloss.hand_pose:
+        bg = self.cfg.beyondgloss
+        if bg.hand_pose:
+            if self.cfg.temporal.zero_padded_inputs:  # the authors pad with zeros before hamer_mapper_1
+                x = jnp.where(frame_mask.astype(bool)[..., None], x, 0).astype(x.dtype)
             x, aux["hand_pred"] = self.hand_pose(x, deterministic)
         outs = self.temporal(x, frame_mask.astype(bool), deterministic, return_hidden=return_hidden)
         if return_hidden:
             aux["temporal_hidden"] = outs[2]
-        return outs[0], outs[1], aux
+        y = outs[0]
+        if bg.desc_feedback:
+            y, aux["desc_features"] = self.desc_feedback(y, deterministic)
+        return y, outs[1], aux
 
     def encode_frames(self, pixels: Array, frame_mask: Array, deterministic: bool = True,
                       frame_index: Array | None = None) -> tuple[Array, Array]:
@@ -214,33 +231,41 @@ class HFAPretrain(_VisualTrunk):
     text_mask [B,L] bool, deterministic=True)`` -> dict with
     ``pg_scores [B, V+1]`` (per-class score p), ``pg_sim [B, T', V+1]`` (cosine similarities),
     ``video_vec [B, 1024]``, ``text_vec [B, 1024]`` (L2-normalised, float32),
-    ``logit_scale []`` (= exp(s)), ``temporal_mask [B, T']`` bool.
+    ``logit_scale []`` (= exp(s)), ``temporal_mask [B, T']`` bool. The BeyondGloss switches
+    (:class:`~hfa_jax.models.beyondgloss.BeyondGlossConfig`) add ``hand_pred``,
+    ``video_desc_vec``, ``desc_vec``, and remove ``pg_*`` (``pseudo_gloss_head=False``) or
+    ``text_vec`` (``text_encoder=False``).
     """
 
     def setup(self):
         cfg = self.cfg
+        bg = cfg.beyondgloss
         self._visual_setup()
-        self.pg_head = PseudoGlossHead(
-            proto_dim=cfg.proto_dim,
-            dropout=cfg.pg_dropout,
-            tau_class=cfg.tau_class,
-            tau_time=cfg.tau_time,
-            learnable_tau=cfg.learnable_tau,
-            dtype=cfg.compute_dtype,
-        )
-        # Trainable prototypes 1..V (fastText vectors in practice); row 0 is prepended as zeros.
-        self.prototypes = self.param(
-            "prototypes", axes.param(nn.initializers.normal(1.0), (axes.VOCAB, None)),
-            (cfg.num_pseudo_glosses, cfg.proto_dim)
-        )
+        if bg.pseudo_gloss_head:
+            self.pg_head = PseudoGlossHead(
+                proto_dim=cfg.proto_dim,
+                dropout=cfg.pg_dropout,
+                tau_class=cfg.tau_class,
+                tau_time=cfg.tau_time,
+                learnable_tau=cfg.learnable_tau,
+                dtype=cfg.compute_dtype,
+            )
+            # Trainable prototypes 1..V (fastText vectors in practice); row 0 is prepended as zeros.
+            self.prototypes = self.param(
+                "prototypes", axes.param(nn.initializers.normal(1.0), (axes.VOCAB, None)),
+                (cfg.num_pseudo_glosses, cfg.proto_dim)
+            )
         d = cfg.mbart.d_model
-        self.cls_token = self.param("cls_token", axes.param(nn.initializers.normal(0.02), (None, None, axes.EMBED)),
-                                    (1, 1, d))
+        if bg.cls_token:
+            self.cls_token = self.param("cls_token", axes.param(nn.initializers.normal(0.02),
+                                                                (None, None, axes.EMBED)), (1, 1, d))
         self.logit_scale = self.param("logit_scale", axes.param(nn.initializers.constant(cfg.logit_scale_init), ()),
                                       ())
         self.video_encoder = MBartEncoder(cfg.mbart)
-        self.text_encoder = MBartEncoder(cfg.text_encoder_cfg)
-        if cfg.beyondgloss.description:  # docs/beyondgloss.md: GELU(Linear 512->1024) of the temporal features
+        if bg.text_encoder:
+            self.text_encoder = MBartEncoder(cfg.text_encoder_cfg)
+        if bg.description and bg.description_from == "features" and not bg.desc_feedback:
+            # docs/beyondgloss.md: GELU(Linear 512->1024) of the temporal features
             self.desc_proj = DescriptionProjector(features=cfg.beyondgloss.desc_width(d), masked=cfg.masked_mean,
                                                   dtype=cfg.compute_dtype)
 
@@ -258,15 +283,21 @@ class HFAPretrain(_VisualTrunk):
     ) -> dict[str, Array]:
         cfg = self.cfg
         bg = cfg.beyondgloss
-        y, tmask, aux = self.encode_frames_aux(pixels, frame_mask, deterministic, return_hidden=bg.description,
+        own_head = bg.description and bg.description_from == "features" and not bg.desc_feedback
+        y, tmask, aux = self.encode_frames_aux(pixels, frame_mask, deterministic, return_hidden=own_head,
                                                frame_index=frame_index)
-        protos = jnp.concatenate([jnp.zeros((1, cfg.proto_dim), self.prototypes.dtype), self.prototypes], 0)
-        pg_scores, pg_sim = self.pg_head(y, tmask, protos, deterministic)
+        out: dict[str, Array] = {}
+        if bg.pseudo_gloss_head:
+            protos = jnp.concatenate([jnp.zeros((1, cfg.proto_dim), self.prototypes.dtype), self.prototypes], 0)
+            out["pg_scores"], out["pg_sim"] = self.pg_head(y, tmask, protos, deterministic)
 
         b = y.shape[0]
-        cls = jnp.broadcast_to(self.cls_token.astype(y.dtype), (b, 1, y.shape[-1]))
-        vin = jnp.concatenate([cls, y], axis=1)
-        vmask = jnp.concatenate([jnp.ones((b, 1), bool), tmask], axis=1)
+        if bg.cls_token:
+            cls = jnp.broadcast_to(self.cls_token.astype(y.dtype), (b, 1, y.shape[-1]))
+            vin = jnp.concatenate([cls, y], axis=1)
+            vmask = jnp.concatenate([jnp.ones((b, 1), bool), tmask], axis=1)
+        else:
+            vin, vmask = y, tmask
         if self.is_initializing():
             # The video encoder only sees inputs_embeds, but it is a full mBART encoder (its token
             # embedding is part of the checkpoint and of the paper's parameter count): create it.
@@ -274,24 +305,24 @@ class HFAPretrain(_VisualTrunk):
         vstates = self.video_encoder(None, vmask, inputs_embeds=vin, deterministic=deterministic)
         video_vec = _l2n(_mean(vstates, vmask, cfg.masked_mean))
 
-        # Fully frozen text encoder: no gradient, no dropout unless text_encoder_dropout.
-        tstates = self.text_encoder(text_ids, text_mask, deterministic=deterministic or not cfg.text_encoder_dropout)
-        text_vec = jax.lax.stop_gradient(_l2n(_mean(tstates, text_mask, cfg.masked_mean)))
-        out = {
-            "pg_scores": pg_scores,
-            "pg_sim": pg_sim,
-            "video_vec": video_vec,
-            "text_vec": text_vec,
-            "logit_scale": jnp.exp(self.logit_scale),
-            "temporal_mask": tmask,
-        }
+        out.update(video_vec=video_vec, logit_scale=jnp.exp(self.logit_scale), temporal_mask=tmask)
+        if bg.text_encoder:
+            # Fully frozen text encoder: no gradient, no dropout unless text_encoder_dropout.
+            tstates = self.text_encoder(text_ids, text_mask,
+                                        deterministic=deterministic or not cfg.text_encoder_dropout)
+            out["text_vec"] = jax.lax.stop_gradient(_l2n(_mean(tstates, text_mask, cfg.masked_mean)))
         if bg.hand_pose:
             out["hand_pred"] = aux["hand_pred"]
         if bg.description:
-            out["video_desc_vec"] = self.desc_proj(aux["temporal_hidden"], tmask)
+            if bg.description_from == "video_encoder":  # Desc_Clip: the video encoder's mean
+                out["video_desc_vec"] = video_vec
+            elif bg.desc_feedback:  # the authors' ImageCLIP: mean of GELU(mapper_1(h)) over all T'
+                out["video_desc_vec"] = _l2n(_mean(aux["desc_features"], tmask, cfg.masked_mean))
+            else:
+                out["video_desc_vec"] = self.desc_proj(aux["temporal_hidden"], tmask)
             if desc_vec is not None:  # precomputed (the authors' offline mBART-large-50 vectors)
                 out["desc_vec"] = _l2n(desc_vec.astype(jnp.float32))
-            elif desc_ids is not None:  # encoded by the same fully frozen text encoder
+            elif desc_ids is not None and bg.text_encoder:  # encoded by the same fully frozen text encoder
                 dstates = self.text_encoder(desc_ids, desc_mask, deterministic=True)
                 out["desc_vec"] = jax.lax.stop_gradient(_l2n(_mean(dstates, desc_mask, cfg.masked_mean)))
             elif not self.is_initializing():
@@ -312,7 +343,8 @@ class HFATranslate(_VisualTrunk):
     def setup(self):
         cfg = self.cfg
         self._visual_setup()
-        self.mapper = Mapper(cfg.mbart.d_model, dtype=cfg.compute_dtype)
+        if cfg.beyondgloss.mapper:
+            self.mapper = Mapper(cfg.mbart.d_model, dtype=cfg.compute_dtype)
         self.mbart = MBart(cfg.mbart)
 
     def encode(self, pixels: Array, frame_mask: Array, deterministic: bool = True,
@@ -320,7 +352,7 @@ class HFATranslate(_VisualTrunk):
         """pixels, frame_mask -> (mBART encoder states [B, T', D], encoder mask [B, T'] bool).
         ``frame_index``: packed valid frames, see :meth:`encode_frames_aux`."""
         y, tmask = self.encode_frames(pixels, frame_mask, deterministic, frame_index=frame_index)
-        h = self.mapper(y)
+        h = self.mapper(y) if self.cfg.beyondgloss.mapper else y  # the authors' sign_proj: False
         states = self.mbart.encode(None, tmask, inputs_embeds=h, deterministic=deterministic)
         return states, tmask
 

@@ -95,7 +95,7 @@ def trainable_rules(stage: str) -> list[tuple[str, bool]]:
         return [
             (r"^frame_encoder/.*" + _LORA, True),
             (r"^frame_encoder/", False),
-            (r"^(frame_proj|frame_bn|temporal|pg_head|hand_pose|desc_proj)/", True),
+            (r"^(frame_proj|frame_bn|temporal|pg_head|hand_pose|desc_proj|desc_feedback)/", True),
             (r"^(prototypes|cls_token|logit_scale)$", True),
             (r"^video_encoder/.*" + _LORA, True),
             (r"^video_encoder/", False),
@@ -105,13 +105,13 @@ def trainable_rules(stage: str) -> list[tuple[str, bool]]:
         return [
             (r"^mapper/", True),
             (r"^mbart/decoder/.*" + _LORA, True),
-            (r"^(frame_encoder|frame_proj|frame_bn|temporal|hand_pose|mbart)/", False),
+            (r"^(frame_encoder|frame_proj|frame_bn|temporal|hand_pose|desc_feedback|mbart)/", False),
         ]
     if stage == "finetune2":
         return [
             (r"^frame_encoder/.*" + _LORA, True),
             (r"^frame_encoder/", False),
-            (r"^(frame_proj|frame_bn|temporal|hand_pose|mapper)/", True),
+            (r"^(frame_proj|frame_bn|temporal|hand_pose|desc_feedback|mapper)/", True),
             (r"^mbart/.*" + _LORA, True),
             (r"^mbart/", False),
         ]

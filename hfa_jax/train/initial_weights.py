@@ -57,6 +57,7 @@ _TRANSFER = {
     ("pretrain", "finetune1"): [("frame_encoder/", "frame_encoder/"), ("frame_proj/", "frame_proj/"),
                                 ("frame_bn/", "frame_bn/"), ("temporal/", "temporal/"),
                                 ("hand_pose/", "hand_pose/"),  # BeyondGloss feedback (part of the trunk)
+                                ("desc_feedback/", "desc_feedback/"),  # the authors' mapper_1/mapper_2
                                 ("video_encoder/", "mbart/encoder/")],
     ("finetune1", "finetune2"): [("", "")],
     ("finetune2", "finetune2"): [("", "")],

@@ -188,6 +188,11 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
             raise ConfigError(f"config.train.trainable[{i}]={rule!r} is not a (regex, bool) pair")
     if config.get("model") is None:
         raise ConfigError("config.model is missing; use configs.common.model_config(variant)")
+    bg = config.model.get("beyondgloss", None) or {}
+    if t.stage == "pretrain" and (not bg.get("pseudo_gloss_head", True) or not bg.get("text_encoder", True)):
+        raise ConfigError("config.model.beyondgloss.pseudo_gloss_head/text_encoder=False (the authors' BeyondGloss "
+                          "pretraining models) has no hfa_jax pretraining loss yet; use the converted workdir as "
+                          "train.init_from of a fine-tuning stage")
     if not check_paths:
         return
     d = config.data

@@ -9,6 +9,12 @@ so ``state_dict()`` has their keys. Every learned tensor and BatchNorm statistic
 overwritten with seeded values (LoRA B included, so the adapters matter); the buffers the code
 computes (position tables, zero prototype, step counter) keep their computed values.
 
+The BeyondGloss classes (elsobhano/BeyondGloss ``slt_framework/models/``: ``Pretrain_Model.py``
+PreTrainModel.model = SLRCLIP, ``Pretrain_desc.py`` PreTrainModel.model = Desc_Clip,
+``Finetune_Model.py`` FineTuneModel.model = gloss_free_model, all on ``clip_models.py``
+FeatureExtracter) are built the same way; ``SLRCLIP.logit_scale_desc`` keeps its initial value
+(it is never used, so never updated).
+
 The checkpoint dict is what ``Trainer.save_checkpoint`` writes: ``epoch``, ``global_step``,
 ``pytorch-lightning_version``, ``state_dict``, ``hyper_parameters`` (with the ``argparse.Namespace``
 FineTuneModel saves), ``optimizer_states``, ``lr_schedulers``, ``loops`` and ``callbacks``.
@@ -26,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from bench import reference_authors as ra  # noqa: E402
 
 # Buffers the authors' code computes rather than learns (kept as computed).
-COMPUTED = ("pos_embedding.pe", "rotary_emb.", "zero_embedding", "temperature", "num_batches_tracked")
+COMPUTED = ("pos_embedding.pe", "rotary_emb.", "zero_embedding", "temperature", "num_batches_tracked",
+            "logit_scale_desc")
 
 TOKENIZER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "text",
                          "mbart-trimmed-gfslt")
@@ -85,4 +92,22 @@ def finetune_checkpoint(path: str, sizes: ra.Sizes, seed: int = 2) -> ra.FineTun
     hp = {"config": "configs/config.yaml", "args": argparse.Namespace(lr=1e-4, model_ckpt="pretrain.ckpt"),
           "eval_freq": 10, "csv_dire": None}
     torch.save(lightning_dict(model, hp, 77), path)
+    return model
+
+
+def beyondgloss_checkpoint(path: str, kind: str, sizes: ra.Sizes, seed: int = 3, sign_proj: bool = False):
+    """Writes a BeyondGloss checkpoint: ``kind`` "pretrain" (Pretrain_Model.py), "pretrain_desc"
+    (Pretrain_desc.py) or "finetune" (Finetune_Model.py; ``sign_proj`` as their config key)."""
+    torch.manual_seed(seed)
+    if kind == "finetune":
+        model = ra.BeyondGlossFineTuneModel(sizes, sign_proj)
+    else:
+        model = (ra.BeyondGlossPreTrainModel if kind == "pretrain" else ra.BeyondGlossPretrainDesc)(sizes)
+    model.eval()
+    randomise(model, seed)
+    if kind != "finetune":
+        with torch.no_grad():
+            model.model.logit_scale.fill_(2.0)
+    hp = {"config": "configs/config.yaml", "lr": 3e-4, "landa_desc": 0.5, "landa_hamer": 0.3}
+    torch.save(lightning_dict(model, hp, 40 + seed), path)
     return model
