@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hfa_jax.errors import ConfigError
-from hfa_jax.models.packing import pack_index
+from hfa_jax.models.packing import pack_index, pack_index_per_microbatch
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axes: Sequence[str] = ("data",)) -> NamedSharding:
@@ -64,16 +64,25 @@ def local_batch_shards(mesh: Mesh, batch_axes: Sequence[str] = ("data",)) -> int
 
 
 def packed_frame_index(frame_mask: np.ndarray, mesh: Mesh, levels: int,
-                       batch_axes: Sequence[str] = ("data",)) -> np.ndarray:
+                       batch_axes: Sequence[str] = ("data",), num_microbatches: int = 1) -> np.ndarray:
     """``frame_index [local shards, P]`` for this process's ``frame_mask [B_local, T]``: one
     packing group per data shard, so packing never moves frames between devices
-    (:func:`hfa_jax.models.packing.pack_index`). Multi-host: every process takes the largest
-    capacity ``P`` among them (one tiny all-gather), as one global array needs one shape."""
+    (:func:`hfa_jax.models.packing.pack_index`). With ``num_microbatches`` K > 1 the index is
+    ``[local shards, K, P]``, one packing per micro-batch (``train.microbatches``,
+    :func:`hfa_jax.models.packing.pack_index_per_microbatch`). Multi-host: every process takes
+    the largest capacity ``P`` among them (one tiny all-gather), as one global array needs one shape."""
     groups = local_batch_shards(mesh, batch_axes)
-    index = pack_index(frame_mask, groups, levels)
+    k = int(num_microbatches)
+
+    def index_of(min_capacity: int = 0) -> np.ndarray:
+        if k > 1:
+            return pack_index_per_microbatch(frame_mask, k, groups, levels, min_capacity=min_capacity)
+        return pack_index(frame_mask, groups, levels, min_capacity=min_capacity)
+
+    index = index_of()
     if jax.process_count() > 1:
-        p = int(np.max(multihost_utils.process_allgather(np.int32(index.shape[1]))))
-        index = pack_index(frame_mask, groups, levels, min_capacity=p)
+        p = int(np.max(multihost_utils.process_allgather(np.int32(index.shape[-1]))))
+        index = index_of(p)
     return index
 
 

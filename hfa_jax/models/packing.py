@@ -32,7 +32,8 @@ from hfa_jax.errors import ConfigError
 
 Array = jax.Array
 
-__all__ = ["capacity", "pack_index", "leaves_out_frames", "gather_frames", "scatter_frames"]
+__all__ = ["capacity", "pack_index", "pack_index_per_microbatch", "leaves_out_frames", "gather_frames",
+           "scatter_frames"]
 
 
 def capacity(valid: int, group_frames: int, levels: int) -> int:
@@ -64,6 +65,27 @@ def pack_index(frame_mask: np.ndarray, groups: int, levels: int, min_capacity: i
         pos = np.flatnonzero(flat[g])
         index[g, : pos.size] = pos
     return index
+
+
+def pack_index_per_microbatch(frame_mask: np.ndarray, num_microbatches: int, groups: int, levels: int,
+                              min_capacity: int = 0) -> np.ndarray:
+    """Frame packing when the batch runs as ``K`` micro-batches (``train.microbatches``):
+    ``frame_mask [B, T]`` bool -> ``index [groups, K, P]`` int32, the :func:`pack_index` of each
+    micro-batch's rows ``k::K`` with one capacity ``P`` for all (at least ``min_capacity``).
+
+    Micro-batch ``k`` of a batch sharded over ``groups`` data shards in contiguous blocks holds,
+    on shard ``g``, the rows ``k::K`` of that shard's block; with ``B / groups`` divisible by
+    ``K`` those are exactly group ``g`` of ``pack_index(frame_mask[k::K], groups, ...)``, so the
+    leading axis stays the data shards' and no frame moves between devices.
+    """
+    k = int(num_microbatches)
+    mask = np.asarray(frame_mask, bool)
+    if mask.shape[0] % (k * max(int(groups), 1)):
+        raise ConfigError(f"frame packing: {mask.shape[0]} batch rows do not split into {k} micro-batches "
+                          f"x {groups} data shards")
+    parts = [mask[i::k] for i in range(k)]
+    p = max([pack_index(m, groups, levels).shape[1] for m in parts] + [int(min_capacity)])
+    return np.stack([pack_index(m, groups, levels, min_capacity=p) for m in parts], axis=1)
 
 
 def leaves_out_frames(index: np.ndarray, frame_mask: np.ndarray) -> bool:

@@ -166,8 +166,7 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
     # The frame encoder runs on the valid frames only, packed to one of data.pack_frames capacity
     # levels per bucket (one compiled step per bucket and level met).
     pack_levels = int(config.data.get("pack_frames", 0))
-    if int(tcfg.get("microbatches", 1)) > 1:
-        pack_levels = 0  # a packing index per micro-batch is not wired into the loop yet
+    num_micro = int(tcfg.get("microbatches", 1) or 1)  # K > 1: one packing per micro-batch
     log_every = int(tcfg.log_every_steps)
     ckpt_every = every(None, int(tcfg.checkpoint_every_steps), tr.steps_per_epoch)
     eval_every = every(config.eval.get("every_epochs", None), int(config.eval.get("every_steps", 0) or 0),
@@ -202,7 +201,7 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
                     record.write(json.dumps({"step": step + 1, "index": batch["index"].tolist()}) + "\n")
                     record.flush()
                 dev = steps_lib.to_device(batch, tr.mesh, [k for k in batch if k != "index"],
-                                          pack_levels=pack_levels)
+                                          pack_levels=pack_levels, num_microbatches=num_micro)
                 slots = int(dev["frame_mask"].size)  # global shapes: no transfer
                 window_slots += slots
                 window_vit += int(dev["frame_index"].size) if "frame_index" in dev else slots

@@ -62,7 +62,7 @@ import numpy as np
 
 from hfa_jax.errors import ConfigError
 from hfa_jax.models.beyondgloss import BeyondGlossConfig
-from hfa_jax.models.packing import pack_index
+from hfa_jax.models.packing import pack_index_per_microbatch  # re-exported: the index split_batch expects
 from hfa_jax.train import beyondgloss_losses as bg_losses
 from hfa_jax.train import losses as losses_lib
 
@@ -344,15 +344,3 @@ def check_microbatches(batch_size: int, num_microbatches: int, data_shards: int)
             f"{k} x {data_shards}; use a batch size that is a multiple of {k * int(data_shards)} or change "
             "train.microbatches")
 
-
-def pack_index_per_microbatch(frame_mask: np.ndarray, num_microbatches: int, groups: int, levels: int,
-                              min_capacity: int = 0) -> np.ndarray:
-    """Frame packing per micro-batch: ``frame_mask [B, T]`` bool (this process's rows) ->
-    ``frame_index [groups, K, P]`` int32, the :func:`hfa_jax.models.packing.pack_index` of
-    each micro-batch's rows ``k::K`` with one capacity ``P`` for all (at least
-    ``min_capacity``). The leading axis is the data shards', as the one-batch index."""
-    k = int(num_microbatches)
-    mask = np.asarray(frame_mask, bool)
-    parts = [mask[i::k] for i in range(k)]
-    p = max([pack_index(m, groups, levels).shape[1] for m in parts] + [int(min_capacity)])
-    return np.stack([pack_index(m, groups, levels, min_capacity=p) for m in parts], axis=1)

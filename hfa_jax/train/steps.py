@@ -246,13 +246,15 @@ def batch_shapes(config, *, batch_size: int, num_frames: int, frame_size: int, k
 # ---------------------------------------------------------------------------------------------
 # Host -> device
 
-def to_device(batch: Mapping[str, np.ndarray], mesh, keys: Sequence[str], pack_levels: int = 0) -> dict:
+def to_device(batch: Mapping[str, np.ndarray], mesh, keys: Sequence[str], pack_levels: int = 0,
+              num_microbatches: int = 1) -> dict:
     """Host batch (this process's rows) -> global arrays on the mesh; with ``pack_levels`` > 0
     also the packed-frame index (``frame_index``, one group per data shard, see
-    :mod:`hfa_jax.models.packing`)."""
+    :mod:`hfa_jax.models.packing`; ``[G, K, P]`` when the step runs ``num_microbatches`` K > 1)."""
     host = agree_on_time_length({k: batch[k] for k in keys})
     if pack_levels > 0:
-        index = packed_frame_index(host["frame_mask"], mesh, pack_levels, BATCH_AXES)
+        index = packed_frame_index(host["frame_mask"], mesh, pack_levels, BATCH_AXES,
+                                   num_microbatches=num_microbatches)
         if leaves_out_frames(index, host["frame_mask"]):
             host["frame_index"] = index
     return to_global(host, mesh, BATCH_AXES)

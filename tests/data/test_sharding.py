@@ -125,3 +125,25 @@ def test_hosts_agree_on_the_packed_capacity(monkeypatch):
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 10], np.int32))
     out = sharding.packed_frame_index(mask, mesh, levels=8)  # the other host needs 10 slots
     np.testing.assert_array_equal(out, [[0, 1, 2] + [16] * 7])
+
+
+def test_packed_frame_index_per_microbatch_and_hosts_agree(monkeypatch):
+    """train.microbatches = 2: one packing per micro-batch (rows k::2), [shards, K, P], and the
+    hosts agree on P as with one batch."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from jax.sharding import Mesh
+
+    from hfa_jax.data import sharding
+    from hfa_jax.models.packing import pack_index
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    mask = np.arange(8)[None] < np.asarray([3, 1, 2, 0])[:, None]
+    index = sharding.packed_frame_index(mask, mesh, levels=16, num_microbatches=2)
+    assert index.shape == (1, 2, 5)  # rows 0, 2: 5 frames; rows 1, 3: 1 frame; one capacity
+    np.testing.assert_array_equal(index[:, 0], pack_index(mask[0::2], 1, 16))
+    np.testing.assert_array_equal(index[0, 1], [0, 16, 16, 16, 16])
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 9], np.int32))
+    assert sharding.packed_frame_index(mask, mesh, levels=16, num_microbatches=2).shape == (1, 2, 9)

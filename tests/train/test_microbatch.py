@@ -16,7 +16,7 @@ import pytest
 from configs.common import model_config
 from hfa_jax.errors import ConfigError
 from hfa_jax.models.hfa import HFAConfig, build_model
-from hfa_jax.models.packing import pack_index
+from hfa_jax.models.packing import pack_index, pack_index_per_microbatch
 from hfa_jax.train import losses, microbatch, schema, steps
 
 B, T, IMG = 4, 4, 28
@@ -176,6 +176,18 @@ def test_pretraining_loss_parts_and_gradients_equal_one_batch(pretrain):
     g_naive = jax.grad(lambda v: sum(align(v[i::2], t[i::2], m[i::2]) for i in range(2)) / 2)(v)
     g_global = jax.grad(lambda v: align(v, t, m))(v)
     assert float(jnp.max(jnp.abs(g_naive - g_global))) > 100 * RTOL * float(jnp.max(jnp.abs(g_global)))
+
+
+def test_frame_packing_per_microbatch_equals_the_unpacked_one_batch_step(pretrain):
+    """K = 2 with frame packing (data.pack_frames): each micro-batch's ViT sees only its valid
+    frames (rows 0, 2: 7 of 8 slots; rows 1, 3: 3 of 8; one capacity of 7 for both), and loss
+    and gradient equal the one-batch step on the unpacked batch."""
+    config, model, variables, params, batch = pretrain
+    index = pack_index_per_microbatch(np.asarray(batch["frame_mask"]), 2, groups=1, levels=B * T // 2)
+    assert index.shape == (1, 2, 7)  # 14 frames through the ViT instead of 16
+    want, _ = _reference(config, model, variables, params, batch, train=False)
+    packed = {**batch, "frame_index": jnp.asarray(index)}
+    _assert_same(_microbatched(config, model, variables, params, packed, 2, train=False), want)
 
 
 def test_training_mode_batchnorm_with_equal_microbatch_statistics(pretrain):
