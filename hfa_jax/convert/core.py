@@ -129,6 +129,11 @@ def model_config_from_state(sd: Mapping[str, Any], lay: tables.Layout, base: Map
     bg = {**dict(m.get("beyondgloss") or {}), "description": False, "hand_pose": False, "description_vectors": False}
     if lay.extracter:
         bg.update(_beyondgloss_switches(sd, lay))
+        if bg["description_from"] == "video_encoder" and bg["desc_dim"] != m["mbart"]["d_model"]:
+            # Desc_Clip aligns the video encoder's mean with the description vectors, and hfa_jax's
+            # desc_dim is both their width and mapper_1's (1024 = mBART-large's width in their code).
+            raise CheckpointError(f"{lay.extracter}mapper_1 is {bg['desc_dim']} wide but the video encoder "
+                                  f"{m['mbart']['d_model']}: hfa_jax needs them equal for Desc_Clip")
     m["beyondgloss"] = bg
     return m
 
