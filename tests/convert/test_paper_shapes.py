@@ -4,9 +4,11 @@ The authors' state dicts are those of ``bench/reference_authors.py`` built on Py
 device at the paper sizes (their code: ``vit_small`` img 518 with LoRA on blocks 9-11,
 ``Transformer(d_model=512, num_heads=8, layers=[2, 2])``, mBART-large with the trimmed 2172-token
 vocabulary, 2322 pseudo-gloss classes). Import reads them as zero-stride NumPy views; export is
-checked with :func:`hfa_jax.convert.core.export_shapes`. The three BeyondGloss classes are refused
-with one line (their forward pass needs model parts hfa_jax does not have; see
-docs/coming_from_pytorch.md)."""
+checked with :func:`hfa_jax.convert.core.export_shapes`. The three BeyondGloss classes
+(elsobhano/BeyondGloss ``slt_framework/models/clip_models.py``: ``FeatureExtracter`` with
+``hamer_mapper_1`` 512->288, ``hamer_mapper_2`` 288->512, ``mapper_1_downsample`` 1024->512,
+``Transformer(512, 8, [2, 2], d_llm=512)``, ``mapper_1`` 512->1024, ``mapper_2`` 1024->512; no
+pseudo-gloss head, no CLS token; ``sign_proj: False``) the same way."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import torch
 
 from hfa_jax.convert import core, tables
 from hfa_jax.convert.__main__ import load_config_file
-from hfa_jax.errors import CheckpointError
 from tests.convert.authors_checkpoints import ra
 
 PAPER = ra.Sizes(vit_width=384, vit_depth=12, vit_heads=6, vit_mlp=1536, vit_img=518, lora_blocks=(9, 10, 11),
@@ -63,15 +64,32 @@ def _flat(tree, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("target,stage,needle", [
-    ("beyondgloss", "pretrain", "Pretrain_Model"),
-    ("beyondgloss", "pretrain_desc", "Pretrain_desc"),
-    ("beyondgloss", "finetune", "Finetune_Model"),
-])
-def test_beyondgloss_classes_are_refused_with_one_line(target, stage, needle):
-    with pytest.raises(CheckpointError, match=needle) as e:
-        tables.layout_for(target, stage)
-    assert "\n" not in str(e.value) and "mapper_2" in str(e.value)
+@pytest.mark.parametrize("stage", ["pretrain", "pretrain_desc", "finetune"])
+def test_paper_width_beyondgloss_state_dicts_map_both_ways(stage):
+    authors_cls = {"pretrain": ra.BeyondGlossPreTrainModel, "pretrain_desc": ra.BeyondGlossPretrainDesc,
+                   "finetune": ra.BeyondGlossFineTuneModel}[stage]
+    with torch.device("meta"):
+        authors = authors_cls(PAPER)  # hand_dim 288, desc_dim 1024 (the Sizes defaults)
+    shapes = {k: tuple(v.shape) for k, v in authors.state_dict().items()}
+    lay = tables.layout_for("beyondgloss", stage)
+    zero = np.zeros((), np.float32)
+    sd = {k: np.broadcast_to(zero, s) for k, s in shapes.items()}
+    for c in tables.constants_for(lay, width=512, num_heads=8, num_blocks=4, blocks_before=2, proto_dim=300,
+                                  tau_class=None, tau_time=None):
+        sd[c.theirs] = c.make()
+    base = load_config_file("configs/finetune.py:stage2" if stage == "finetune" else "configs/pretrain.py")
+    mc = core.model_config_from_state(sd, lay, base.model.to_dict())
+    bg = mc["beyondgloss"]
+    assert mc["temporal"]["out_dim"] == 512 and mc["mbart"]["d_model"] == 1024 and mc["mbart"]["encoder_layers"] == 12
+    assert bg["hand_dim"] == 288 and bg["desc_dim"] == 1024 and bg["desc_feedback"] and not bg["mapper"]
+    variables, report = core.import_state(sd, lay, mc)
+    ours = core.our_shapes(mc, core.our_kind(lay))
+    flat = {}
+    for col, tree in variables.items():
+        flat.update({f"{col}/{k}": v for k, v in _flat(tree).items()})
+    assert {k: tuple(v.shape) for k, v in flat.items()} == ours
+    assert sorted(report["used"] + report["rebuilt"] + report["tied"]) == sorted(shapes)
+    assert core.export_shapes(ours, lay, mc) == shapes
 
 
 def test_beyondgloss_checkpoints_are_recognised():
