@@ -14,17 +14,20 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 
 from hfa_jax.convert import core, lightning_io, tables
-from hfa_jax.convert.__main__ import from_lightning, main, to_lightning
+from hfa_jax.convert.__main__ import from_lightning, load_config_file, main, to_lightning
 from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import hfa
 from hfa_jax.train import beyondgloss_losses as bg_losses
 from hfa_jax.train import checkpoint as ckpt_lib
-from hfa_jax.train import losses
+from hfa_jax.train import losses, schema
+from hfa_jax.train.initial_weights import load_initial_params
 from hfa_jax.train.state import variables_from_state
 from tests.convert import authors_checkpoints as ac
 from tests.convert.authors_checkpoints import ra
@@ -91,10 +94,6 @@ def test_converted_configs_set_the_authors_switches(converted):
     r = converted["ft_report"]
     assert r["used"] + len(r["rebuilt"]) + len(r["tied"]) == r["tensors"]
     # no hfa_jax pretraining loss for these models yet: training them is refused with one line
-    from hfa_jax.convert.__main__ import load_config_file
-    from hfa_jax.train import schema
-    import ml_collections
-
     config = load_config_file("configs/pretrain.py:tiny")
     config.model = ml_collections.ConfigDict(pre["model"])
     with pytest.raises(ConfigError, match="pseudo_gloss_head/text_encoder=False"):
@@ -214,12 +213,6 @@ def test_converted_pretraining_initialises_finetuning(converted):
     """A converted Desc_Clip initialises fine-tuning: trunk (HaMeR branch and description feedback
     included) and video encoder. (Their Finetune_Model's own loader renames by position and keeps
     nothing of a Desc_Clip checkpoint: docs/coming_from_pytorch.md.)"""
-    import ml_collections
-    from flax import traverse_util
-
-    from hfa_jax.convert.__main__ import load_config_file
-    from hfa_jax.train.initial_weights import load_initial_params
-
     pre_config, pre_vars, _ = _load(converted["pretrain_desc_wd"])
     config = load_config_file("configs/finetune.py:stage1_tiny")
     config.model = ml_collections.ConfigDict(pre_config["model"])
