@@ -24,6 +24,7 @@ from hfa_jax.convert import core, lightning_io, tables
 from hfa_jax.convert.__main__ import from_lightning, load_config_file, main, to_lightning
 from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import hfa
+from hfa_jax.models.beyondgloss import BeyondGlossConfig
 from hfa_jax.train import beyondgloss_losses as bg_losses
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train import losses, schema
@@ -247,3 +248,14 @@ def test_missing_misshaped_and_wrong_target_stop_with_one_line(converted, tmp_pa
         core.import_state(changed, lay, mc)
     with pytest.raises(CheckpointError, match=r"model\.beyondgloss\.hand_pose=True; the authors. PreTrainModel"):
         to_lightning(converted["pretrain_wd"], str(tmp_path / "x.ckpt"), target="hfa")
+
+
+def test_switch_combinations_are_checked_with_one_line():
+    with pytest.raises(ConfigError, match="description_from='pooled' is not one of"):
+        BeyondGlossConfig.from_config({"description_from": "pooled"})
+    with pytest.raises(ConfigError, match="needs model.beyondgloss.description=True"):
+        BeyondGlossConfig.from_config({"description_from": "video_encoder"})
+    with pytest.raises(ConfigError, match="text_encoder=False needs description_vectors=True"):
+        BeyondGlossConfig.from_config({"description": True, "text_encoder": False})
+    with pytest.raises(ConfigError, match=r"out_dim \(1024\) must be half of model.mbart.d_model \(1024\)"):
+        hfa.HFAConfig.from_config({"beyondgloss": {"desc_feedback": True}})
