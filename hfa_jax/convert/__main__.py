@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--workdir", required=True)
     b.add_argument("--out", required=True, help="the .ckpt file to write")
     b.add_argument("--target", choices=("hfa", "beyondgloss"), default=None,
-                   help="the authors' code base (default: beyondgloss for a model with model.beyondgloss.desc_feedback)")
+                   help="the authors' code base (default: beyondgloss when model.beyondgloss.desc_feedback is on)")
     b.add_argument("--legacy-peft", action="store_true",
                    help="peft < 0.7 key names (q_proj.weight instead of q_proj.base_layer.weight)")
     args = p.parse_args(argv)

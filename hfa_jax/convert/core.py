@@ -22,8 +22,8 @@ from hfa_jax.convert import tables
 from hfa_jax.errors import CheckpointError
 from hfa_jax.models import hfa
 
-__all__ = ["detect_class", "check_exportable", "model_config_from_state", "import_state", "export_state", "export_shapes", "our_shapes",
-           "our_kind"]
+__all__ = ["detect_class", "check_exportable", "model_config_from_state", "import_state", "export_state",
+           "export_shapes", "our_shapes", "our_kind"]
 
 
 def our_kind(lay: tables.Layout) -> str:
