@@ -110,6 +110,7 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
         logit_scale_init=math.log(1 / 0.07),
         bn_momentum=0.1,
         bn_eps=1e-5,
+        frozen_bn=False,  # True: frame_bn uses its running statistics in training too
         dtype="float32",  # "bfloat16" on GPU/TPU (params stay float32)
         remat=False,
         # BeyondGloss objectives (docs/beyondgloss.md; hfa_jax/models/beyondgloss.py), off = plain HFA.

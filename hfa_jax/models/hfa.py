@@ -74,6 +74,10 @@ class HFAConfig:
     logit_scale_init: float = float(np.log(1 / 0.07))
     bn_momentum: float = 0.1  # PyTorch convention (weight of the new batch)
     bn_eps: float = 1e-5
+    # frame_bn normalises with its running statistics in training too (a frozen BatchNorm): then
+    # no statistics of a (micro-)batch enter the step, so train.microbatches=K gives exactly the
+    # one-batch step (train/microbatch.py). Default: batch statistics, as the paper.
+    frozen_bn: bool = False
     dtype: str = "float32"  # compute dtype for every submodule; params stay float32
     remat: bool = False
     beyondgloss: BeyondGlossConfig = BeyondGlossConfig()  # docs/beyondgloss.md heads (off by default)
@@ -187,7 +191,7 @@ class _VisualTrunk(nn.Module):
             cls = self.frame_encoder(packing.gather_frames(pixels, frame_index), deterministic, cls_only=True)
             x = packing.scatter_frames(cls[:, 0], frame_index, b, t)
         x = axes.constrain(self.frame_proj(x), (axes.BATCH, axes.FRAMES, axes.EMBED))
-        x = self.frame_bn(x, frame_mask, use_running_average=deterministic)
+        x = self.frame_bn(x, frame_mask, use_running_average=deterministic or self.cfg.frozen_bn)
         aux: dict[str, Array] = {}
         bg = self.cfg.beyondgloss
         if bg.hand_pose:

@@ -216,6 +216,41 @@ def test_same_losses_on_1_and_8_devices_data_parallel_and_fsdp(paths, tmp_path):
     assert all(0 < f <= 1 for f in fractions.values()) and min(fractions.values()) < 1, fractions
 
 
+def test_microbatches_with_frame_packing_equal_the_one_batch_run(paths, tmp_path):
+    """train.microbatches=2 with frame packing through the whole trainer: per-step losses and
+    final parameters equal the one-batch run. BatchNorm is frozen (model.frozen_bn) and dropout
+    off, the two things that legitimately differ per micro-batch (docs/microbatches.md)."""
+    def config(k):
+        c = tiny_config(paths, steps=2)
+        c.data.augment.p = 0.0
+        c.data.pack_frames = 32
+        c.data.buckets = (40,)  # clips of at most 32 frames: padding for packing to leave out
+        c.model.frozen_bn = True
+        c.model.vit.lora_dropout = c.model.pg_dropout = 0.0
+        c.model.mbart.dropout = c.model.mbart.lora_dropout = 0.0
+        c.train.microbatches = k
+        return c
+
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    loop.run(config(1), one)
+    loop.run(config(2), two)
+    with open(os.path.join(two, "train.log")) as f:
+        packed = [int(p) for p in re.findall(r"'frame_index': \(1, 2, (\d+)\)", f.read())]
+    assert packed and max(packed) < 4 * 40, packed  # each micro-batch of 4 clips left padding out
+    ref_l, l2 = _losses(one), _losses(two)
+    assert sorted(l2) == [1, 2]
+    for s in (1, 2):
+        assert l2[s] == pytest.approx(ref_l[s], rel=1e-5, abs=1e-6), s
+    ref_p, _, _ = _final_params(one)
+    p, _, _ = _final_params(two)
+    diffs = []
+    for (k, a), b in zip(jax.tree_util.tree_flatten_with_path(ref_p)[0], jax.tree.leaves(p)):
+        # as in the 1-vs-8-device test: Adam's +-lr on gradients that are rounding noise
+        np.testing.assert_allclose(a, b, rtol=0, atol=5e-4, err_msg=str(k))
+        diffs.append(np.abs(np.asarray(a) - np.asarray(b)).ravel())
+    assert np.median(np.concatenate(diffs)) < 1e-7
+
+
 def test_sigterm_sets_the_preemption_flag_instead_of_killing():
     import signal
 
