@@ -33,34 +33,18 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
-from flax import traverse_util
 
 from hfa_jax import __version__
 from hfa_jax.data import video as video_lib
-from hfa_jax.errors import CheckpointError, UserError, cli_main
+from hfa_jax.errors import UserError, cli_main
+from hfa_jax.model_folder import (EXPORT_MARKER, FORMAT_VERSION, PREPROCESSING, PSEUDO_GLOSSES, TOKENIZER_DIR, WEIGHTS,
+                                  ModelBundle, flatten_weights, load_workdir)
 from hfa_jax.models import hfa
 from hfa_jax.models.lora import merge_lora
-from hfa_jax.translator import EXPORT_MARKER, ModelBundle, PseudoGlossHeadBundle, load_workdir
 
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-PREPROCESSING = "preprocessing.json"
-TOKENIZER_DIR = "tokenizer"
-PSEUDO_GLOSSES = "pseudo_glosses.json"
-REQUIRED = ("config.json", EXPORT_MARKER, WEIGHTS, PREPROCESSING, os.path.join(TOKENIZER_DIR, "sentencepiece.bpe.model"))
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "optax", "orbax-checkpoint", "transformers", "sentencepiece",
             "safetensors", "av", "pillow", "sacrebleu")
-
-
-def _flat(tree: dict, prefix: str) -> dict[str, np.ndarray]:
-    return {f"{prefix}/" + "/".join(k): np.ascontiguousarray(np.asarray(v))
-            for k, v in traverse_util.flatten_dict(tree).items()}
-
-
-def _unflat(flat: dict[str, np.ndarray]) -> dict:
-    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
 def merged_bundle(bundle: ModelBundle) -> ModelBundle:
@@ -186,10 +170,10 @@ def export(workdir: str, out: str, *, merge: bool = True, force: bool = False) -
     os.makedirs(out, exist_ok=True)
     tensors = {}
     for coll, tree in bundle.variables.items():
-        tensors.update(_flat(tree, coll))
+        tensors.update(flatten_weights(tree, coll))
     pg = bundle.pg_head
     if pg is not None:
-        tensors.update(_flat(pg.params, "pretrain_head/pg_head"))
+        tensors.update(flatten_weights(pg.params, "pretrain_head/pg_head"))
         tensors["pretrain_head/prototypes"] = np.ascontiguousarray(pg.prototypes)
         with open(os.path.join(out, PSEUDO_GLOSSES), "w") as f:
             json.dump({"vocab": pg.vocab, "exact": pg.exact}, f, ensure_ascii=False, indent=1)
@@ -230,43 +214,6 @@ def add_examples(out: str, frame_folders: list[str]) -> list[str]:
             video_lib.write_video(path, np.stack(frames), fps, crf="18")
             paths.append(path)
     return paths
-
-
-def load_export(folder: str) -> ModelBundle:
-    """An exported model folder -> :class:`hfa_jax.translator.ModelBundle`."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    for name in REQUIRED:
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise CheckpointError(f"{folder}: incomplete model folder, {name} is missing; export it again with "
-                                  "python -m hfa_jax.export --workdir WORKDIR --out FOLDER")
-    try:
-        with open(os.path.join(folder, EXPORT_MARKER)) as f:
-            info = json.load(f)
-        with open(os.path.join(folder, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    except ValueError as e:
-        raise CheckpointError(f"{folder}: {EXPORT_MARKER} or config.json is not valid JSON ({e})") from None
-    if int(info.get("format", -1)) != FORMAT_VERSION:
-        raise CheckpointError(f"{folder}: model folder format {info.get('format')} is not {FORMAT_VERSION}; "
-                              "export it again with this version of hfa_jax")
-    try:
-        flat = load_file(os.path.join(folder, WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{folder}/{WEIGHTS}: cannot read the weights ({e}); the file is incomplete or "
-                              "corrupt, export it again") from None
-    tree = _unflat(flat)
-    head = tree.pop("pretrain_head", None)
-    pg = None
-    if head is not None and os.path.isfile(os.path.join(folder, PSEUDO_GLOSSES)):
-        with open(os.path.join(folder, PSEUDO_GLOSSES)) as f:
-            names = json.load(f)
-        pg = PseudoGlossHeadBundle(head["pg_head"], head["prototypes"], list(names["vocab"]), bool(names["exact"]))
-    return ModelBundle(config=config, model_cfg=hfa.HFAConfig.from_config(info["model"]), variables=tree,
-                       tokenizer_dir=os.path.join(folder, TOKENIZER_DIR),
-                       preprocessing=video_lib.Preprocessing.load(os.path.join(folder, PREPROCESSING)),
-                       step=info.get("step"), pg_head=pg, source=os.path.abspath(folder))
 
 
 @cli_main

@@ -29,7 +29,7 @@ from hfa_jax.text import pseudo_glosses as pg_lib
 from hfa_jax.text import tokenizer as text_lib
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train.trainer import model_config
-from hfa_jax.translator import training_preprocessing
+from hfa_jax.model_folder import training_preprocessing
 
 RES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "text")
 TOKENIZER = os.path.join(RES, "mbart-trimmed-gfslt")
