@@ -17,10 +17,13 @@ functions), so a compile error here is one the real run would hit:
 TPU topologies (``v5e:2x2``, ``v5e:4x4``, ``v6e:2x2``, ``v5p:2x2x2`` ...) compile on a CPU-only
 machine through libtpu (``pip install -e ".[tpu]"``), as maxtext's ``train_compile.py`` does.
 For each program the report gives the per-device memory (XLA's memory analysis: arguments,
-outputs, temporaries, total) against the chip's HBM, whether it fits, XLA's FLOP count and, where
-the backend estimates one (TPU), the step time, the model FLOP utilisation it implies and the
-paper schedule's hours. If the train step does not fit, the report tries ``model.remat``,
-``mesh.fsdp`` over every device and ``train.microbatches`` and names the first that fits.
+outputs, temporaries, total) against the chip's HBM, whether it fits, XLA's FLOP and memory-traffic
+counts, and the step time: XLA's estimate where the backend gives one (TPU; libtpu gives none,
+a negative value, for the large training programs), else the roofline bound
+``max(FLOPs / peak, bytes / HBM bandwidth)`` from the chip's public specs. From that step time
+come the model FLOP utilisation and the paper schedule's hours. If the train step does not fit,
+the report tries ``model.remat``, ``mesh.fsdp`` over every device and ``train.microbatches`` and
+names the first that fits.
 """
 
 from __future__ import annotations
@@ -46,12 +49,13 @@ from hfa_jax.train import trainer as trainer_lib
 
 GIB = 2 ** 30
 
-# Per-chip HBM (GiB) and dense bf16 peak (TFLOP/s), by the device kind's prefix (public specs).
-CHIPS: dict[str, tuple[float, float]] = {
-    "TPU v5 lite": (16, 197), "TPU v5e": (16, 197), "TPU v5p": (95, 459), "TPU v5": (95, 459),
-    "TPU v6 lite": (32, 918), "TPU v6e": (32, 918), "TPU v4": (32, 275),
-    "NVIDIA A100-SXM4-40GB": (40, 312), "NVIDIA A100 80GB": (80, 312), "NVIDIA A100-SXM4-80GB": (80, 312),
-    "NVIDIA H100": (80, 989), "NVIDIA H200": (141, 989),
+# Per chip: HBM (GiB), dense bf16 peak (TFLOP/s) and HBM bandwidth (GB/s), by the device kind's
+# prefix (public specs).
+CHIPS: dict[str, tuple[float, float, float]] = {
+    "TPU v5 lite": (16, 197, 819), "TPU v5e": (16, 197, 819), "TPU v5p": (95, 459, 2765), "TPU v5": (95, 459, 2765),
+    "TPU v6 lite": (32, 918, 1640), "TPU v6e": (32, 918, 1640), "TPU v4": (32, 275, 1200),
+    "NVIDIA A100-SXM4-40GB": (40, 312, 1555), "NVIDIA A100 80GB": (80, 312, 2039),
+    "NVIDIA A100-SXM4-80GB": (80, 312, 2039), "NVIDIA H100": (80, 989, 3350), "NVIDIA H200": (141, 989, 4800),
 }
 
 
@@ -62,10 +66,13 @@ class ProgramReport:
     hbm_bytes: int | None
     fits: bool | None
     flops: float | None                # per device, XLA's count
-    estimated_seconds: float | None    # XLA's estimate (TPU)
+    estimated_seconds: float | None    # XLA's estimate (TPU), where it gives a positive one
     mfu: float | None = None
-    paper_hours: float | None = None
+    paper_hours: float | None = None   # the paper schedule at the step time of step_time_source
     note: str = ""
+    bytes_accessed: float | None = None   # per device, XLA's count of memory traffic
+    roofline_seconds: float | None = None  # max(FLOPs / peak, bytes / HBM bandwidth): a lower bound
+    step_time_source: str = ""         # what paper_hours and mfu use: "xla", "roofline" or ""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,16 +96,17 @@ def topology_devices(name: str) -> tuple[list[Any], int]:
     return devices, len({d.process_index for d in devices})
 
 
-def chip_of(device) -> tuple[float | None, float | None]:
-    """(HBM GiB, peak bf16 TFLOP/s) of a device, from its kind (None where unknown, e.g. CPU)."""
+def chip_of(device) -> tuple[float | None, float | None, float | None]:
+    """(HBM GiB, peak bf16 TFLOP/s, HBM GB/s) of a device, from its kind (None where unknown,
+    e.g. CPU)."""
     kind = str(getattr(device, "device_kind", ""))
     for prefix, spec in sorted(CHIPS.items(), key=lambda kv: -len(kv[0])):
         if kind.startswith(prefix):
             return spec
     stats = getattr(device, "memory_stats", lambda: None)()
     if stats and stats.get("bytes_limit"):
-        return stats["bytes_limit"] / GIB, None
-    return None, None
+        return stats["bytes_limit"] / GIB, None, None
+    return None, None, None
 
 
 def _cost(compiled) -> dict:
@@ -126,15 +134,23 @@ def report_program(name: str, compiled, device, *, steps_per_run: int | None) ->
     # Donated arguments alias outputs: count those bytes once.
     per["total"] = (per["arguments"] + per["outputs"] + per["temporaries"] - int(ma.alias_size_in_bytes)
                     + int(ma.generated_code_size_in_bytes))
-    hbm_gib, peak = chip_of(device)
+    hbm_gib, peak, bandwidth = chip_of(device)
     hbm = int(hbm_gib * GIB) if hbm_gib else None
     cost = _cost(compiled)
     flops = float(cost["flops"]) if cost.get("flops") else None
-    est = float(cost["optimal_seconds"]) if (cost.get("optimal_seconds") or 0) > 0 else None  # <= 0: none given
-    mfu = flops / (est * peak * 1e12) if (flops and est and peak) else None
-    hours = est * steps_per_run / 3600 if (est and steps_per_run) else None
+    moved = float(cost["bytes accessed"]) if cost.get("bytes accessed") else None
+    # XLA's TPU estimate; for large training programs libtpu returns a negative value (no
+    # estimate), and then the roofline bound stands in for it.
+    est = float(cost["optimal_seconds"]) if (cost.get("optimal_seconds") or 0) > 0 else None
+    roofline = None
+    if flops and peak and moved and bandwidth:
+        roofline = max(flops / (peak * 1e12), moved / (bandwidth * 1e9))
+    step, source = (est, "xla") if est else ((roofline, "roofline") if roofline else (None, ""))
+    mfu = flops / (step * peak * 1e12) if (flops and step and peak) else None
+    hours = step * steps_per_run / 3600 if (step and steps_per_run) else None
     return ProgramReport(name=name, per_device_bytes=per, hbm_bytes=hbm, fits=(per["total"] <= hbm) if hbm else None,
-                         flops=flops, estimated_seconds=est, mfu=mfu, paper_hours=hours)
+                         flops=flops, estimated_seconds=est, mfu=mfu, paper_hours=hours, bytes_accessed=moved,
+                         roofline_seconds=roofline, step_time_source=source)
 
 
 def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size: int,
@@ -226,7 +242,7 @@ def format_table(topology: str, devices, num_processes: int, reports: Sequence[P
     lines = [f"topology {topology}: {len(devices)} devices ({getattr(devices[0], 'device_kind', devices[0].platform)}) "
              f"over {num_processes} process(es); memory per device in GiB",
              f"{'program':10s} {'args':>8s} {'outputs':>8s} {'temps':>8s} {'total':>8s} {'HBM':>8s} {'fits':>5s} "
-             f"{'GFLOP/dev':>10s} {'est. ms':>8s} {'MFU':>6s} {'paper h':>8s}"]
+             f"{'GFLOP/dev':>10s} {'GB moved':>9s} {'est. ms':>8s} {'roofl. ms':>9s} {'MFU':>6s} {'paper h':>8s}"]
     for r in list(reports) + [t[1] for t in tried]:
         if not r.per_device_bytes:
             lines.append(f"{r.name:10s} {r.note}")
@@ -234,9 +250,11 @@ def format_table(topology: str, devices, num_processes: int, reports: Sequence[P
         p = r.per_device_bytes
         fits = "-" if r.fits is None else ("yes" if r.fits else "NO")
         lines.append(f"{r.name:10s} {gib(p['arguments'])} {gib(p['outputs'])} {gib(p['temporaries'])} {gib(p['total'])} "
-                     f"{gib(r.hbm_bytes)} {fits:>5s} {(r.flops or 0) / 1e9:10.1f} "
-                     f"{(r.estimated_seconds or 0) * 1e3:8.1f} {(r.mfu or 0) * 100:5.1f}% "
-                     f"{(r.paper_hours or 0):8.1f}")
+                     f"{gib(r.hbm_bytes)} {fits:>5s} {(r.flops or 0) / 1e9:10.1f} {(r.bytes_accessed or 0) / 1e9:9.1f} "
+                     f"{(r.estimated_seconds or 0) * 1e3:8.1f} {(r.roofline_seconds or 0) * 1e3:9.1f} "
+                     f"{(r.mfu or 0) * 100:5.1f}% {(r.paper_hours or 0):8.1f}")
+    if any(r.step_time_source == "roofline" for r in list(reports) + [t[1] for t in tried]):
+        lines.append("MFU and paper h use the roofline bound where XLA gives no step-time estimate (est. ms 0)")
     for label, r in tried:
         lines.append(f"  train with {label}: {'fits' if r.fits else 'does not fit'} "
                      f"({r.per_device_bytes['total'] / GIB:.2f} GiB)")

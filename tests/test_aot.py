@@ -51,6 +51,8 @@ def test_pretraining_compiles_for_a_v5e_2x2_slice():
     _check(reports, ("train", "eval"))
     train = reports[0]
     assert train.hbm_bytes == 16 * 2 ** 30 and train.fits  # a v5e chip's 16 GiB
+    assert train.bytes_accessed > 0 and train.roofline_seconds > 0 and train.paper_hours > 0
+    assert train.step_time_source in ("xla", "roofline")
     table = aot.format_table("v5e:2x2", devices, processes, reports)
     assert "train" in table and "yes" in table
     json.dumps([r.to_json() for r in reports])  # the --json report is plain data
@@ -68,3 +70,33 @@ def test_an_unknown_topology_is_one_line():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: --topology=v9z:1x1: cannot describe this TPU topology")
+
+
+class _Compiled:
+    """The two analyses report_program reads, with chosen numbers."""
+
+    def __init__(self, optimal_seconds):
+        self.cost = {"flops": 197e12 * 0.010, "bytes accessed": 819e9 * 0.020, "optimal_seconds": optimal_seconds}
+
+    def memory_analysis(self):
+        class M:
+            argument_size_in_bytes, output_size_in_bytes, temp_size_in_bytes = 2 ** 30, 2 ** 29, 2 ** 32
+            alias_size_in_bytes, generated_code_size_in_bytes = 2 ** 29, 0
+        return M()
+
+    def cost_analysis(self):
+        return self.cost
+
+
+def test_step_time_is_xlas_estimate_else_the_roofline_bound():
+    class V5e:
+        device_kind = "TPU v5 lite"
+
+    # 10 ms of compute and 20 ms of HBM traffic on a v5e chip: the roofline bound is 20 ms
+    r = aot.report_program("train", _Compiled(-626.7), V5e(), steps_per_run=3600)
+    assert r.estimated_seconds is None and r.step_time_source == "roofline"
+    assert r.roofline_seconds == pytest.approx(0.020) and r.paper_hours == pytest.approx(0.020)
+    assert r.mfu == pytest.approx(0.5)
+    assert r.per_device_bytes["total"] == 2 ** 30 + 2 ** 32 and r.fits  # the donated half counted once
+    r = aot.report_program("train", _Compiled(0.040), V5e(), steps_per_run=3600)
+    assert r.step_time_source == "xla" and r.paper_hours == pytest.approx(0.040) and r.mfu == pytest.approx(0.25)
