@@ -115,7 +115,10 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
         remat=False,
         # BeyondGloss objectives (docs/beyondgloss.md; hfa_jax/models/beyondgloss.py), off = plain HFA.
         beyondgloss=dict(description=False, description_vectors=False, hand_pose=False, hand_dim=288,
-                         feedback_dropout=0.1, desc_dim=0),
+                         feedback_dropout=0.1, desc_dim=0,
+                         # the authors' BeyondGloss classes (docs/coming_from_pytorch.md#beyondgloss)
+                         desc_feedback=False, pseudo_gloss_head=True, cls_token=True, text_encoder=True,
+                         description_from="features", mapper=True),
     )
     return ml_collections.ConfigDict(c)
 
