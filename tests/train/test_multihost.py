@@ -3,7 +3,7 @@
 
 (a) pretraining on 2 processes x 2 devices equals 1 process x 4 devices, each process reading only
     its rows of every global batch; (b) stage-2 fine-tuning with FSDP and a beam-search evaluation
-    on 2 processes equals 1 process: losses, parameters and every dev hypothesis; (c) a checkpoint
+    on 2 processes equals 1 process: losses, parameters, every dev hypothesis and its scores; (c) a checkpoint
     written by 2 processes resumes in 1 and the reverse; (d) after kill -9 of every process mid-run
     the same command ends at the uninterrupted run; (e) kill -9 of one process stops the others,
     with one line naming it.
@@ -186,6 +186,22 @@ def test_b_stage2_with_fsdp_and_beam_search_on_two_processes_equals_one(env, ref
             return f.read().splitlines()
 
     assert len(hypotheses(one)) == 6 and hypotheses(two) == hypotheses(one)
+
+    def dev_scores(wd):  # the scores of that evaluation (BLEU, ROUGE-L, chrF ...) and its losses
+        with open(os.path.join(wd, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        return [r for r in rows if r["split"] == "dev"]
+
+    ref_scores = dev_scores(one)
+    assert ref_scores and len(dev_scores(two)) == len(ref_scores)
+    assert any(k.startswith("bleu") for k in ref_scores[-1]), ref_scores[-1]
+    for a, b in zip(ref_scores, dev_scores(two)):
+        assert set(a) == set(b)
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+            else:
+                assert b[k] == v, k
 
 
 def stopped_at(source: str, workdir: str, step: int = 2) -> str:
