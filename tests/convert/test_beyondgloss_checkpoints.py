@@ -9,8 +9,6 @@ the one-line errors."""
 
 from __future__ import annotations
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +24,8 @@ from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import hfa
 from hfa_jax.models.beyondgloss import BeyondGlossConfig
 from hfa_jax.train import beyondgloss_losses as bg_losses
-from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train import losses, schema
 from hfa_jax.train.initial_weights import load_initial_params
-from hfa_jax.train.state import variables_from_state
 from tests.convert import authors_checkpoints as ac
 from tests.convert.authors_checkpoints import ra
 
@@ -42,7 +38,7 @@ _SMALL = dict(vit_depth=2, lora_blocks=(1,), enc_layers=1, dec_layers=1, d_model
 SIZES = ra.Sizes(vocab=50, desc_dim=48, **_SMALL)
 SIZES_DESC = ra.Sizes(vocab=50, desc_dim=64, **_SMALL)  # Desc_Clip: description vectors as wide as mBART
 SIZES_FT = ra.Sizes(vocab=ac.TOKENIZER_VOCAB, desc_dim=48, **_SMALL)
-TOL = 1e-4
+TOL = ac.TOL
 LANDA_DESC, LANDA_HAMER = 0.5, 0.3  # the authors' README best weights
 
 
@@ -62,22 +58,12 @@ def converted(tmp_path_factory):
     return out
 
 
-def _load(wd: str):
-    with open(os.path.join(wd, "config.json")) as f:
-        config = json.load(f)
-    state, meta = ckpt_lib.load_state_arrays(wd)
-    return config, variables_from_state(state), meta
 
 
-def _inputs(seed: int, b: int, t: int, lengths: list[int], size: int = 42):
-    rng = np.random.default_rng(seed)
-    pixels = rng.standard_normal((b, t, size, size, 3)).astype(np.float32)
-    mask = np.arange(t)[None] < np.asarray(lengths)[:, None]
-    return rng, pixels, mask
 
 
 def test_converted_configs_set_the_authors_switches(converted):
-    pre, _, meta = _load(converted["pretrain_wd"])
+    pre, _, meta = ac.load_workdir(converted["pretrain_wd"])
     assert meta["stage"] == "pretrain"
     bg = pre["model"]["beyondgloss"]
     assert bg["hand_pose"] and bg["desc_feedback"] and bg["description"] and bg["description_vectors"]
@@ -85,11 +71,11 @@ def test_converted_configs_set_the_authors_switches(converted):
     assert not bg["pseudo_gloss_head"] and not bg["cls_token"] and bg["text_encoder"]
     assert bg["description_from"] == "features"
     assert pre["model"]["temporal"]["out_dim"] == SIZES.d_model // 2 and pre["model"]["text_encoder_dropout"]
-    desc, desc_vars, _ = _load(converted["pretrain_desc_wd"])
+    desc, desc_vars, _ = ac.load_workdir(converted["pretrain_desc_wd"])
     bgd = desc["model"]["beyondgloss"]
     assert bgd["description_from"] == "video_encoder" and not bgd["text_encoder"]
     assert "text_encoder" not in desc_vars["params"] and not desc["model"]["text_encoder_dropout"]
-    ft, ft_vars, ft_meta = _load(converted["finetune_wd"])
+    ft, ft_vars, ft_meta = ac.load_workdir(converted["finetune_wd"])
     assert ft_meta["stage"] == "finetune2" and not ft["model"]["beyondgloss"]["mapper"]
     assert "mapper" not in ft_vars["params"] and "desc_feedback" in ft_vars["params"]
     r = converted["ft_report"]
@@ -122,7 +108,7 @@ def test_round_trip_is_identity(converted, kind, tmp_path):
 
 
 def _pretrain_batch(seed: int, sizes: ra.Sizes = SIZES):
-    rng, pixels, mask = _inputs(seed, 3, 7, [7, 4, 5])
+    rng, pixels, mask = ac.inputs(seed, 3, 7, [7, 4, 5])
     ids = rng.integers(3, SIZES.vocab, (3, 6))
     text_mask = np.ones((3, 6), bool)
     text_mask[1, 4:] = False
@@ -133,7 +119,7 @@ def _pretrain_batch(seed: int, sizes: ra.Sizes = SIZES):
 
 
 def test_pretrain_model_losses_match_the_authors_modules(converted):
-    config, variables, _ = _load(converted["pretrain_wd"])
+    config, variables, _ = ac.load_workdir(converted["pretrain_wd"])
     model = hfa.build_model(hfa.HFAConfig.from_config(config["model"]), "pretrain")
     pixels, mask, ids, text_mask, desc, hamer = _pretrain_batch(0)
     frames, lengths = ra.frames_to_authors(pixels, mask)
@@ -159,7 +145,7 @@ def test_pretrain_model_losses_match_the_authors_modules(converted):
 
 
 def test_desc_clip_loss_matches_the_authors_module(converted):
-    config, variables, _ = _load(converted["pretrain_desc_wd"])
+    config, variables, _ = ac.load_workdir(converted["pretrain_desc_wd"])
     model = hfa.build_model(hfa.HFAConfig.from_config(config["model"]), "pretrain")
     pixels, mask, ids, text_mask, desc, _ = _pretrain_batch(1, SIZES_DESC)
     frames, lengths = ra.frames_to_authors(pixels, mask)
@@ -173,48 +159,18 @@ def test_desc_clip_loss_matches_the_authors_module(converted):
 
 
 def test_finetune_model_logits_match_the_authors_module(converted):
-    config, variables, _ = _load(converted["finetune_wd"])
-    model = hfa.build_model(hfa.HFAConfig.from_config(config["model"]), "translate")
-    rng, pixels, mask = _inputs(2, 2, 6, [6, 3])
-    dec = rng.integers(3, SIZES_FT.vocab, (2, 5))
-    dec_mask = np.ones((2, 5), bool)
-    dec_mask[1, 3:] = False
-    dec[~dec_mask] = 1
-    frames, lengths = ra.frames_to_authors(pixels, mask)
-    with torch.no_grad():
-        theirs = converted["finetune"].model(frames, lengths, torch.as_tensor(dec),
-                                             torch.as_tensor(dec_mask.astype(np.int64))).numpy()
-    ours = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(pixels), jnp.asarray(mask),
-                                           jnp.asarray(dec, jnp.int32), jnp.asarray(dec_mask)))
-    assert ours.shape == theirs.shape
-    np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+    ac.assert_translation_logits_match(converted["finetune_wd"], converted["finetune"].model, SIZES_FT.vocab)
 
 
 def test_converted_finetune_checkpoint_translates(converted, tmp_path):
-    from PIL import Image
-
-    from hfa_jax import translate
-
-    wd = converted["finetune_wd"]
-    with open(os.path.join(wd, "config.json")) as f:
-        config = json.load(f)
-    config["eval"].update(max_new_tokens=4, num_beams=1)
-    with open(os.path.join(wd, "config.json"), "w") as f:
-        json.dump(config, f)
-    rng = np.random.default_rng(3)
-    clip = tmp_path / "clip"
-    clip.mkdir()
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8)).save(clip / f"{i:03d}.png")
-    (name, sentence), = translate.main(["--workdir", wd, "--frames", str(clip)])
-    assert name == "clip" and isinstance(sentence, str) and len(sentence.split()) <= 4
+    ac.assert_translates(converted["finetune_wd"], tmp_path)
 
 
 def test_converted_pretraining_initialises_finetuning(converted):
     """A converted Desc_Clip initialises fine-tuning: trunk (HaMeR branch and description feedback
     included) and video encoder. (Their Finetune_Model's own loader renames by position and keeps
     nothing of a Desc_Clip checkpoint: docs/coming_from_pytorch.md.)"""
-    pre_config, pre_vars, _ = _load(converted["pretrain_desc_wd"])
+    pre_config, pre_vars, _ = ac.load_workdir(converted["pretrain_desc_wd"])
     config = load_config_file("configs/finetune.py:stage1_tiny")
     config.model = ml_collections.ConfigDict(pre_config["model"])
     config.train.init_from = converted["pretrain_desc_wd"]
@@ -235,7 +191,7 @@ def test_converted_pretraining_initialises_finetuning(converted):
 def test_missing_misshaped_and_wrong_target_stop_with_one_line(converted, tmp_path):
     sd = lightning_io.read_checkpoint(converted["pretrain_ckpt"])["state_dict"]
     lay = tables.layout_for("beyondgloss", "pretrain")
-    config, _, _ = _load(converted["pretrain_wd"])
+    config, _, _ = ac.load_workdir(converted["pretrain_wd"])
     mc = config["model"]
     key = "model.model_images.model.mapper_2.weight"
     with pytest.raises(CheckpointError, match=r"missing tensor 'model\.model_images\.model\.mapper_2\.weight'") as e:

@@ -8,7 +8,6 @@ its docstring for where each name comes from)."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 
 import jax
@@ -21,9 +20,7 @@ from hfa_jax.convert import core, lightning_io, tables
 from hfa_jax.convert.__main__ import from_lightning, main, to_lightning
 from hfa_jax.errors import CheckpointError
 from hfa_jax.models import hfa
-from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train import losses
-from hfa_jax.train.state import variables_from_state
 from tests.convert import authors_checkpoints as ac
 from tests.convert.authors_checkpoints import ra
 
@@ -32,7 +29,7 @@ pytestmark = pytest.mark.xdist_group("convert_hfa")
 
 SIZES_PRE = ra.Sizes(vocab=50)
 SIZES_FT = ra.Sizes(vocab=ac.TOKENIZER_VOCAB)  # translation needs the test tokenizer's vocabulary
-TOL = 1e-4
+TOL = ac.TOL
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +47,12 @@ def converted(tmp_path_factory):
                 ft_report=report)
 
 
-def _load(wd: str):
-    with open(os.path.join(wd, "config.json")) as f:
-        config = json.load(f)
-    state, meta = ckpt_lib.load_state_arrays(wd)
-    return config, variables_from_state(state), meta
 
 
-def _inputs(seed: int, b: int, t: int, lengths: list[int], size: int = 42):
-    rng = np.random.default_rng(seed)
-    pixels = rng.standard_normal((b, t, size, size, 3)).astype(np.float32)
-    mask = np.arange(t)[None] < np.asarray(lengths)[:, None]
-    return rng, pixels, mask
 
 
 def test_written_workdir_and_config(converted):
-    config, variables, meta = _load(converted["pre_wd"])
+    config, variables, meta = ac.load_workdir(converted["pre_wd"])
     assert meta["stage"] == "pretrain" and meta["step"] == 120
     m = config["model"]
     # sizes read from the tensors, the authors' fixed LoRA alphas and temperatures, the quirk switches
@@ -78,7 +65,7 @@ def test_written_workdir_and_config(converted):
     assert m["text_encoder_dropout"] is True
     assert abs(m["tau_class"] - 0.2) < 1e-6 and abs(m["tau_time"] - 0.3) < 1e-6 and not m["learnable_tau"]
     assert float(variables["params"]["logit_scale"]) == 2.0
-    ft_config, _, ft_meta = _load(converted["ft_wd"])
+    ft_config, _, ft_meta = ac.load_workdir(converted["ft_wd"])
     assert ft_meta["stage"] == "finetune2" and ft_config["train"]["stage"] == "finetune2"
     assert ft_config["data"]["tokenizer_dir"] == os.path.abspath(ac.TOKENIZER)
     r = converted["ft_report"]
@@ -106,9 +93,9 @@ def test_round_trip_is_identity(converted, which, tmp_path):
 
 
 def test_pretraining_losses_match_the_authors_modules(converted):
-    config, variables, _ = _load(converted["pre_wd"])
+    config, variables, _ = ac.load_workdir(converted["pre_wd"])
     model = hfa.build_model(hfa.HFAConfig.from_config(config["model"]), "pretrain")
-    rng, pixels, mask = _inputs(0, 3, 7, [7, 4, 5])
+    rng, pixels, mask = ac.inputs(0, 3, 7, [7, 4, 5])
     ids = rng.integers(3, SIZES_PRE.vocab, (3, 6))
     text_mask = np.ones((3, 6), bool)
     text_mask[1, 4:] = False
@@ -131,42 +118,11 @@ def test_pretraining_losses_match_the_authors_modules(converted):
 
 
 def test_translation_logits_match_the_authors_modules(converted):
-    config, variables, _ = _load(converted["ft_wd"])
-    model = hfa.build_model(hfa.HFAConfig.from_config(config["model"]), "translate")
-    rng, pixels, mask = _inputs(1, 2, 6, [6, 3])
-    dec = rng.integers(3, SIZES_FT.vocab, (2, 5))
-    dec_mask = np.ones((2, 5), bool)
-    dec_mask[1, 3:] = False
-    dec[~dec_mask] = 1
-    frames, lengths = ra.frames_to_authors(pixels, mask)
-    with torch.no_grad():
-        theirs = converted["ft"].model(frames, lengths, torch.as_tensor(dec),
-                                       torch.as_tensor(dec_mask.astype(np.int64))).numpy()
-    ours = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(pixels), jnp.asarray(mask),
-                                           jnp.asarray(dec, jnp.int32), jnp.asarray(dec_mask)))
-    assert ours.shape == theirs.shape
-    np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+    ac.assert_translation_logits_match(converted["ft_wd"], converted["ft"].model, SIZES_FT.vocab)
 
 
 def test_converted_finetune_checkpoint_translates(converted, tmp_path):
-    from PIL import Image
-
-    from hfa_jax import translate
-
-    wd = converted["ft_wd"]
-    with open(os.path.join(wd, "config.json")) as f:
-        config = json.load(f)
-    config["eval"].update(max_new_tokens=4, num_beams=1)  # short decoding keeps the test fast
-    with open(os.path.join(wd, "config.json"), "w") as f:
-        json.dump(config, f)
-    rng = np.random.default_rng(3)
-    clip = tmp_path / "clip"
-    clip.mkdir()
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8)).save(clip / f"{i:03d}.png")
-    out = translate.main(["--workdir", wd, "--frames", str(clip)])
-    (name, sentence), = out
-    assert name == "clip" and isinstance(sentence, str) and len(sentence.split()) <= 4
+    ac.assert_translates(converted["ft_wd"], tmp_path)
 
 
 def _state_dict(ckpt: str) -> dict:
@@ -176,7 +132,7 @@ def _state_dict(ckpt: str) -> dict:
 def test_unmapped_missing_and_misshaped_tensors_stop_with_one_line(converted):
     sd = _state_dict(converted["pre_ckpt"])
     lay = tables.layout_for("hfa", "pretrain")
-    config, _, _ = _load(converted["pre_wd"])
+    config, _, _ = ac.load_workdir(converted["pre_wd"])
     mc = config["model"]
     key = "model.model_images.model.conv_1d.output_proj.weight"
     extra = dict(sd, **{"model.model_images.extra.weight": np.zeros(3, np.float32)})
@@ -191,7 +147,7 @@ def test_unmapped_missing_and_misshaped_tensors_stop_with_one_line(converted):
     untied = copy.copy(_state_dict(converted["ft_ckpt"]))
     k = "model.mbart.base_model.model.lm_head.weight"
     untied[k] = untied[k] + 1.0
-    ft_config, _, _ = _load(converted["ft_wd"])
+    ft_config, _, _ = ac.load_workdir(converted["ft_wd"])
     with pytest.raises(CheckpointError, match="differs from"):
         core.import_state(untied, tables.layout_for("hfa", "finetune"), ft_config["model"])
 
@@ -213,7 +169,7 @@ def test_converted_pretraining_initialises_finetuning(converted):
     from hfa_jax.convert.__main__ import load_config_file
     from hfa_jax.train.initial_weights import load_initial_params
 
-    pre_config, pre_vars, _ = _load(converted["pre_wd"])
+    pre_config, pre_vars, _ = ac.load_workdir(converted["pre_wd"])
     config = load_config_file("configs/finetune.py:stage1_tiny")
     config.model = ml_collections.ConfigDict(pre_config["model"])
     config.train.init_from = converted["pre_wd"]
