@@ -58,7 +58,6 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hfa_jax.errors import ConfigError
 from hfa_jax.models.beyondgloss import BeyondGlossConfig

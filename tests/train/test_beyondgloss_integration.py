@@ -5,13 +5,12 @@ hand-pose feedback travels from pretraining into fine-tuning."""
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from hfa_jax.train import state as state_lib
 from hfa_jax.train import checkpoint as ckpt_lib
-from hfa_jax.train import loop, optim
+from hfa_jax.train import loop
 from tests.train.test_loop import tiny_config
 
 
