@@ -159,6 +159,12 @@ class BeyondGlossConfig:
     def enabled(self) -> bool:
         return self.description or self.hand_pose
 
+    @property
+    def description_head(self) -> bool:
+        """Whether the description alignment reads its own head, ``desc_proj`` (docs/beyondgloss.md),
+        rather than the authors' ``mapper_1`` features or the video encoder's mean."""
+        return self.description and self.description_from == "features" and not self.desc_feedback
+
     def desc_width(self, text_width: int) -> int:
         """Width of the description vectors: ``desc_dim`` or, when 0, the text encoder's."""
         return self.desc_dim or text_width

@@ -268,7 +268,7 @@ class HFAPretrain(_VisualTrunk):
         self.video_encoder = MBartEncoder(cfg.mbart)
         if bg.text_encoder:
             self.text_encoder = MBartEncoder(cfg.text_encoder_cfg)
-        if bg.description and bg.description_from == "features" and not bg.desc_feedback:
+        if bg.description_head:
             # docs/beyondgloss.md: GELU(Linear 512->1024) of the temporal features
             self.desc_proj = DescriptionProjector(features=cfg.beyondgloss.desc_width(d), masked=cfg.masked_mean,
                                                   dtype=cfg.compute_dtype)
@@ -287,8 +287,7 @@ class HFAPretrain(_VisualTrunk):
     ) -> dict[str, Array]:
         cfg = self.cfg
         bg = cfg.beyondgloss
-        own_head = bg.description and bg.description_from == "features" and not bg.desc_feedback
-        y, tmask, aux = self.encode_frames_aux(pixels, frame_mask, deterministic, return_hidden=own_head,
+        y, tmask, aux = self.encode_frames_aux(pixels, frame_mask, deterministic, return_hidden=bg.description_head,
                                                frame_index=frame_index)
         out: dict[str, Array] = {}
         if bg.pseudo_gloss_head:
