@@ -33,7 +33,7 @@ from hfa_jax.train.state import variables_from_state
 from hfa_jax.train.trainer import model_config
 
 __all__ = ["EXPORT_MARKER", "FORMAT_VERSION", "ModelBundle", "PseudoGlossHeadBundle", "load_workdir",
-           "load_export", "read_config", "training_preprocessing", "find_pretrain_head"]
+           "load_export", "read_config", "resolve_path", "training_preprocessing", "find_pretrain_head"]
 
 EXPORT_MARKER = "hfa_export.json"
 FORMAT_VERSION = 1
@@ -131,6 +131,27 @@ def load_export(folder: str) -> ModelBundle:
 # Loading a fine-tuning workdir
 
 
+def resolve_path(path: str, folder: str) -> str:
+    """A relative path that ``folder``'s config.json names, found from any current directory.
+
+    Training writes the paths as it was given them: relative to the directory it ran in, which
+    is ``folder`` or one of its parents when the workdir was named relative to it (``runs/demo``
+    names ``runs/demo/tokenizer``). The nearest of ``folder`` and its parents under which the
+    path exists is taken; else the path as given (relative to here, as before). Absolute and
+    empty paths are returned unchanged."""
+    if not path or os.path.isabs(path):
+        return path
+    base = os.path.abspath(folder)
+    while True:
+        candidate = os.path.join(base, path)
+        if os.path.exists(candidate):
+            return candidate
+        parent = os.path.dirname(base)
+        if parent == base:
+            return path
+        base = parent
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
@@ -142,14 +163,16 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
-def training_preprocessing(config) -> video_lib.Preprocessing:
+def training_preprocessing(config, folder: str = "") -> video_lib.Preprocessing:
     """The preprocessing a workdir's model was trained with: the dataset's frame rate and frame
     size (:data:`DATASET_SOURCES`, by the tfds builder's name), its stored square size (from the
-    dataset's features, else the 256/224 convention of docs/data.md), the crop and the frame limit."""
+    dataset's features, else the 256/224 convention of docs/data.md), the crop and the frame limit.
+    ``folder``: the workdir whose config this is (its relative paths are resolved against it)."""
     crop = int(config.data.crop_size)
     size, name = int(round(crop * 256 / 224)), "phoenix14t"
     try:
-        src = pipeline.open_split(config.data.dataset_dir, config.data.train_split)
+        src = pipeline.open_split(resolve_path(str(config.data.dataset_dir), folder) if folder
+                                  else config.data.dataset_dir, config.data.train_split)
         size = int(src.features["frames"].feature.shape[0])
         name = os.path.basename(os.path.dirname(src.builder_dir))
     except Exception:  # the dataset is not on this machine: keep the convention
@@ -179,21 +202,23 @@ def _same_trunk(a: dict, b: dict) -> bool:
     return True
 
 
-def find_pretrain_head(config, variables: dict) -> PseudoGlossHeadBundle | None:
+def find_pretrain_head(config, variables: dict, folder: str = "") -> PseudoGlossHeadBundle | None:
     """The pseudo-gloss head of the pretraining stage this model descends from
-    (``config.train.init_from``, followed back), or None where any piece is missing."""
+    (``config.train.init_from``, followed back; relative paths resolved against the workdir that
+    names them, ``folder`` for ``config``), or None where any piece is missing."""
     seen = set()
-    wd = str(config.train.get("init_from", "") or "")
+    wd = resolve_path(str(config.train.get("init_from", "") or ""), folder or ".")
     while wd and wd not in seen and os.path.isfile(os.path.join(wd, "config.json")):
         seen.add(wd)
         c = read_config(wd)
         if c.train.stage != "pretrain":
-            wd = str(c.train.get("init_from", "") or "")
+            wd = resolve_path(str(c.train.get("init_from", "") or ""), wd)
             continue
         try:
             state, _ = _load_state(wd)
             pv = variables_from_state(state)
-            vocab = ["<blank>"] + list(pg_lib.load_pseudo_glosses(str(c.data.pseudo_glosses)).vocab)
+            pg_path = resolve_path(str(c.data.pseudo_glosses), wd)
+            vocab = ["<blank>"] + list(pg_lib.load_pseudo_glosses(pg_path).vocab)
         except (CheckpointError, DataError, OSError):
             return None
         params = pv["params"]
@@ -214,13 +239,13 @@ def load_workdir(workdir: str) -> ModelBundle:
     config = read_config(workdir)
     if config.train.stage == "pretrain":
         raise ConfigError(f"{workdir} is a pretraining run; translate with a fine-tuning workdir")
-    tok_dir = str(config.data.tokenizer_dir)
+    tok_dir = resolve_path(str(config.data.tokenizer_dir), workdir)
     if not os.path.isdir(tok_dir):
         raise ConfigError(f"{workdir}: its tokenizer folder {tok_dir} (config.data.tokenizer_dir) is missing")
     tokenizer = text_lib.load_tokenizer(tok_dir, lang=config.data.get("lang", "de_DE"))
     state, meta = _load_state(workdir)
     variables = variables_from_state(state)
     return ModelBundle(config=config, model_cfg=model_config(config, tokenizer=tokenizer), variables=variables,
-                       tokenizer_dir=tok_dir, preprocessing=training_preprocessing(config),
-                       step=meta.get("step"), pg_head=find_pretrain_head(config, variables),
+                       tokenizer_dir=tok_dir, preprocessing=training_preprocessing(config, workdir),
+                       step=meta.get("step"), pg_head=find_pretrain_head(config, variables, workdir),
                        source=os.path.abspath(workdir))
