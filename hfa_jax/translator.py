@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -39,6 +40,8 @@ from hfa_jax.text import tokenizer as text_lib
 # Compiled programs of every Translator in this process, by model configuration, decoding
 # settings and argument shapes (the weights are arguments, so equal models share programs).
 _COMPILED: dict[tuple, Any] = {}
+# One compile at a time: the web page translates two requests at once, and both may need a shape.
+_COMPILE_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -138,8 +141,9 @@ class Translator:
         shapes = tuple((tuple(np.shape(a)), str(a.dtype)) for a in jax.tree.leaves(args))
         shared = (kind, self.bundle.model_cfg, tuple(sorted(self.decoding.items())), self.preprocessing.crop_size,
                   jax.tree.structure(args), shapes)
-        if shared not in _COMPILED:
-            _COMPILED[shared] = jax.jit(fn).lower(*args).compile()
+        with _COMPILE_LOCK:
+            if shared not in _COMPILED:
+                _COMPILED[shared] = jax.jit(fn).lower(*args).compile()
         self._programs[(kind,) + tuple(tuple(np.shape(d)) for d in data)] = _COMPILED[shared]
         return _COMPILED[shared]
 
