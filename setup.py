@@ -48,6 +48,9 @@ APP = [
 # The browser test drives the system's Chromium (never a downloaded one) with Playwright.
 TEST += APP + ["playwright==1.65.2"]
 
+# TensorBoard, to watch the scalars a run writes (docs/training.md): pip install -e ".[tensorboard]".
+TENSORBOARD = ["tensorboard==2.21.0"]
+
 # Compiling for TPU topologies on any machine (python -m hfa_jax.aot --topology=v5e:2x4) and
 # running on TPU VMs: libtpu, pinned to the jax version above. The tests compile for v5e:2x2.
 TPU = ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"]
@@ -62,5 +65,5 @@ setup(
     include_package_data=True,
     package_data={"hfa_jax": ["resources/**/*"], "data_prep": ["resources/**/*"]},
     install_requires=RUNTIME,
-    extras_require={"test": TEST, "app": APP, "tpu": TPU},
+    extras_require={"test": TEST, "app": APP, "tpu": TPU, "tensorboard": TENSORBOARD},
 )
