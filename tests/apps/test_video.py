@@ -1,13 +1,20 @@
 """Real video in: the crop and resampling rules, mp4 / webm / 30 fps 1280x720 encodes translated
-like the PNG frames, bad inputs named in one line, warnings for out-of-distribution clips."""
+like the PNG frames, bad inputs named in one line, warnings for out-of-distribution clips; the
+streaming reader: the same frames as the whole-clip rule, the reading limits, a 10-hour
+timestamp gap, memory bounded by the model's input (measured), preprocessing.json ranges."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
+from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from hfa_jax.data import video as video_lib
@@ -154,3 +161,170 @@ def test_list_inputs(tmp_path, clips, encoded):
     assert video_lib.list_inputs(clips[0][0]) == [clips[0][0]]
     with pytest.raises(DataError, match="no video files"):
         video_lib.list_inputs(str(tmp_path))  # holds only a folder of inputs, not inputs
+
+
+# ------------------------------------------------------------------------ streaming and the limits
+def write_with_pts(path: str, pts: list[int], tb: Fraction = Fraction(1, 1000), size: tuple[int, int] = (64, 48)) -> str:
+    """Frames (a different grey each) whose packets claim the given presentation times (in
+    ``tb`` units, in any order), as MJPEG in Matroska: every frame is a key frame, so the
+    timestamps are the container's to claim (the decoding times stay 0, 1, 2, ...)."""
+    import av
+
+    with av.open(path, "w") as out:
+        s = out.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt, s.time_base = size[0], size[1], "yuvj420p", tb
+        for i, p in enumerate(pts):
+            f = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (i * 37) % 256, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            for packet in s.encode(f):
+                packet.time_base, packet.pts, packet.dts = tb, int(p), min(i, int(p))
+                out.mux(packet)
+        for packet in s.encode():
+            out.mux(packet)
+    return path
+
+
+def grey_ramp(n: int, h: int = 260, w: int = 210) -> np.ndarray:
+    return np.stack([np.full((h, w, 3), (i * 6) % 256, np.uint8) for i in range(n)])
+
+
+def test_a_ten_hour_gap_allocates_nothing(tmp_path):
+    # 2 frames, 10 hours apart: today's reader asked for 900 001 frames (7.3 GiB at 256 px)
+    path = write_with_pts(str(tmp_path / "gap.mkv"), [0, 36_000_000])
+    assert os.path.getsize(path) < 4000
+    with pytest.raises(DataError) as e:
+        video_lib.read_clip(path, PREP)
+    _one_line_naming(e, path)
+    assert "max_seconds=120" in str(e.value) and "36000 s" in str(e.value)
+    # allowed to be that long: the repeated frames are counted, only the model's 32 are kept
+    clip = video_lib.read_clip(path, dataclasses.replace(PREP, max_seconds=40_000.0))
+    assert clip.num_frames == 900_001 and clip.frames.shape == (32, 54, 54, 3)
+    assert (clip.frames == clip.frames[0]).all()          # the first frame, repeated
+
+
+def test_limits_name_the_limit_and_the_flag(tmp_path, clips):
+    path = str(tmp_path / "forty.webm")
+    video_lib.write_video(path, grey_ramp(40), 25)
+    for change, words in [({"max_seconds": 1.0}, "over the limit max_seconds=1"),
+                          ({"max_source_frames": 10}, "more than 10 frames, over the limit max_source_frames=10"),
+                          ({"max_pixels": 210 * 260 - 1}, "210x260 frames, over the limit max_pixels=54599")]:
+        with pytest.raises(DataError) as e:
+            video_lib.read_clip(path, dataclasses.replace(PREP, **change))
+        _one_line_naming(e, path)
+        assert words in str(e.value) and "--max_" in str(e.value), str(e.value)
+    folder = clips[0][0]
+    n = len(video_lib.frame_files(folder))
+    with pytest.raises(DataError, match=f"{n} frame files, over the limit max_source_frames={n - 1}"):
+        video_lib.read_clip(folder, dataclasses.replace(PREP, max_source_frames=n - 1))
+    with pytest.raises(DataError, match="210x260 frames, over the limit max_pixels=100"):
+        video_lib.read_clip(folder, dataclasses.replace(PREP, max_pixels=100))
+
+
+def test_frame_selection_while_streaming_matches_the_whole_clip(tmp_path):
+    """The frames kept while decoding are the frames the old rule chose from the whole clip: the
+    first max_frames, or (two passes) the evenly spaced subset; timestamps out of order dropped."""
+    path = str(tmp_path / "forty.webm")
+    video_lib.write_video(path, grey_ramp(40), 25)
+    whole = video_lib.read_clip(path, dataclasses.replace(PREP, max_frames=1000))
+    assert whole.num_frames == 40 and len(whole.frames) == 40
+    first = video_lib.read_clip(path, PREP)
+    np.testing.assert_array_equal(first.frames, whole.frames[:32])
+    even = video_lib.read_clip(path, dataclasses.replace(PREP, frame_selection="random"))
+    np.testing.assert_array_equal(even.frames, whole.frames[np.linspace(0, 39, 32).round().astype(int)])
+    assert first.num_frames == even.num_frames == 40
+    # a frame folder follows the same rule
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(grey_ramp(40)):
+        Image.fromarray(f).save(folder / f"{i:03d}.png")
+    even = video_lib.read_clip(str(folder), dataclasses.replace(PREP, frame_selection="random"))
+    assert even.num_frames == 40 and [int(f[0, 0, 0]) for f in even.frames] == \
+        [(i * 6) % 256 for i in np.linspace(0, 39, 32).round().astype(int)]
+    # out of order: the frame at 60 ms (after 80 ms) is dropped, as is the second at 120 ms
+    path = write_with_pts(str(tmp_path / "order.mkv"), [0, 40, 80, 60, 120, 120, 160])
+    clip = video_lib.read_clip(path, PREP)
+    assert clip.num_frames == 5 and any("2 frame(s) whose timestamp was not after" in w for w in clip.warnings)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(gaps=st.lists(st.integers(1, 400), min_size=0, max_size=30), start=st.integers(0, 10**6),
+       fps=st.sampled_from([25.0, 30.0, 12.5]), tb=st.sampled_from([1000, 90000, 30000, 25]))
+def test_the_streaming_rule_is_the_nearest_timestamp_rule(gaps, start, fps, tb):
+    """Over the decoded stream, output frame k is the frame nearest to k / fps (ties to the
+    earlier frame): :func:`resample_indices` over the whole list of times, as before."""
+    pts = np.cumsum([start] + gaps)
+    times = [float(Fraction(int(p), tb)) for p in pts]
+    rs = video_lib._Resampler(fps, np.arange(10**6), lambda frame: frame)
+    for i, t in enumerate(times):
+        if rs.push(t):
+            rs.take(t, i)
+    n = rs.finish()
+    want = video_lib.resample_indices(times, fps)
+    assert n == len(want) and rs.frames == want.tolist()
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from hfa_jax.data import video
+prep = video.Preprocessing(size=54, crop_size=48, max_frames=32, frame_selection=sys.argv[3])
+video.read_clip(sys.argv[2], prep)   # FFmpeg and the decoder loaded, their pools warm
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+clip = video.read_clip(sys.argv[1], prep)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(clip.num_frames, len(clip.frames), (peak - base) * 1024)
+"""
+
+
+def test_memory_is_bounded_by_the_model_input_not_the_file(tmp_path):
+    """A 720p clip in a fresh process: the peak memory of reading it (ru_maxrss over a warm
+    baseline) stays far below its full-size frames (what the reader used to hold: 2.8 GB for
+    30 s), in both frame-selection modes (the evenly spaced one decodes twice)."""
+    import subprocess
+    import sys
+
+    n, h, w = 60, 720, 1280
+    x = np.arange(w)[None, :]
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):   # moving stripes: every frame differs, fast to encode
+        frames[i] = (((x + 9 * i) % 256) // 2 + 40)[..., None].astype(np.uint8)
+    big, warm = str(tmp_path / "hd.mp4"), str(tmp_path / "warm.mp4")
+    video_lib.write_video(big, frames, 25, preset="ultrafast")
+    video_lib.write_video(warm, frames[:3], 25, preset="ultrafast")
+    full_size = n * h * w * 3   # 166 MB
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for mode in ("first", "random"):
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, big, warm, mode], capture_output=True, text=True,
+                             cwd=root, timeout=120, env={**os.environ, "PYTHONPATH": root})
+        assert out.returncode == 0, out.stderr[-2000:]
+        num, kept, grew = map(int, out.stdout.split()[-3:])
+        assert (num, kept) == (n, 32)
+        # the bound: 2 x 32 kept frames (0.6 MB) + one 720p frame in RGB and YUV (4 MB) + the
+        # decoder's buffers; measured 3-4 MB. 32 MiB leaves room for the allocator.
+        assert grew < 32 * 2**20 and grew < full_size / 5, (mode, grew)
+
+
+def test_preprocessing_json_in_sane_ranges(tmp_path):
+    good = video_lib.Preprocessing().to_dict()
+    old = {k: v for k, v in good.items() if k not in ("max_seconds", "max_source_frames", "max_pixels")}
+    assert video_lib.Preprocessing.from_dict(old) == video_lib.Preprocessing()   # folders written before the limits
+    for change, words in [({"fps": 1e9}, "fps=1000000000.0 is out of range"), ({"max_frames": 10**9}, "max_frames"),
+                          ({"size": 10**6}, "size=1000000 is out of range"), ({"crop_size": 300}, "larger than size"),
+                          ({"fps": "25"}, "fps='25' is not a number"), ({"max_frames": True}, "is not a number"),
+                          ({"max_frames": 2.5}, "is not a number"), ({"frame_selection": 3}, "is not a string"),
+                          ({"max_seconds": -1}, "max_seconds=-1.0 is out of range")]:
+        path = tmp_path / "preprocessing.json"
+        path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(DataError) as e:
+            video_lib.Preprocessing.load(str(path))
+        _one_line_naming(e, str(path))
+        assert words in str(e.value), str(e.value)
+    path.write_text("[]")
+    with pytest.raises(DataError, match="expected a JSON object"):
+        video_lib.Preprocessing.load(str(path))
+
+
+def test_input_keys_keep_apart_what_the_extension_tells_apart(tmp_path):
+    assert video_lib.input_key(str(tmp_path / "in" / "a.mp4"), str(tmp_path / "in")) == "a.mp4"
+    assert video_lib.input_key(str(tmp_path / "in" / "a"), str(tmp_path / "in") + "/") == "a"
+    assert video_lib.input_key(str(tmp_path / "clip.mov"), str(tmp_path / "clip.mov")) == "clip.mov"
+    assert video_lib.input_key("frames/", "frames/") == "frames"
