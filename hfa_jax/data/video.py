@@ -28,8 +28,8 @@ The rules (:class:`Preprocessing`, stored with an exported model as ``preprocess
 (by its timestamps), ``max_source_frames`` decoded frames (or image files in a frame folder) and
 ``max_pixels`` per frame. A clip over a limit is refused with one line naming the limit.
 
-**Memory.** Reading one clip holds at most: the kept frames twice over while they are stacked
-(``2 * max_frames * size * size * 3`` bytes: 118 MB at HFA's 300 x 256 px, 0.6 MB at the demo's
+**Memory.** Reading one clip holds at most: the kept frames, written in place into one array
+(``max_frames * size * size * 3`` bytes: 59 MB at HFA's 300 x 256 px, 0.3 MB at the demo's
 32 x 54 px), one decoded frame and its RGB copy at the source size (at most ``max_pixels``:
 4.5 * 8.3 M = 37 MB at 4K) and FFmpeg's decoder buffers (a few frames at the source size). It
 does not grow with the clip's length (tests/apps/test_video.py measures it).
@@ -332,8 +332,9 @@ def _read_folder(path: str, prep: Preprocessing) -> tuple[np.ndarray, int, tuple
     if len(files) > prep.max_source_frames:
         raise _limit(path, f"{len(files)} frame files", "max_source_frames", prep.max_source_frames,
                      "max_source_frames")
-    keep = set(kept_indices(len(files), prep).tolist())
-    frames, size = [], None
+    keep = {int(k): j for j, k in enumerate(kept_indices(len(files), prep))}  # file index -> row
+    frames: np.ndarray | None = None
+    size = None
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:  # reads the header only: the size is checked before the pixels
@@ -346,13 +347,16 @@ def _read_folder(path: str, prep: Preprocessing) -> tuple[np.ndarray, int, tuple
                                     f"is {size[0]}x{size[1]}; all frames of a clip must have one size")
                 if i in keep:
                     im.load()
-                    frames.append(map_frame(im, prep))
+                    mapped = map_frame(im, prep)
+                    if frames is None:  # written in place, as the video reader does
+                        frames = np.empty((len(keep),) + mapped.shape, mapped.dtype)
+                    frames[keep[i]] = mapped
         except DataError:
             raise
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"{f}: not a readable image ({e})") from None
-    assert size is not None
-    return np.stack(frames), len(files), size
+    assert size is not None and frames is not None
+    return frames, len(files), size
 
 
 def _decode(path: str, prep: Preprocessing) -> Iterator[tuple[float, Any]]:
@@ -368,6 +372,8 @@ def _decode(path: str, prep: Preprocessing) -> Iterator[tuple[float, Any]]:
         if not container.streams.video:
             raise DataError(f"{path}: the file has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # FFmpeg has no decoder for what the header names
+            raise DataError(f"{path}: the video stream's codec cannot be decoded (codec id {stream.codec_id})")
         w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
         if w * h > prep.max_pixels:
             raise _limit(path, f"{w}x{h} frames", "max_pixels", prep.max_pixels, "max_pixels")
@@ -416,7 +422,9 @@ class _Resampler:
         self.t0: float | None = None
         self.prev: tuple[float, Any] | None = None  # (time since the first frame, frame)
         self.next_k = 0   # the first output frame not yet settled
-        self.frames: list[np.ndarray] = []
+        # the kept frames, written in place: pages past the last one written are never touched
+        self.out: np.ndarray | None = None
+        self.n = 0        # kept frames written
         self.count = 0    # frames taken (not dropped)
         self.dropped = 0  # frames whose time was not after the previous frame's
 
@@ -424,9 +432,17 @@ class _Resampler:
         """Output frames ``next_k .. stop - 1`` show ``frame``."""
         lo, hi = np.searchsorted(self.keep, [self.next_k, stop])
         if hi > lo:
-            mapped = self.map_fn(frame)
-            self.frames.extend([mapped] * int(hi - lo))
+            mapped = np.asarray(self.map_fn(frame))
+            if self.out is None:
+                self.out = np.empty((len(self.keep),) + mapped.shape, mapped.dtype)
+            self.out[self.n: self.n + hi - lo] = mapped
+            self.n += int(hi - lo)
         self.next_k = max(self.next_k, stop)
+
+    @property
+    def frames(self) -> np.ndarray:
+        """The kept frames so far, ``[n, ...]``."""
+        return self.out[: self.n] if self.out is not None else np.zeros((0,))
 
     def push(self, t: float) -> bool:
         """Time of the next decoded frame -> whether it is taken (call :meth:`take` with it)."""
@@ -493,14 +509,15 @@ def _read_video(path: str, prep: Preprocessing) -> tuple[np.ndarray, int, tuple[
     rs, n_out, size, fps_in = one_pass(np.arange(prep.max_frames))
     frames = rs.frames
     if n_out > prep.max_frames and prep.frame_selection != "first":
-        del frames, rs.frames
+        del frames
+        rs.out = None  # freed before the second pass fills its own
         rs, n_again, _, _ = one_pass(kept_indices(n_out, prep))
         if n_again != n_out:  # decoding is deterministic; a file that changes while read is refused
             raise DataError(f"{path}: the video changed while it was read")
         frames = rs.frames
     notes = ([f"{path}: {rs.dropped} frame(s) whose timestamp was not after the previous frame's were dropped"]
              if rs.dropped else [])
-    return np.stack(frames), n_out, size, float(fps_in), notes
+    return frames, n_out, size, float(fps_in), notes
 
 
 def input_warnings(clip: Clip, prep: Preprocessing) -> list[str]:

@@ -1,5 +1,6 @@
 """Tiny trained models and real encoded video for the application tests.
 
+``write_with_pts``: a small video whose frames claim any timestamps.
 ``make_clips``: four SynthSign test clips (210x260 PNG folders at 25 fps) and their sentences.
 ``make_workdirs``: a pretraining workdir (pseudo-gloss head + prototypes, random) and a
 fine-tuning workdir whose tiny model (the demo's ``:smoke`` sizes) was trained for a few hundred
@@ -15,6 +16,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -180,4 +182,24 @@ def encode(folder: str, path: str, *, fps: float = 25.0, canvas: tuple[int, int]
         src = np.minimum(np.floor(np.arange(n) * 25.0 / fps + 0.5).astype(int), len(arr) - 1)
         arr = arr[src]
     video_lib.write_video(path, arr, fps, crf="18") if path.endswith(".mp4") else video_lib.write_video(path, arr, fps)
+    return path
+
+
+def write_with_pts(path: str, pts: list[int], tb: Fraction = Fraction(1, 1000), size: tuple[int, int] = (64, 48)) -> str:
+    """Frames (a different grey each) whose packets claim the given presentation times (in
+    ``tb`` units, in any order), as MJPEG in Matroska: every frame is a key frame, so the
+    timestamps are the container's to claim (the decoding times stay 0, 1, 2, ...)."""
+    import av
+
+    with av.open(path, "w") as out:
+        s = out.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt, s.time_base = size[0], size[1], "yuvj420p", tb
+        for i, p in enumerate(pts):
+            f = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (i * 37) % 256, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            for packet in s.encode(f):
+                packet.time_base, packet.pts, packet.dts = tb, int(p), min(i, int(p))
+                out.mux(packet)
+        for packet in s.encode():
+            out.mux(packet)
     return path

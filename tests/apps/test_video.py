@@ -19,6 +19,7 @@ from PIL import Image
 
 from hfa_jax.data import video as video_lib
 from hfa_jax.errors import DataError
+from tests.apps.fixtures import write_with_pts
 
 # One xdist worker runs the application tests: they share the session's trained model.
 pytestmark = pytest.mark.xdist_group("apps")
@@ -164,26 +165,6 @@ def test_list_inputs(tmp_path, clips, encoded):
 
 
 # ------------------------------------------------------------------------ streaming and the limits
-def write_with_pts(path: str, pts: list[int], tb: Fraction = Fraction(1, 1000), size: tuple[int, int] = (64, 48)) -> str:
-    """Frames (a different grey each) whose packets claim the given presentation times (in
-    ``tb`` units, in any order), as MJPEG in Matroska: every frame is a key frame, so the
-    timestamps are the container's to claim (the decoding times stay 0, 1, 2, ...)."""
-    import av
-
-    with av.open(path, "w") as out:
-        s = out.add_stream("mjpeg", rate=25)
-        s.width, s.height, s.pix_fmt, s.time_base = size[0], size[1], "yuvj420p", tb
-        for i, p in enumerate(pts):
-            f = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (i * 37) % 256, np.uint8), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 25)
-            for packet in s.encode(f):
-                packet.time_base, packet.pts, packet.dts = tb, int(p), min(i, int(p))
-                out.mux(packet)
-        for packet in s.encode():
-            out.mux(packet)
-    return path
-
-
 def grey_ramp(n: int, h: int = 260, w: int = 210) -> np.ndarray:
     return np.stack([np.full((h, w, 3), (i * 6) % 256, np.uint8) for i in range(n)])
 
@@ -260,7 +241,7 @@ def test_the_streaming_rule_is_the_nearest_timestamp_rule(gaps, start, fps, tb):
             rs.take(t, i)
     n = rs.finish()
     want = video_lib.resample_indices(times, fps)
-    assert n == len(want) and rs.frames == want.tolist()
+    assert n == len(want) and rs.frames.tolist() == want.tolist()
 
 
 MEMORY_SCRIPT = """
@@ -298,7 +279,7 @@ def test_memory_is_bounded_by_the_model_input_not_the_file(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         num, kept, grew = map(int, out.stdout.split()[-3:])
         assert (num, kept) == (n, 32)
-        # the bound: 2 x 32 kept frames (0.6 MB) + one 720p frame in RGB and YUV (4 MB) + the
+        # the bound: 32 kept frames (0.3 MB) + one 720p frame in RGB and YUV (4 MB) + the
         # decoder's buffers; measured 3-4 MB. 32 MiB leaves room for the allocator.
         assert grew < 32 * 2**20 and grew < full_size / 5, (mode, grew)
 

@@ -53,17 +53,17 @@ def read_or_one_line(path: str, prep: video_lib.Preprocessing = PREP) -> video_l
     return clip
 
 
-@pytest.fixture(scope="module")
-def seeds(tmp_path_factory) -> dict[str, bytes]:
-    """Small real files of each kind the page and the CLI see, as bytes to mutate."""
-    d = tmp_path_factory.mktemp("seeds")
-    frames = np.stack([np.full((48, 64, 3), 20 * i, np.uint8) for i in range(10)])
-    out = {}
-    for ext in ("mp4", "webm", "avi", "mkv"):
-        path = str(d / f"seed.{ext}")
+_SEEDS: dict[str, bytes] = {}
+
+
+def seed(kind: str, folder) -> bytes:
+    """A small real file of each kind the page and the CLI see, as bytes to mutate (made once)."""
+    if kind not in _SEEDS:
+        frames = np.stack([np.full((48, 64, 3), 20 * i, np.uint8) for i in range(10)])
+        path = os.path.join(str(folder), f"seed.{kind}")
         video_lib.write_video(path, frames, 25)
-        out[ext] = open(path, "rb").read()
-    return out
+        _SEEDS[kind] = open(path, "rb").read()
+    return _SEEDS[kind]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ def test_random_bytes(tmp_path, peak_before, data, ext):
        flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=24),
        cut=st.one_of(st.none(), st.floats(0, 1)),
        repeat=st.one_of(st.none(), st.tuples(st.floats(0, 1), st.floats(0, 1), st.integers(1, 4))))
-def test_mutated_real_files(tmp_path, peak_before, seeds, kind, flips, cut, repeat):
-    data = bytearray(seeds[kind])
+def test_mutated_real_files(tmp_path, peak_before, kind, flips, cut, repeat):
+    data = bytearray(seed(kind, tmp_path))
     for where, value in flips:
         data[int(where * len(data))] = value
     if repeat is not None:  # a chunk repeated: boxes and clusters claiming the wrong sizes
