@@ -373,7 +373,7 @@ def _decode(path: str, prep: Preprocessing) -> Iterator[tuple[float, Any]]:
             raise DataError(f"{path}: the file has no video stream")
         stream = container.streams.video[0]
         if stream.codec_context is None:  # FFmpeg has no decoder for what the header names
-            raise DataError(f"{path}: the video stream's codec cannot be decoded (codec id {stream.codec_id})")
+            raise DataError(f"{path}: FFmpeg has no decoder for the codec of its video stream")
         w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
         if w * h > prep.max_pixels:
             raise _limit(path, f"{w}x{h} frames", "max_pixels", prep.max_pixels, "max_pixels")
