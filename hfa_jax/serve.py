@@ -174,7 +174,11 @@ def build_app(translator, examples: list[str] | None = None, *, workers: int = W
                              elem_id="alignment", interactive=False)
         timeline = gr.Image(label="Pseudo-gloss timeline", type="numpy", elem_id="timeline", interactive=False,
                             visible=translator.has_pseudo_gloss_head)
-        video.change(lambda p: translate_for_page(translator, p, keep), inputs=[video],
+        def handle(path: str | None):
+            # example clips are served from Gradio's cache too (its copies are in keep_in_cache)
+            return translate_for_page(translator, path, keep | {os.path.realpath(k) for k in video.keep_in_cache})
+
+        video.change(handle, inputs=[video],
                      outputs=[text, strip, alignment, timeline, info], api_name="translate",
                      concurrency_limit=workers, concurrency_id="translate")
     app.queue(max_size=queue, default_concurrency_limit=workers)

@@ -62,6 +62,28 @@ def test_page_through_the_gradio_client(page_url, tmp_path, translator, encoded)
     assert "Traceback" not in info
 
 
+def test_uploads_are_deleted_and_example_clips_kept(translator, encoded, tmp_path, monkeypatch):
+    """Through the page's handler: an upload (a file in Gradio's upload folder) is deleted once
+    translated, an example clip (Gradio's cached copy) is kept for the next click."""
+    from hfa_jax import serve
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    app = serve.build_app(translator, examples=[encoded["mp4"][0]])
+    handler = next(fn.fn for fn in app.fns.values() if fn.api_name == "translate")
+    (example,) = [c for c in app.blocks.values() if getattr(c, "keep_in_cache", None)][0].keep_in_cache
+    upload = tmp_path / "gradio" / "0123abcd" / "mine.mp4"
+    upload.parent.mkdir(parents=True)
+    shutil.copy(encoded["mp4"][1], upload)
+    want = translator([encoded["mp4"][0], encoded["mp4"][1]])
+    assert handler(example)[0] == want[0] and os.path.isfile(example)
+    assert handler(str(upload))[0] == want[1]
+    assert not upload.exists() and not upload.parent.exists()
+    text, _, _, _, info = handler(str(upload))            # a second request for a deleted upload
+    assert text == "" and "upload it again" in info and str(tmp_path) not in info
+    assert handler(example)[0] == want[0]                  # the example still works
+    assert os.path.isfile(encoded["mp4"][0])               # and its original is untouched
+
+
 def test_page_without_pseudo_gloss_head_says_so(translator, encoded):
     from hfa_jax import serve
 
