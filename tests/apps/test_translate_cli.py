@@ -167,3 +167,11 @@ def test_workdir_with_relative_paths_loads_from_anywhere(tmp_path, monkeypatch, 
         assert t.has_pseudo_gloss_head, cwd
         assert os.path.isabs(t.bundle.tokenizer_dir) and t.bundle.tokenizer_dir.startswith(str(runs))
         assert [list(map(int, s)) for s in t.translate_clips([t.read(clips[0][0])])] == png_tokens[:1]
+    # exported from it (here: the project folder), then loaded by a relative path from elsewhere
+    from hfa_jax import export
+
+    export.export("runs/finetune2", "exported")
+    monkeypatch.chdir(elsewhere)
+    t = Translator.from_pretrained("../project/exported")
+    assert t.has_pseudo_gloss_head
+    assert [list(map(int, s)) for s in t.translate_clips([t.read(clips[0][0])])] == png_tokens[:1]
