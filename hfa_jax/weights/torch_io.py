@@ -22,7 +22,8 @@ safetensors format itself prescribes (bounded header, validated offsets) and as
   with Python integers (no fixed-width overflow) before any view of the bytes exists;
 - each zip member's and the whole file's decompressed size are capped (:class:`ReadLimits`):
   the caps are checked against the sizes the archive declares before anything is allocated, and
-  members are stream-read with the declared size as a hard limit;
+  members are stream-read with the declared size as a hard limit (only stored and deflated
+  members: zipfile inflates the others in one unbounded call);
 - safetensors offsets must lie inside the file, agree with dtype x shape, and not overlap.
 
 Anything else raises one :class:`CheckpointError` line naming the file and the tensor (or
@@ -357,6 +358,12 @@ class _Archive:
         except KeyError:
             raise CheckpointError(f"{self.path}: the archive has no member {_name(name)}; "
                                   "the file is truncated or corrupt") from None
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            # torch.save stores members uncompressed. zipfile inflates bzip2 and LZMA in one call
+            # however much comes out, so a 1 KB member could take gigabytes before any check.
+            raise CheckpointError(f"{self.path}: member {_name(name)} uses zip compression method "
+                                  f"{info.compress_type}; only stored or deflated members are read "
+                                  "(torch.save writes stored ones), re-save the checkpoint")
         if info.header_offset + info.compress_size > self.file_size:
             raise CheckpointError(f"{self.path}: member {_name(name)} claims {info.compress_size} bytes past the "
                                   "end of the file; the file is truncated or corrupt")
@@ -403,9 +410,9 @@ class _Archive:
         size, stride = tuple(size), tuple(stride)
         if offset < 0 or any(x < 0 for x in (*size, *stride)):
             raise CheckpointError(f"{where}: negative size, stride or storage offset; the file is corrupt")
+        raw = self.storage(st.key)
         numel = math.prod(size)
         self._take(numel * dtype.itemsize, f"tensor {_name(key)}")
-        raw = self.storage(st.key)
         n, rest = divmod(len(raw), dtype.itemsize)
         if rest:
             raise CheckpointError(f"{where}: storage {_name(st.key)} of {len(raw)} bytes is not a whole number of "
