@@ -135,9 +135,18 @@ def read_checkpoint(path: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: expected a dict (a Lightning checkpoint), got {type(obj).__name__}")
     if "state_dict" not in obj:
         if all(isinstance(v, np.ndarray) for v in obj.values()):
-            return {"state_dict": obj}
-        raise CheckpointError(f"{path}: no 'state_dict' entry; not a Lightning checkpoint "
-                              f"(top-level keys: {sorted(k[:40] for k in obj if isinstance(k, str))[:8]})")
+            obj = {"state_dict": obj}
+        else:
+            raise CheckpointError(f"{path}: no 'state_dict' entry; not a Lightning checkpoint "
+                                  f"(top-level keys: {sorted(k[:40] for k in obj if isinstance(k, str))[:8]})")
+    sd = obj["state_dict"]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: 'state_dict' is a {type(sd).__name__}, not a dict of tensors")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            name = repr(k)[:80] if isinstance(k, str) else f"a {type(k).__name__} key"
+            raise CheckpointError(f"{path}: state_dict entry {name} is a {type(v).__name__}, not a tensor; "
+                                  "re-save only the tensors")
     return obj
 
 
