@@ -1,6 +1,7 @@
 """The crafted files of tests/resources/hostile: each gives its one CheckpointError line, in a
-child process (a crash shows as a signal, not as a dead test run) within a few MB of memory;
-and ``tests.hostile.craft`` still makes them byte for byte."""
+child process (a crash shows as a signal, not as a dead test run) within a few MB of memory,
+and through ``python -m hfa_jax.convert``; and ``tests.hostile.craft`` still makes them byte for
+byte."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from hfa_jax.convert import lightning_io
+from hfa_jax.convert.__main__ import _count, main
+from hfa_jax.errors import CheckpointError
+from hfa_jax.weights import torch_save
 from tests.hostile import craft
 
 # file -> a fragment of its one-line error
@@ -66,3 +73,18 @@ def test_the_corpus_is_what_craft_makes():
     for name, data in craft.corpus(bombs=False).items():
         with open(os.path.join(craft.CORPUS, name), "rb") as f:
             assert f.read() == data, name
+
+
+def test_convert_cli_gives_one_line_for_each_hostile_checkpoint(tmp_path, capsys):
+    bad_sd = torch_save.save({"state_dict": {"w": 3}}, str(tmp_path / "int_entry.ckpt"))
+    bad_step = torch_save.save({"state_dict": {}, "global_step": "many"}, str(tmp_path / "bad_step.ckpt"))
+    cases = {os.path.join(craft.CORPUS, n): f for n, f in EXPECTED.items() if n.endswith(".pth")}
+    cases[bad_sd] = "state_dict entry 'w' is a int, not a tensor"
+    for path, fragment in cases.items():
+        with pytest.raises(SystemExit) as e:
+            main(["from-lightning", "--ckpt", path, "--stage", "finetune", "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and fragment in err and path in err, err
+    assert lightning_io.read_checkpoint(bad_step)["global_step"] == "many"  # (read; from_lightning checks it)
+    with pytest.raises(CheckpointError, match="key 'global_step' is a str, not a count"):
+        _count({"global_step": "many"}, "global_step", bad_step)
