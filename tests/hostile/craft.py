@@ -34,6 +34,7 @@ class Tensor:
     size: tuple
     stride: tuple
     storage_type: str = "FloatStorage"
+    numel: int = 0  # the storage's element count, as the persistent id states it (torch.load uses it)
 
 
 def tensor_pickle(tensors: dict[str, Tensor]) -> bytes:
@@ -53,7 +54,7 @@ def tensor_pickle(tensors: dict[str, Tensor]) -> bytes:
             em._global("torch", t.storage_type)
             em._str(t.key)
             em._str("cpu")
-            em._int(0)
+            em._int(t.numel)
             em._w(b"tQ")
             em._int(t.offset)
             em._tuple(t.size)
