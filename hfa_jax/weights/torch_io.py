@@ -41,6 +41,7 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from typing import Any, Iterator, Mapping
@@ -71,9 +72,12 @@ class ReadLimits:
     torch archive allocates (decompressed members plus the tensors built from them). ratio: that
     same total, as a multiple of the file's size on disk; ``torch.save`` stores members
     uncompressed and builds each tensor once, so a genuine file needs about 2x, while a zip bomb
-    or a tensor with stride 0 over a tiny storage asks for far more. pickle_bytes: ``data.pkl``
-    (every object the unpickler builds comes from its bytes; the DINOv2, mBART and the HFA
-    authors' checkpoints need under 1 MiB). header_bytes: a safetensors JSON header.
+    or a tensor with stride 0 over a tiny storage asks for far more. pickle_bytes and
+    pickle_ops: ``data.pkl``'s size and its number of pickle opcodes, counted before it is
+    unpickled (each opcode builds at most one object, so these bound the unpickler's memory:
+    about 150 MB and a few seconds at the limits). ``torch.save`` spends some 30 opcodes and
+    90 bytes per tensor: a Lightning checkpoint with Adam states, about 130 opcodes per
+    parameter, fits 7000 parameters (the HFA model has about 1000). header_bytes: a safetensors JSON header.
 
     The first three can be changed with the environment variables of :data:`LIMIT_ENV`
     (bytes, or a number with K, M, G or T for binary multiples); :meth:`from_env` reads them."""
@@ -82,6 +86,7 @@ class ReadLimits:
     total_bytes: int = 64 * GiB
     ratio: int = 100
     pickle_bytes: int = 8 * MiB
+    pickle_ops: int = 1_000_000
     header_bytes: int = 16 * MiB
 
     @classmethod
@@ -338,7 +343,7 @@ class _Archive:
         self.budget = min(limits.total_bytes, limits.ratio * self.file_size)
         self.used = 0
         self._storages: dict[str, bytearray] = {}
-        self._built: dict[int, np.ndarray] = {}
+        self._built: dict[int, Any] = {}  # id(tensor ref or container) -> what replaces it
 
     def _take(self, nbytes: int, what: str) -> None:
         if self.used + nbytes > self.budget:
@@ -431,35 +436,43 @@ class _Archive:
         strides = tuple(t * dtype.itemsize if s > 1 else 0 for s, t in zip(size, stride))
         return np.array(np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=strides))
 
-    def build(self, obj: Any, key: str = "", depth: int = 0, seen: set[int] | None = None) -> Any:
+    def build(self, obj: Any, where: tuple = (), depth: int = 0) -> Any:
         """``obj`` with every :class:`_TensorRef` in it replaced by its array; containers are
-        walked in place (dicts, lists, attribute objects) or rebuilt (tuples). ``key`` names the
-        place for messages: dict keys joined with ``/``."""
-        seen = set() if seen is None else seen
+        walked in place (dicts, lists, attribute objects) or rebuilt (tuples), each once however
+        often the pickle refers to it. ``where`` is the place, ``(parent's where, key)``, spelt
+        out (dict keys joined with ``/``) only for a message."""
+        if id(obj) in self._built:  # one pickled tensor (or container) referenced twice stays one
+            return self._built[id(obj)]
         if isinstance(obj, _TensorRef):
-            if id(obj) not in self._built:  # one pickled tensor referenced twice stays one array
-                self._built[id(obj)] = self.tensor(obj, key)
+            self._built[id(obj)] = self.tensor(obj, _spell(where))
             return self._built[id(obj)]
         if not isinstance(obj, (dict, list, tuple)) and not isinstance(getattr(obj, "__dict__", None), dict):
             return obj
         if depth > 64:
-            raise CheckpointError(f"{self.path}: {_name(key)} is nested more than 64 levels deep; the file is corrupt")
-        if id(obj) in seen:
-            return obj
-        seen.add(id(obj))
-        sub = lambda k: f"{key}/{k}" if key else str(k)  # noqa: E731
+            raise CheckpointError(f"{self.path}: {_name(_spell(where))} is nested more than 64 levels deep; "
+                                  "the file is corrupt")
+        self._built[id(obj)] = obj  # (a container that holds itself is walked once)
         if isinstance(obj, dict):
-            for k in list(obj):
-                obj[k] = self.build(obj[k], sub(k), depth + 1, seen)
+            for k, v in list(obj.items()):
+                obj[k] = self.build(v, (where, k), depth + 1)
         elif isinstance(obj, list):
             for i, v in enumerate(obj):
-                obj[i] = self.build(v, sub(i), depth + 1, seen)
+                obj[i] = self.build(v, (where, i), depth + 1)
         elif isinstance(obj, tuple):
-            obj = tuple(self.build(v, sub(i), depth + 1, seen) for i, v in enumerate(obj))
+            self._built[id(obj)] = tuple(self.build(v, (where, i), depth + 1) for i, v in enumerate(obj))
         elif not callable(obj):  # a plain-data stand-in (hfa_jax.convert.lightning_io.PickledObject)
             for k, v in list(vars(obj).items()):
-                vars(obj)[k] = self.build(v, sub(k), depth + 1, seen)
-        return obj
+                vars(obj)[k] = self.build(v, (where, k), depth + 1)
+        return self._built[id(obj)]
+
+
+def _spell(where: tuple) -> str:
+    """``(((), "state_dict"), "w")`` -> ``"state_dict/w"``."""
+    parts = []
+    while where:
+        where, k = where
+        parts.append(str(k))
+    return "/".join(reversed(parts))
 
 
 def read_torch_pickle(path: str, unpickler: type[_TorchZipUnpickler] = _TorchZipUnpickler,
@@ -491,6 +504,10 @@ def read_torch_pickle(path: str, unpickler: type[_TorchZipUnpickler] = _TorchZip
                     raise CheckpointError(f"{path}: byte order {_name(order)}, only 'little' is read; re-save the "
                                           "checkpoint on a little-endian machine")
             data = archive.read_member(pkl[0], limits.pickle_bytes, "data.pkl")
+            for n, _ in enumerate(pickletools.genops(data)):  # (raises ValueError on a bad stream)
+                if n >= limits.pickle_ops:
+                    raise CheckpointError(f"{path}: data.pkl has more than {limits.pickle_ops} pickle opcodes; "
+                                          "a checkpoint of tensors needs far fewer, refusing to read it")
             obj = unpickler(io.BytesIO(data), path).load()
             del data
             return archive.build(obj)
