@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 import struct
 import sys
 import zipfile
@@ -68,17 +69,17 @@ def tensor_pickle(tensors: dict[str, Tensor]) -> bytes:
 
 
 def torch_zip(pickle_bytes: bytes, storages: dict[str, bytes], *, compression: int = zipfile.ZIP_STORED,
-              declared_sizes: dict[str, int] | None = None) -> bytes:
+              declared_sizes: dict[str, int] | None = None, pickle_compression: int = zipfile.ZIP_STORED) -> bytes:
     """A torch.save-layout zip archive (``archive/data.pkl``, ``archive/data/<key>``) with the
-    storages compressed by ``compression``. ``declared_sizes`` overrides a member's declared
-    uncompressed size (a lying header)."""
+    storages compressed by ``compression`` (the pickle by ``pickle_compression``).
+    ``declared_sizes`` overrides a member's declared uncompressed size (a lying header)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         def put(name: str, data: bytes, method: int) -> None:
             info = zipfile.ZipInfo(name, date_time=_DATE)
             info.compress_type = method
             zf.writestr(info, data)
-        put("archive/data.pkl", pickle_bytes, zipfile.ZIP_STORED)
+        put("archive/data.pkl", pickle_bytes, pickle_compression)
         put("archive/byteorder", b"little", zipfile.ZIP_STORED)
         for key, data in storages.items():
             put(f"archive/data/{key}", data, compression)
@@ -165,6 +166,11 @@ def corpus(bombs: bool = True) -> dict[str, bytes]:
         # the storage member declares 4 GiB in its headers but holds 16 bytes.
         "lying_member_size.pth": torch_zip(tensor_pickle({"w": Tensor("0", 0, (4,), (1,))}), {"0": four},
                                            declared_sizes={"0": (1 << 32) - 1}),
+        # 1.2 million empty dicts in a list (the pickle deflated to 1 KB, a 12 KB random storage
+        # beside it): unpickled, some 200 MB of objects from a 13 KB file.
+        "pickle_object_bomb.pth": torch_zip(b"\x80\x02](" + b"}" * 1_200_000 + b"e.",
+                                            {"0": random.Random(0).randbytes(12_000)},
+                                            pickle_compression=zipfile.ZIP_DEFLATED),
         # a payload: the pickle calls os.system.
         "pickle_payload.pth": torch_zip(b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.", {}),
         # shape 2**32 x 2**32 floats: 2**66 bytes, 0 in int64 arithmetic; offsets [0, 0].

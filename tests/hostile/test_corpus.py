@@ -28,6 +28,7 @@ EXPECTED = {
     "zip_bomb_deflate_64mib.pth": "member 'archive/data/0' needs 67108864 bytes more, over 100 x the file's",
     "lying_member_size.pth": "member 'archive/data/0' is stored but declares two sizes",
     "pickle_payload.pth": "refusing to unpickle posix.system",
+    "pickle_object_bomb.pth": "data.pkl has more than 1000000 pickle opcodes",
     "safetensors_overflow_shape.safetensors": "tensor 'w' spans bytes [0, 0) but its shape needs 73786976294838206464",
     "safetensors_negative_shape.safetensors": "tensor 'w': negative shape [-1, -4]",
     "safetensors_overlap.safetensors": "tensor 'w1' overlaps tensor 'w0'",
