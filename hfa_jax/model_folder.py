@@ -100,7 +100,8 @@ def load_export(folder: str) -> ModelBundle:
             raise CheckpointError(f"{folder}: incomplete model folder, {name} is missing; export it again with "
                                   "python -m hfa_jax.export --workdir WORKDIR --out FOLDER")
     info = read_json(os.path.join(folder, EXPORT_MARKER), EXPORT_FIELDS)
-    config = config_dict(read_json(os.path.join(folder, "config.json"), CONFIG_FIELDS), os.path.join(folder, "config.json"))
+    config_path = os.path.join(folder, "config.json")
+    config = config_dict(read_json(config_path, CONFIG_FIELDS), config_path)
     if info["format"] != FORMAT_VERSION:
         raise CheckpointError(f"{folder}: model folder format {info.get('format')} is not {FORMAT_VERSION}; "
                               "export it again with this version of hfa_jax")
@@ -225,12 +226,12 @@ def load_workdir(workdir: str) -> ModelBundle:
 _MAX_JSON_BYTES = 64 << 20  # the largest config.json / vocabulary hfa_jax writes is under 1 MiB
 
 
-def _number(lo: float, hi: float) -> tuple[str, Any]:
+def _number(lo: float, hi: float) -> tuple[str, object]:
     return (f"a number in [{lo:g}, {hi:g}]",
             lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi)
 
 
-def _integer(lo: int, hi: int) -> tuple[str, Any]:
+def _integer(lo: int, hi: int) -> tuple[str, object]:
     return f"an integer in [{lo}, {hi}]", lambda v: type(v) is int and lo <= v <= hi
 
 
@@ -238,16 +239,17 @@ _OBJECT = ("an object", lambda v: isinstance(v, dict))
 _STRING = ("a string", lambda v: isinstance(v, str))
 _OPT_STRING = ("a string or null", lambda v: v is None or isinstance(v, str))
 _BUCKETS = ("a non-empty list of positive integers",
-            lambda v: isinstance(v, list) and 0 < len(v) <= 1024 and all(type(b) is int and 0 < b <= 1_000_000 for b in v))
+            lambda v: isinstance(v, list) and 0 < len(v) <= 1024
+            and all(type(b) is int and 0 < b <= 1_000_000 for b in v))
 
 # hfa_export.json
-EXPORT_FIELDS: dict[str, tuple[tuple[str, Any], bool]] = {
+EXPORT_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
     "format": (_integer(0, 1_000_000), True),
     "model": (_OBJECT, True),
     "step": (("an integer or null", lambda v: v is None or type(v) is int), False),
 }
 # config.json: what Translator and the model card read (an exported folder's and a workdir's)
-CONFIG_FIELDS: dict[str, tuple[tuple[str, Any], bool]] = {
+CONFIG_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
     "data": (_OBJECT, True),
     "data.buckets": (_BUCKETS, True),
     "data.lang": (_STRING, False),
@@ -257,7 +259,7 @@ CONFIG_FIELDS: dict[str, tuple[tuple[str, Any], bool]] = {
     "eval.length_penalty": (_number(-100, 100), False),
 }
 # ... and what loading a workdir reads besides (training_preprocessing, load_workdir)
-WORKDIR_CONFIG_FIELDS: dict[str, tuple[tuple[str, Any], bool]] = {
+WORKDIR_CONFIG_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
     **CONFIG_FIELDS,
     "model": (_OBJECT, True),
     "train": (_OBJECT, True),
@@ -273,7 +275,7 @@ WORKDIR_CONFIG_FIELDS: dict[str, tuple[tuple[str, Any], bool]] = {
 }
 # preprocessing.json: sane ranges, so that no file can ask for gigabytes per clip (a frame rate
 # of 1e9, a 100000-pixel square); the training data of every supported dataset sits well inside.
-PREPROCESSING_FIELDS: dict[str, tuple[tuple[str, Any], bool]] = {
+PREPROCESSING_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
     "fps": (_number(1, 120), True),
     "source_width": (_integer(1, 8192), True),
     "source_height": (_integer(1, 8192), True),
@@ -284,20 +286,20 @@ PREPROCESSING_FIELDS: dict[str, tuple[tuple[str, Any], bool]] = {
                          lambda v: v in pipeline.FRAME_SELECTIONS), True),
 }
 # pseudo_glosses.json
-PSEUDO_GLOSS_FIELDS: dict[str, tuple[tuple[str, Any], bool]] = {
-    "vocab": (("a non-empty list of strings", lambda v: isinstance(v, list) and v and all(isinstance(s, str) for s in v)),
-              True),
+PSEUDO_GLOSS_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
+    "vocab": (("a non-empty list of strings",
+               lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) for s in v)), True),
     "exact": (("true or false", lambda v: isinstance(v, bool)), True),
 }
 
 
-def _describe(v: Any) -> str:
+def _describe(v: object) -> str:
     text = json.dumps(v) if isinstance(v, (int, float, str, bool)) or v is None else type(v).__name__
     text = {"dict": "an object", "list": "a list"}.get(text, text)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def read_json(path: str, fields: dict[str, tuple[tuple[str, Any], bool]], error: type = CheckpointError,
+def read_json(path: str, fields: dict[str, tuple[tuple[str, object], bool]], error: type = CheckpointError,
               hint: str = "export the model again") -> dict:
     """The JSON object in ``path``, checked against ``fields`` (dotted key -> ((what, test),
     required)). Raises ``error`` (one line naming the file and the key, then ``hint``)."""
@@ -313,7 +315,7 @@ def read_json(path: str, fields: dict[str, tuple[tuple[str, Any], bool]], error:
     if not isinstance(data, dict):
         raise error(f"{path}: holds {_describe(data)}, not a JSON object; {hint}")
     for key, ((what, test), required) in fields.items():
-        node: Any = data
+        node: object = data
         for part in key.split("."):
             node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
         if node is _MISSING:
@@ -377,7 +379,7 @@ def model_config_from_export(info: dict, path: str) -> hfa.HFAConfig:
     return cfg
 
 
-def _mistyped(cfg: Any, prefix: str) -> tuple[str, Any, str] | None:
+def _mistyped(cfg: object, prefix: str) -> tuple[str, object, str] | None:
     """The first field of the (nested) config dataclass ``cfg`` whose value is not of its
     default's kind (bool, int, float, str, or a nested config), as (key, value, wanted)."""
     for f in dataclasses.fields(cfg):
