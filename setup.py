@@ -38,6 +38,7 @@ TEST = [
     "peft==0.21.2",
     "pycocoevalcap==1.2",
     "rouge-score==0.1.2",
+    "hypothesis==6.155.2",  # property-based tests of the readers of untrusted files (tests/hostile)
 ]
 
 # The web page (python -m hfa_jax.serve): pip install -e ".[app]".

@@ -14,7 +14,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from hfa_jax import demo
+from hfa_jax import config_cli, demo
 from hfa_jax.errors import ConfigError, UserError
 from hfa_jax.train import loop
 
@@ -71,7 +71,7 @@ def _main(argv) -> None:
 
 
 def main() -> None:
-    app.run(_main)
+    app.run(_main, flags_parser=config_cli.parse_flags)  # --config errors: one line
 
 
 if __name__ == "__main__":

@@ -99,14 +99,10 @@ def load_export(folder: str) -> ModelBundle:
         if not os.path.isfile(os.path.join(folder, name)):
             raise CheckpointError(f"{folder}: incomplete model folder, {name} is missing; export it again with "
                                   "python -m hfa_jax.export --workdir WORKDIR --out FOLDER")
-    try:
-        with open(os.path.join(folder, EXPORT_MARKER)) as f:
-            info = json.load(f)
-        with open(os.path.join(folder, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    except ValueError as e:
-        raise CheckpointError(f"{folder}: {EXPORT_MARKER} or config.json is not valid JSON ({e})") from None
-    if int(info.get("format", -1)) != FORMAT_VERSION:
+    info = read_json(os.path.join(folder, EXPORT_MARKER), EXPORT_FIELDS)
+    config_path = os.path.join(folder, "config.json")
+    config = config_dict(read_json(config_path, CONFIG_FIELDS), config_path)
+    if info["format"] != FORMAT_VERSION:
         raise CheckpointError(f"{folder}: model folder format {info.get('format')} is not {FORMAT_VERSION}; "
                               "export it again with this version of hfa_jax")
     try:
@@ -118,12 +114,10 @@ def load_export(folder: str) -> ModelBundle:
     head = tree.pop("pretrain_head", None)
     pg = None
     if head is not None and os.path.isfile(os.path.join(folder, PSEUDO_GLOSSES)):
-        with open(os.path.join(folder, PSEUDO_GLOSSES)) as f:
-            names = json.load(f)
-        pg = PseudoGlossHeadBundle(head["pg_head"], head["prototypes"], list(names["vocab"]), bool(names["exact"]))
-    return ModelBundle(config=config, model_cfg=hfa.HFAConfig.from_config(info["model"]), variables=tree,
-                       tokenizer_dir=os.path.join(folder, TOKENIZER_DIR),
-                       preprocessing=video_lib.Preprocessing.load(os.path.join(folder, PREPROCESSING)),
+        pg = _pseudo_gloss_head(head, os.path.join(folder, PSEUDO_GLOSSES))
+    return ModelBundle(config=config, model_cfg=model_config_from_export(info, os.path.join(folder, EXPORT_MARKER)),
+                       variables=tree, tokenizer_dir=os.path.join(folder, TOKENIZER_DIR),
+                       preprocessing=read_preprocessing(os.path.join(folder, PREPROCESSING)),
                        step=info.get("step"), pg_head=pg, source=os.path.abspath(folder))
 
 
@@ -156,11 +150,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{workdir}: no config.json; pass a fine-tuning workdir or an exported model folder")
-    try:
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except ValueError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    hint = "the workdir's config.json is damaged; restore it"
+    return config_dict(read_json(path, WORKDIR_CONFIG_FIELDS, ConfigError, hint), path, ConfigError, hint)
 
 
 def training_preprocessing(config, folder: str = "") -> video_lib.Preprocessing:
@@ -249,3 +240,189 @@ def load_workdir(workdir: str) -> ModelBundle:
                        tokenizer_dir=tok_dir, preprocessing=training_preprocessing(config, workdir),
                        step=meta.get("step"), pg_head=find_pretrain_head(config, variables, workdir),
                        source=os.path.abspath(workdir))
+
+
+# ------------------------------------------------------------------------------------------
+# Checking the JSON files of a model folder or workdir before anything reads a field of them.
+# Each file's fields are a table: dotted key -> (what it must be, a test, required). A file
+# that is not JSON, not an object, misses a required key or has a value outside its range
+# raises one line naming the file and the key; nothing past the check meets a wrong shape.
+
+_MAX_JSON_BYTES = 64 << 20  # the largest config.json / vocabulary hfa_jax writes is under 1 MiB
+
+
+def _number(lo: float, hi: float) -> tuple[str, object]:
+    return (f"a number in [{lo:g}, {hi:g}]",
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi)
+
+
+def _integer(lo: int, hi: int) -> tuple[str, object]:
+    return f"an integer in [{lo}, {hi}]", lambda v: type(v) is int and lo <= v <= hi
+
+
+_OBJECT = ("an object", lambda v: isinstance(v, dict))
+_STRING = ("a string", lambda v: isinstance(v, str))
+_OPT_STRING = ("a string or null", lambda v: v is None or isinstance(v, str))
+_BUCKETS = ("a non-empty list of positive integers",
+            lambda v: isinstance(v, list) and 0 < len(v) <= 1024
+            and all(type(b) is int and 0 < b <= 1_000_000 for b in v))
+
+# hfa_export.json
+EXPORT_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
+    "format": (_integer(0, 1_000_000), True),
+    "model": (_OBJECT, True),
+    "step": (("an integer or null", lambda v: v is None or type(v) is int), False),
+}
+# config.json: what Translator and the model card read (an exported folder's and a workdir's)
+CONFIG_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
+    "data": (_OBJECT, True),
+    "data.buckets": (_BUCKETS, True),
+    "data.lang": (_STRING, False),
+    "eval": (_OBJECT, True),
+    "eval.num_beams": (_integer(1, 64), True),
+    "eval.max_new_tokens": (_integer(1, 4096), True),
+    "eval.length_penalty": (_number(-100, 100), False),
+}
+# ... and what loading a workdir reads besides (training_preprocessing, load_workdir)
+WORKDIR_CONFIG_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
+    **CONFIG_FIELDS,
+    "model": (_OBJECT, True),
+    "train": (_OBJECT, True),
+    "train.stage": (_STRING, True),
+    "train.init_from": (_OPT_STRING, False),
+    "data.tokenizer_dir": (_STRING, True),
+    "data.dataset_dir": (_STRING, False),
+    "data.train_split": (_STRING, False),
+    "data.crop_size": (_integer(16, 1024), True),
+    "data.max_frames": (_integer(1, 4096), True),
+    "data.frame_selection": (("one of " + "|".join(pipeline.FRAME_SELECTIONS),
+                              lambda v: v in pipeline.FRAME_SELECTIONS), True),
+}
+# preprocessing.json: sane ranges, so that no file can ask for gigabytes per clip (a frame rate
+# of 1e9, a 100000-pixel square); the training data of every supported dataset sits well inside.
+PREPROCESSING_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
+    "fps": (_number(1, 120), True),
+    "source_width": (_integer(1, 8192), True),
+    "source_height": (_integer(1, 8192), True),
+    "size": (_integer(16, 1024), True),
+    "crop_size": (_integer(16, 1024), True),
+    "max_frames": (_integer(1, 4096), True),
+    "frame_selection": (("one of " + "|".join(pipeline.FRAME_SELECTIONS),
+                         lambda v: v in pipeline.FRAME_SELECTIONS), True),
+}
+# pseudo_glosses.json
+PSEUDO_GLOSS_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
+    "vocab": (("a non-empty list of strings",
+               lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) for s in v)), True),
+    "exact": (("true or false", lambda v: isinstance(v, bool)), True),
+}
+
+
+def _describe(v: object) -> str:
+    text = json.dumps(v) if isinstance(v, (int, float, str, bool)) or v is None else type(v).__name__
+    text = {"dict": "an object", "list": "a list"}.get(text, text)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_json(path: str, fields: dict[str, tuple[tuple[str, object], bool]], error: type = CheckpointError,
+              hint: str = "export the model again") -> dict:
+    """The JSON object in ``path``, checked against ``fields`` (dotted key -> ((what, test),
+    required)). Raises ``error`` (one line naming the file and the key, then ``hint``)."""
+    try:
+        if os.path.getsize(path) > _MAX_JSON_BYTES:
+            raise error(f"{path}: {os.path.getsize(path)} bytes, more than any hfa_jax JSON file; {hint}")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise error(f"{path}: cannot read it ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # (also a file that is not UTF-8)
+        raise error(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]}); {hint}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: holds {_describe(data)}, not a JSON object; {hint}")
+    for key, ((what, test), required) in fields.items():
+        node: object = data
+        for part in key.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is _MISSING:
+            if required:
+                raise error(f"{path}: key {key!r} is missing; {hint}")
+            continue
+        if not test(node):
+            raise error(f"{path}: key {key!r} is {_describe(node)}, expected {what}; {hint}")
+    return data
+
+
+_MISSING = object()
+
+
+def config_dict(data: dict, path: str, error: type = CheckpointError,
+                hint: str = "export the model again") -> ml_collections.ConfigDict:
+    """``data`` (a checked JSON object) as a ConfigDict; field names it refuses (a dot, a
+    method's name) are one ``error`` line naming the file."""
+    try:
+        return ml_collections.ConfigDict(data)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise error(f"{path}: cannot be a config ({' '.join(str(e).split())[:160]}); {hint}") from None
+
+
+def read_preprocessing(path: str) -> video_lib.Preprocessing:
+    """``preprocessing.json`` -> :class:`hfa_jax.data.video.Preprocessing`, every field checked
+    against :data:`PREPROCESSING_FIELDS` (and the crop inside the frame)."""
+    d = read_json(path, PREPROCESSING_FIELDS)
+    if d["crop_size"] > d["size"]:
+        raise CheckpointError(f"{path}: key 'crop_size' is {d['crop_size']}, larger than key 'size' ({d['size']}); "
+                              "export the model again")
+    return video_lib.Preprocessing.from_dict(d, path)
+
+
+def _pseudo_gloss_head(head: dict, path: str) -> PseudoGlossHeadBundle:
+    """The carried pretraining head: the weights' ``pretrain_head/`` and ``pseudo_glosses.json``
+    (V + 1 names for V prototypes)."""
+    names = read_json(path, PSEUDO_GLOSS_FIELDS)
+    protos = head.get("prototypes") if isinstance(head, dict) else None
+    if not isinstance(head.get("pg_head") if isinstance(head, dict) else None, dict) or \
+            not isinstance(protos, np.ndarray) or protos.ndim != 2:
+        raise CheckpointError(f"{os.path.dirname(path)}/{WEIGHTS}: pretrain_head lacks pg_head/ or a 2-D "
+                              "prototypes tensor; export the model again")
+    if len(names["vocab"]) != protos.shape[0] + 1:
+        raise CheckpointError(f"{path}: key 'vocab' has {len(names['vocab'])} names for {protos.shape[0]} prototypes "
+                              "(expected one more, the blank); export the model again")
+    return PseudoGlossHeadBundle(head["pg_head"], protos, list(names["vocab"]), names["exact"])
+
+
+def model_config_from_export(info: dict, path: str) -> hfa.HFAConfig:
+    """``hfa_export.json``'s ``model`` -> HFAConfig; a field of the wrong kind is one line naming the file."""
+    try:
+        cfg = hfa.HFAConfig.from_config(info["model"])
+    except (ConfigError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: key 'model' is not a model config ({' '.join(str(e).split())[:160]}); "
+                              "export the model again") from None
+    bad = _mistyped(cfg, "model")
+    if bad:
+        key, value, want = bad
+        raise CheckpointError(f"{path}: key {key!r} is {_describe(value)}, expected {want}; export the model again")
+    return cfg
+
+
+def _mistyped(cfg: object, prefix: str) -> tuple[str, object, str] | None:
+    """The first field of the (nested) config dataclass ``cfg`` whose value is not of its
+    default's kind (bool, int, float, str, or a nested config), as (key, value, wanted)."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}.{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(value):
+            hit = _mistyped(value, key)
+            if hit:
+                return hit
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                return key, value, "true or false"
+        elif isinstance(default, int):
+            if type(value) is not int:
+                return key, value, "an integer"
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return key, value, "a number"
+        elif isinstance(default, str) and not isinstance(value, str):
+            return key, value, "a string"
+    return None

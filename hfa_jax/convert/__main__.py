@@ -17,13 +17,12 @@ See docs/coming_from_pytorch.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import sys
 
 import numpy as np
 
+from hfa_jax import config_cli
 from hfa_jax.convert import core, lightning_io, tables
 from hfa_jax.errors import CheckpointError, ConfigError, cli_main
 
@@ -43,10 +42,7 @@ def load_config_file(spec: str):
     found = next((c for c in candidates if os.path.isfile(c)), None)
     if found is None:
         raise ConfigError(f"--config {spec}: no such file; pass a training config file (configs/*.py[:variant])")
-    mod_spec = importlib.util.spec_from_file_location(f"_hfa_convert_config_{abs(hash(found))}", found)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    config = module.get_config(variant) if variant else module.get_config()
+    config = config_cli.load_config(found + (f":{variant}" if variant else ""))  # errors: one line
     config.unlock() if hasattr(config, "unlock") else None
     return config
 
@@ -96,29 +92,41 @@ def from_lightning(ckpt: str, stage: str, out: str, *, target: str | None = None
     if tokenizer:
         cfg.data.tokenizer_dir = os.path.abspath(tokenizer)
     cfg.name = os.path.basename(os.path.abspath(out))
-    step = int(obj.get("global_step", 0) or 0)
-    dropped = sorted(str(k) for k in obj if k != "state_dict")
+    step, epoch = _count(obj, "global_step", ckpt), _count(obj, "epoch", ckpt)
+    dropped = sorted(k if isinstance(k, str) else type(k).__name__ for k in obj if k != "state_dict")
     _save_workdir(out, cfg, variables, step, {"converted_from": os.path.abspath(ckpt),
                                               "authors_class": tables.MODEL_CLASSES[(lay.target, lay.stage)],
-                                              "epoch": int(obj.get("epoch", 0) or 0)})
+                                              "epoch": epoch})
     return {"class": tables.MODEL_CLASSES[(lay.target, lay.stage)], "tensors": len(sd), "used": len(report["used"]),
             "rebuilt": report["rebuilt"], "tied": report["tied"], "dropped_entries": dropped, "step": step}
+
+
+def _count(obj: dict, key: str, path: str) -> int:
+    """A Lightning counter (``global_step``, ``epoch``): absent or None is 0; an int, or a
+    one-element integer tensor, is taken; anything else is one line naming the key."""
+    v = obj.get(key, 0)
+    if isinstance(v, np.ndarray) and v.size == 1 and v.dtype.kind in "iu":
+        v = int(v.reshape(()))
+    if v is None:
+        return 0
+    if type(v) is not int or v < 0:
+        raise CheckpointError(f"{path}: key {key!r} is a {type(v).__name__}, not a count; the checkpoint is corrupt")
+    return v
 
 
 def to_lightning(workdir: str, out: str, *, target: str | None = None, legacy_peft: bool = False) -> dict:
     """Writes the authors' checkpoint for ``workdir``'s best (else latest) checkpoint to ``out``.
     ``target`` None: ``beyondgloss`` when the model has the authors' description feedback
     (``model.beyondgloss.desc_feedback``), else ``hfa``."""
-    import ml_collections
     from flax import traverse_util
 
+    from hfa_jax.model_folder import read_config
     from hfa_jax.train import checkpoint as ckpt_lib
 
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{workdir}: no config.json; pass an hfa_jax workdir")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = read_config(workdir)  # the JSON checked: one line naming the file and key
     try:
         state, meta = ckpt_lib.load_state_arrays(workdir, best=True)
     except CheckpointError:

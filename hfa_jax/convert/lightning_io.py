@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import os
-import zipfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -127,32 +126,27 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     """A Lightning ``.ckpt`` (or any ``torch.save`` zip of a dict) -> the dict, with every tensor
     as a NumPy array. A file holding only a state dict is returned as ``{"state_dict": it}``.
 
-    Raises :class:`CheckpointError` (one line naming the file) for a missing or non-zip file, or
-    for any pickled global outside the tensor / plain-metadata set (the payload is never run)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a torch zip archive (legacy torch.save format?); re-save it "
-                              "with torch>=1.6 (torch.save(torch.load(f), f))")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
-            if not pkl:
-                raise CheckpointError(f"{path}: the archive has no data.pkl; not a torch checkpoint")
-            prefix = pkl[0][: -len("data.pkl")]
-            with zf.open(pkl[0]) as f:
-                obj = _LightningUnpickler(f, zf, prefix, path).load()
-    except CheckpointError:
-        raise
-    except Exception as e:  # a corrupt pickle stream or archive
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+    Raises :class:`CheckpointError` (one line naming the file) for a missing, non-zip or corrupt
+    file, for any pickled global outside the tensor / plain-metadata set (the payload is never
+    run), for a tensor outside its storage, or past the limits of
+    :class:`hfa_jax.weights.torch_io.ReadLimits`."""
+    obj = torch_io.read_torch_pickle(path, _LightningUnpickler)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict (a Lightning checkpoint), got {type(obj).__name__}")
     if "state_dict" not in obj:
         if all(isinstance(v, np.ndarray) for v in obj.values()):
-            return {"state_dict": obj}
-        raise CheckpointError(f"{path}: no 'state_dict' entry; not a Lightning checkpoint "
-                              f"(top-level keys: {sorted(map(str, obj))[:8]})")
+            obj = {"state_dict": obj}
+        else:
+            raise CheckpointError(f"{path}: no 'state_dict' entry; not a Lightning checkpoint "
+                                  f"(top-level keys: {sorted(k[:40] for k in obj if isinstance(k, str))[:8]})")
+    sd = obj["state_dict"]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: 'state_dict' is a {type(sd).__name__}, not a dict of tensors")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            name = repr(k)[:80] if isinstance(k, str) else f"a {type(k).__name__} key"
+            raise CheckpointError(f"{path}: state_dict entry {name} is a {type(v).__name__}, not a tensor; "
+                                  "re-save only the tensors")
     return obj
 
 

@@ -1,16 +1,29 @@
 """The torch-free readers (hfa_jax.weights.torch_io) against what torch and safetensors write:
-every dtype (bf16 included), strided and tied tensors, and malformed files."""
+every dtype (bf16 included), strided and tied tensors, malformed files, and (Hypothesis) crafted
+archives against torch.load(weights_only=True)."""
 
+import io
 import json
+import os
+import tempfile
 
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
 from safetensors.torch import save_file
 
 from hfa_jax.errors import CheckpointError
 from hfa_jax.weights.torch_io import load_state_dict, read_safetensors, read_torch_zip
+from tests.hostile import craft
+from tests.hostile.fuzz import FUZZ
+from tests.hostile.test_fuzz_checkpoints import _archives
+
+_TORCH_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+                 "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+                 "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+                 "BoolStorage": torch.bool}
 
 
 def _tensors():
@@ -84,3 +97,33 @@ def test_malformed_safetensors_stop_with_one_line(tmp_path):
         with pytest.raises(CheckpointError, match=messages[name]) as e:
             read_safetensors(str(path))
         assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ against torch.load(weights_only=True)
+@FUZZ
+@given(_archives())
+def test_what_the_reader_accepts_torch_accepts_with_the_same_values(case):
+    """torch.load(weights_only=True) is the reference: a file it refuses is refused here too,
+    and one read here is read identically there. (The reverse does not hold: torch makes views
+    without copying, so it also accepts a huge stride-0 tensor that the file-size rule refuses.)"""
+    stype, storage, tensors, _ = case
+    for t in tensors.values():  # torch sizes the storage from the persistent id's element count
+        t.numel = len(storage) // torch.empty(0, dtype=_TORCH_DTYPES[stype]).element_size()
+    data = craft.torch_zip(craft.tensor_pickle(tensors), {"0": storage})
+    path = os.path.join(tempfile.gettempdir(), f"hfa_torch_ref_{os.getpid()}.pth")
+    with open(path, "wb") as f:
+        f.write(data)
+    try:
+        ref = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception:
+        ref = None
+    try:
+        got = read_torch_zip(path)
+    except CheckpointError:
+        got = None
+    if got is not None:
+        assert ref is not None, "read a file torch refuses"
+        assert list(got) == list(ref)
+        for k, t in ref.items():
+            want = t.contiguous().view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
+            assert got[k].shape == tuple(t.shape) and got[k].tobytes() == want.tobytes(), k
