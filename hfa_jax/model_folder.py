@@ -301,12 +301,11 @@ WORKDIR_CONFIG_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
 # preprocessing.json: sane ranges, so that no file can ask for gigabytes per clip (a frame rate
 # of 1e9, a 100000-pixel square); the training data of every supported dataset sits well inside.
 PREPROCESSING_FIELDS: dict[str, tuple[tuple[str, object], bool]] = {
-    "fps": (_number(1, 120), True),
-    "source_width": (_integer(1, 8192), True),
-    "source_height": (_integer(1, 8192), True),
-    "size": (_integer(16, 1024), True),
-    "crop_size": (_integer(16, 1024), True),
-    "max_frames": (_integer(1, 4096), True),
+    # The ranges have one owner, the Preprocessing dataclass (hfa_jax.data.video.RANGES); the
+    # reading limits added later are optional (older folders get the defaults).
+    **{name: ((_integer if isinstance(lo, int) and isinstance(hi, int) else _number)(lo, hi),
+              name not in video_lib.OPTIONAL_FIELDS)
+       for name, (lo, hi) in video_lib.RANGES.items()},
     "frame_selection": (("one of " + "|".join(pipeline.FRAME_SELECTIONS),
                          lambda v: v in pipeline.FRAME_SELECTIONS), True),
 }

@@ -66,10 +66,10 @@ MAX_SECONDS = 120.0
 MAX_SOURCE_FRAMES = 10_000
 MAX_PIXELS = 3840 * 2160
 # Fields added after the first model folders were written: absent means the default.
-_OPTIONAL = ("max_seconds", "max_source_frames", "max_pixels")
+OPTIONAL_FIELDS = ("max_seconds", "max_source_frames", "max_pixels")
 # Sane ranges of each field (inclusive): a preprocessing.json outside them is refused, as it
 # would make reading allocate without bound (fps 1e9, max_frames 1e9, size 1e6).
-_RANGES: dict[str, tuple[float, float]] = {
+RANGES: dict[str, tuple[float, float]] = {
     "fps": (1.0, 240.0), "source_width": (1, 16384), "source_height": (1, 16384), "size": (8, 1024),
     "crop_size": (8, 1024), "max_frames": (1, 10_000), "max_seconds": (0.1, 24 * 3600.0),
     "max_source_frames": (1, 10_000_000), "max_pixels": (64, 1 << 28),
@@ -102,8 +102,8 @@ class Preprocessing:
         self.check()
 
     def check(self, where: str = "preprocessing") -> None:
-        """Raises DataError (one line naming the field) for a value outside :data:`_RANGES`."""
-        for name, (lo, hi) in _RANGES.items():
+        """Raises DataError (one line naming the field) for a value outside :data:`RANGES`."""
+        for name, (lo, hi) in RANGES.items():
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
                 raise DataError(f"{where}: {name}={v!r} is out of range; it must be a number from {lo:g} to {hi:g}")
@@ -128,7 +128,7 @@ class Preprocessing:
         if not isinstance(d, Mapping):
             raise DataError(f"{where}: expected a JSON object of preprocessing fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - set(d) - set(_OPTIONAL))
+        missing = sorted(names - set(d) - set(OPTIONAL_FIELDS))
         if missing:
             raise DataError(f"{where}: missing field(s) {missing}")
         default = cls()

@@ -83,9 +83,9 @@ CASES = [  # (file, content or (key, value)), fragment of the message after the 
     ("hfa_export.json", ("model", {"vit": {"width": "wide"}}),
      "key 'model.vit.width' is \"wide\", expected an integer"),
     ("hfa_export.json", ("model", {"vit": 5}), "key 'model' is not a model config"),
-    ("preprocessing.json", ("fps", 1e9), "key 'fps' is 1000000000.0, expected a number in [1, 120]"),
+    ("preprocessing.json", ("fps", 1e9), "key 'fps' is 1000000000.0, expected a number in [1, 240]"),
     ("preprocessing.json", ("fps", True), "key 'fps' is true, expected a number"),
-    ("preprocessing.json", ("size", 100000), "key 'size' is 100000, expected an integer in [16, 1024]"),
+    ("preprocessing.json", ("size", 100000), "key 'size' is 100000, expected an integer in [8, 1024]"),
     ("preprocessing.json", ("max_frames", -1), "key 'max_frames' is -1"),
     ("preprocessing.json", ("crop_size", 512), "key 'crop_size' is 512, larger than key 'size' (256)"),
     ("preprocessing.json", ("frame_selection", "middle"), "key 'frame_selection' is \"middle\", expected one of"),
@@ -156,8 +156,9 @@ def test_any_model_folder_json_gives_a_bundle_or_one_line(files):
     b, msg = value_or_one_line(lambda: model_folder.load_export(folder), max_bytes=16 << 20, names=(folder,))
     if b is not None:  # what loaded is within what the checks promise (ranges written out again here)
         p = b.preprocessing
-        assert 1 <= p.fps <= 120 and 16 <= p.crop_size <= p.size <= 1024 and 1 <= p.max_frames <= 4096
-        assert 1 <= p.source_width <= 8192 and 1 <= p.source_height <= 8192 and p.frame_selection in ("first", "random")
+        assert 1 <= p.fps <= 240 and 8 <= p.crop_size <= p.size <= 1024 and 1 <= p.max_frames <= 10_000
+        assert 1 <= p.source_width <= 16384 and 1 <= p.source_height <= 16384
+        assert p.frame_selection in ("first", "random")
         assert all(type(x) is int and x > 0 for x in b.config.data.buckets) and b.config.data.buckets
         assert type(b.config.eval.num_beams) is int and 1 <= b.config.eval.num_beams <= 64
         assert type(b.config.eval.max_new_tokens) is int and 1 <= b.config.eval.max_new_tokens <= 4096
