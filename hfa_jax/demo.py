@@ -39,6 +39,20 @@ from hfa_jax.train import loop
 from hfa_jax.train.freeze import STAGES as STAGE_DIRS  # each stage's workdir is named after it
 
 
+# The demo's tiny models spend more time in XLA's CPU compiler than in training; these flags
+# halve compile time (runtime ~20% slower).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def process_setup(config) -> None:
+    """Run by :mod:`hfa_jax.main` before JAX starts its backend (XLA reads its flags only then):
+    ``config.demo.fast_compile`` adds :data:`FAST_COMPILE_FLAGS` to ``XLA_FLAGS``."""
+    if bool(config.demo.fast_compile):
+        flags_now = os.environ.get("XLA_FLAGS", "")
+        if "xla_backend_optimization_level" not in flags_now:
+            os.environ["XLA_FLAGS"] = (flags_now + " " + FAST_COMPILE_FLAGS).strip()
+
+
 def _done(path: str) -> bool:
     return os.path.exists(path)
 

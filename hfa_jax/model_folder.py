@@ -22,7 +22,7 @@ from flax import traverse_util
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from hfa_jax.data import pipeline
+from hfa_jax.data import formats, pipeline
 from hfa_jax.data import video as video_lib
 from hfa_jax.errors import CheckpointError, ConfigError, DataError
 from hfa_jax.models import hfa
@@ -30,7 +30,7 @@ from hfa_jax.text import pseudo_glosses as pg_lib
 from hfa_jax.text import tokenizer as text_lib
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train.state import variables_from_state
-from hfa_jax.train.trainer import model_config
+from hfa_jax.train.settings import model_config
 
 __all__ = ["EXPORT_MARKER", "FORMAT_VERSION", "ModelBundle", "PseudoGlossHeadBundle", "load_workdir",
            "load_export", "read_config", "training_preprocessing", "find_pretrain_head"]
@@ -42,13 +42,6 @@ PREPROCESSING = "preprocessing.json"
 TOKENIZER_DIR = "tokenizer"
 PSEUDO_GLOSSES = "pseudo_glosses.json"
 REQUIRED = ("config.json", EXPORT_MARKER, WEIGHTS, PREPROCESSING, os.path.join(TOKENIZER_DIR, "sentencepiece.bpe.model"))
-
-# Training videos of each dataset (data_prep.build_dataset names the tfds builder after it):
-# frame rate and frame size (width, height) before the square resize.
-DATASET_SOURCES = {
-    "phoenix14t": (25.0, 210, 260),   # also SynthSign, which renders the PHOENIX14T layout
-    "csl_daily": (30.0, 512, 512),
-}
 
 
 @dataclasses.dataclass
@@ -143,9 +136,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def training_preprocessing(config) -> video_lib.Preprocessing:
-    """The preprocessing a workdir's model was trained with: the dataset's frame rate and frame
-    size (:data:`DATASET_SOURCES`, by the tfds builder's name), its stored square size (from the
-    dataset's features, else the 256/224 convention of docs/data.md), the crop and the frame limit."""
+    """The preprocessing a workdir's model was trained with: the source videos' frame rate and frame
+    size (of the dataset's source format, :func:`hfa_jax.data.formats.of_dataset`, by the tfds
+    builder's name), its stored square size (from the dataset's features, else the 256/224
+    convention of docs/data.md), the crop and the frame limit."""
     crop = int(config.data.crop_size)
     size, name = int(round(crop * 256 / 224)), "phoenix14t"
     try:
@@ -154,8 +148,9 @@ def training_preprocessing(config) -> video_lib.Preprocessing:
         name = os.path.basename(os.path.dirname(src.builder_dir))
     except Exception:  # the dataset is not on this machine: keep the convention
         pass
-    fps, w, h = DATASET_SOURCES.get(name, DATASET_SOURCES["phoenix14t"])
-    return video_lib.Preprocessing(fps=fps, source_width=w, source_height=h, size=size, crop_size=crop,
+    corpus = formats.of_dataset(name)
+    return video_lib.Preprocessing(fps=corpus.fps, source_width=corpus.width, source_height=corpus.height,
+                                   size=size, crop_size=crop,
                                    max_frames=int(config.data.max_frames),
                                    frame_selection=str(config.data.frame_selection))
 

@@ -16,7 +16,8 @@ from flax import traverse_util
 from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import hfa
 from hfa_jax.models import mbart as mbart_lib
-from hfa_jax.models import vit as vit_lib
+from hfa_jax.weights import dinov2 as dinov2_weights
+from hfa_jax.weights import mbart as mbart_weights
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train.state import merge_params
 
@@ -75,14 +76,14 @@ def load_initial_params(config, stage: str, variables: dict) -> tuple[dict, list
     params = flat["params"]
     w = config.get("weights", None)
     if w is not None and w.get("vit", ""):
-        _, vv = vit_lib.from_hf(w.vit, hfa.HFAConfig.from_config(config.model.to_dict()).vit, seed=int(config.seed))
+        _, vv = dinov2_weights.from_hf(w.vit, hfa.HFAConfig.from_config(config.model.to_dict()).vit, seed=int(config.seed))
         n = _put(params, _flat(vv["params"]), "", "frame_encoder/", f"ViT weights {w.vit}")
         report.append(f"imported {n} ViT tensors from {w.vit}")
     if w is not None and w.get("mbart", ""):
         if os.path.isdir(os.path.join(w.mbart, "variables")):
-            _, mv = mbart_lib.load_imported(w.mbart)
+            _, mv = mbart_weights.load_imported(w.mbart)
         else:
-            _, mv = mbart_lib.from_hf(w.mbart, w.get("vocab_map", "") or None)
+            _, mv = mbart_weights.from_hf(w.mbart, w.get("vocab_map", "") or None)
         mflat = _flat(mv["params"])
         skip = ("lora_a", "lora_b")  # adapters stay freshly initialised
         if stage == "pretrain":

@@ -108,7 +108,7 @@ def base() -> ml_collections.ConfigDict:
     ))
 
     # Pretrained weights (paper runs; empty = random init, as the demo): a DINOv2 HF folder or
-    # torch-hub .pth, an mBART HF folder or a folder written by hfa_jax.models.mbart.save_imported,
+    # torch-hub .pth, an mBART HF folder or a folder written by hfa_jax.weights.mbart.save_imported,
     # and the trimmed vocabulary map written by data_prep.trim_vocab (vocab_map.json).
     c.weights = ml_collections.ConfigDict(dict(vit="", mbart="", vocab_map=""))
 

@@ -42,6 +42,7 @@ from hfa_jax.train import microbatch
 from hfa_jax.train import mesh as mesh_lib
 from hfa_jax.train import optim as optim_lib
 from hfa_jax.train import schema
+from hfa_jax.train.settings import model_config  # also imported from here by tests and tools
 from hfa_jax.train import state as state_lib
 from hfa_jax.train import steps
 from hfa_jax.train.freeze import STAGES
@@ -144,20 +145,6 @@ def build_stage_data(config, splits: tuple[str, ...]) -> StageData:
 
 # ---------------------------------------------------------------------------------------------
 # The model
-
-def model_config(config, *, tokenizer=None, num_pseudo_glosses: int | None = None) -> hfa.HFAConfig:
-    """``config.model`` -> :class:`hfa_jax.models.hfa.HFAConfig`, with the data-dependent sizes
-    (vocabulary and special ids from ``tokenizer``, the number of pseudo-gloss classes) filled in
-    where given; otherwise the config's own values stand (e.g. for compiling from shapes alone)."""
-    d = config.model.to_dict()
-    if tokenizer is not None:
-        d["mbart"] = {**d.get("mbart", {}), "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
-                      "eos_token_id": tokenizer.eos_id, "bos_token_id": tokenizer.bos_id,
-                      "decoder_start_token_id": tokenizer.lang_id}
-    if num_pseudo_glosses is not None:
-        d["num_pseudo_glosses"] = int(num_pseudo_glosses)
-    return hfa.HFAConfig.from_config(d)
-
 
 def stage_model_config(config, data: StageData) -> hfa.HFAConfig:
     """:func:`model_config` with the sizes taken from the stage's data."""
