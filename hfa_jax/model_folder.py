@@ -30,7 +30,9 @@ from hfa_jax.text import pseudo_glosses as pg_lib
 from hfa_jax.text import tokenizer as text_lib
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train.state import variables_from_state
-from hfa_jax.train.settings import model_config
+from hfa_jax.train import tasks
+from hfa_jax.train.schema import resolve
+from hfa_jax.train.settings import Settings, model_config
 
 __all__ = ["EXPORT_MARKER", "FORMAT_VERSION", "ModelBundle", "PseudoGlossHeadBundle", "load_workdir",
            "load_export", "read_config", "training_preprocessing", "find_pretrain_head"]
@@ -124,6 +126,15 @@ def load_export(folder: str) -> ModelBundle:
 # Loading a fine-tuning workdir
 
 
+def _settings(config) -> Settings:
+    """A run's settings from its config.json (fields it lacks take the schema's defaults)."""
+    stage = config.train.stage if "train" in config and "stage" in config.train else None
+    if stage not in tasks.TASK_OF_STAGE:
+        raise ConfigError(f"config.json: train.stage={stage!r} is not one of {sorted(tasks.TASK_OF_STAGE)}; "
+                          "pass a workdir written by hfa_jax.main")
+    return resolve(config)
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
@@ -178,17 +189,18 @@ def find_pretrain_head(config, variables: dict) -> PseudoGlossHeadBundle | None:
     """The pseudo-gloss head of the pretraining stage this model descends from
     (``config.train.init_from``, followed back), or None where any piece is missing."""
     seen = set()
-    wd = str(config.train.get("init_from", "") or "")
+    wd = _settings(config).train.init_from
     while wd and wd not in seen and os.path.isfile(os.path.join(wd, "config.json")):
         seen.add(wd)
         c = read_config(wd)
-        if c.train.stage != "pretrain":
-            wd = str(c.train.get("init_from", "") or "")
+        s = _settings(c)
+        if not tasks.of_stage(s.train.stage).uses_pseudo_glosses:  # not the pretraining stage
+            wd = s.train.init_from
             continue
         try:
             state, _ = _load_state(wd)
             pv = variables_from_state(state)
-            vocab = ["<blank>"] + list(pg_lib.load_pseudo_glosses(str(c.data.pseudo_glosses)).vocab)
+            vocab = ["<blank>"] + list(pg_lib.load_pseudo_glosses(s.data.pseudo_glosses).vocab)
         except (CheckpointError, DataError, OSError):
             return None
         params = pv["params"]
@@ -207,12 +219,13 @@ def load_workdir(workdir: str) -> ModelBundle:
     if not os.path.isdir(workdir):
         raise ConfigError(f"{workdir}: no such folder; pass a fine-tuning workdir or an exported model folder")
     config = read_config(workdir)
-    if config.train.stage == "pretrain":
+    settings = _settings(config)
+    if not tasks.of_stage(settings.train.stage).generates:
         raise ConfigError(f"{workdir} is a pretraining run; translate with a fine-tuning workdir")
-    tok_dir = str(config.data.tokenizer_dir)
+    tok_dir = settings.data.tokenizer_dir
     if not os.path.isdir(tok_dir):
         raise ConfigError(f"{workdir}: its tokenizer folder {tok_dir} (config.data.tokenizer_dir) is missing")
-    tokenizer = text_lib.load_tokenizer(tok_dir, lang=config.data.get("lang", "de_DE"))
+    tokenizer = text_lib.load_tokenizer(tok_dir, lang=settings.data.lang)
     state, meta = _load_state(workdir)
     variables = variables_from_state(state)
     return ModelBundle(config=config, model_cfg=model_config(config, tokenizer=tokenizer), variables=variables,

@@ -1,12 +1,12 @@
-"""A run's config, read once into typed settings (t5x habit: bind the configuration at the top, pass
-plain objects down).
+"""A run's config as typed settings (t5x habit: bind the configuration at the top, pass plain
+objects down).
 
-:func:`resolve` is called by the trainer (and by :mod:`hfa_jax.aot`) after
-:func:`hfa_jax.train.schema.validate`; everything below takes the :class:`Settings` it returns
-and never reads the config again. Every field's default is written once, in
+:func:`hfa_jax.train.schema.resolve` reads the config into :class:`Settings` once, in the
+trainer (and in :mod:`hfa_jax.aot`) after :func:`hfa_jax.train.schema.validate`; everything below
+takes these objects and never reads the config again. Every field's default is written once, in
 :func:`hfa_jax.train.schema.base`: a config that lacks a field (e.g. the ``config.json`` of an
-older run) gets the schema's value here, and the dataclasses below have no defaults of their own.
-The model's defaults are the :mod:`hfa_jax.models` ``*Config`` dataclasses'
+older run) gets the schema's value there, and the dataclasses below have no defaults of their
+own. The model's defaults are the :mod:`hfa_jax.models` ``*Config`` dataclasses'
 (:func:`model_config`).
 """
 
@@ -17,7 +17,6 @@ from typing import Any, Mapping
 
 from hfa_jax.models import hfa
 from hfa_jax.models.beyondgloss import BeyondGlossConfig
-from hfa_jax.train import schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,53 +142,6 @@ class Settings:
     weights: WeightsSettings
     model: Mapping[str, Any]
     beyondgloss: BeyondGlossConfig
-
-
-def _plain(value: Any) -> Any:
-    """ConfigDict / list values -> plain, hashable Python values (lists become tuples)."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-def _section(cls, given: Any, defaults: Any, **nested):
-    """``cls`` from a config section, each field taken from ``given`` where it has it, else from
-    the schema's ``defaults``; ``nested`` resolves the sub-sections."""
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in nested:
-            values[f.name] = nested[f.name]
-        elif given is not None and f.name in given:
-            values[f.name] = _plain(given[f.name])
-        else:
-            values[f.name] = _plain(defaults[f.name])
-    return cls(**values)
-
-
-def resolve(config) -> Settings:
-    """The config (validated, :func:`hfa_jax.train.schema.validate`) as :class:`Settings`."""
-    ref = schema.base()
-
-    def given(name):
-        return config[name] if name in config else None
-
-    data, ref_data = given("data"), ref.data
-    augment = _section(AugmentSettings, data["augment"] if data is not None and "augment" in data else None,
-                       ref_data.augment)
-    model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
-    return Settings(
-        name=str(config.name) if "name" in config else ref.name,
-        seed=int(config.seed) if "seed" in config else ref.seed,
-        data=_section(DataSettings, data, ref_data, augment=augment),
-        train=_section(TrainSettings, given("train"), ref.train),
-        eval=_section(EvalSettings, given("eval"), ref.eval),
-        mesh=_section(MeshSettings, given("mesh"), ref.mesh),
-        weights=_section(WeightsSettings, given("weights"), ref.weights),
-        model=model,
-        beyondgloss=BeyondGlossConfig.from_config(model.get("beyondgloss")),
-    )
 
 
 def model_config(config, *, tokenizer=None, num_pseudo_glosses: int | None = None) -> hfa.HFAConfig:
