@@ -118,10 +118,10 @@ def build_stage_data(task: tasks_lib.Task, splits: tuple[str, ...]) -> StageData
 # ---------------------------------------------------------------------------------------------
 # The model
 
-def stage_model_config(config, data: StageData) -> hfa.HFAConfig:
+def stage_model_config(settings: Settings, data: StageData) -> hfa.HFAConfig:
     """:func:`model_config` with the sizes taken from the stage's data."""
     pg = data.pseudo_glosses
-    return model_config(config, tokenizer=data.tokenizer, num_pseudo_glosses=pg.num_classes if pg else None)
+    return model_config(settings, tokenizer=data.tokenizer, num_pseudo_glosses=pg.num_classes if pg else None)
 
 
 def build_model(task: tasks_lib.Task, model_cfg: hfa.HFAConfig) -> nn.Module:
@@ -315,7 +315,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     log.info("data: %d train videos, %d steps/epoch, %d steps", n_train, steps_per_epoch, total_steps)
 
     # ---- 3. shapes -> shardings ------------------------------------------------------------
-    model = build_model(task, stage_model_config(config, data))
+    model = build_model(task, stage_model_config(settings, data))
     plan = plan_state(task, model, mesh, rules, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     log.info("parameters: %s trainable / %s total", f"{plan.num_trainable:,}", f"{plan.num_params:,}")
 
