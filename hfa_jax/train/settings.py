@@ -120,7 +120,8 @@ class MeshSettings:
 
 @dataclasses.dataclass(frozen=True)
 class WeightsSettings:
-    """``config.weights``: pretrained weights to import ("" = none)."""
+    """``config.weights``: pretrained weights to import ("" = none): a DINOv2 folder or ``.pth``,
+    an mBART folder (Hugging Face or imported), the trimmed vocabulary's ``vocab_map.json``."""
 
     vit: str
     mbart: str
