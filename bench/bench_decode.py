@@ -5,7 +5,7 @@ The reference worker builds an ``MBartForConditionalGeneration`` from a config (
 ``save_pretrained``s it, draws the encoder inputs (``inputs_embeds`` [B, S, D], i.e. what the
 mapper feeds mBART in HFA, with the last sentence's source padded to half length), times
 ``generate(num_beams=4, max_new_tokens=N, length_penalty=1.0, early_stopping=False)`` and stores
-its sequences. Our worker imports the same folder with ``hfa_jax.models.mbart.from_hf`` (no LoRA:
+its sequences. Our worker imports the same folder with ``hfa_jax.weights.mbart.from_hf`` (no LoRA:
 both sides are the plain base model), decodes the same inputs and reports how many of the
 returned sequences are token-identical to transformers' (a correctness check riding along).
 

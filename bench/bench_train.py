@@ -149,7 +149,7 @@ def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int 
     import ml_collections
 
     from hfa_jax.models.hfa import build_model
-    from hfa_jax.train import freeze, schema, steps
+    from hfa_jax.train import freeze, schema, steps, tasks
     from hfa_jax.train import optim as optim_lib
     from hfa_jax.train import state as state_lib
 
@@ -160,20 +160,21 @@ def make_step(kind: str, s: Shapes, *, dtype: str = "float32", total_steps: int 
     config = schema.base()
     config.train.stage = STAGE[kind]
     config.model = ml_collections.ConfigDict({"beyondgloss": None})  # the paper model: no BeyondGloss terms
+    task = tasks.make(schema.resolve(config))
     rules = freeze.trainable_rules(STAGE[kind])
     small = dataclasses.replace(s, batch=1, frames=2)
     dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(kind, small, packed_frames=0).items()}
 
     def init_state(rng):
         r1, r2 = jax.random.split(rng)
-        variables = nn.meta.unbox(model.init({"params": r1, "dropout": r2}, *steps.model_inputs(
-            config.train.stage, dummy, dummy["pixels"]), deterministic=True))
+        variables = nn.meta.unbox(model.init({"params": r1, "dropout": r2}, *task.model_inputs(
+            dummy, dummy["pixels"]), deterministic=True))
         mask = freeze.trainable_mask(variables["params"], rules)
         return state_lib.make_state(variables, rng, mask=mask, tx=tx)
 
     def step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
-        new_state, metrics, _ = steps.update_step(state, batch, batch["pixels"], model=model, config=config,
+        new_state, metrics, _ = steps.update_step(state, batch, batch["pixels"], model=model, task=task,
                                                   tx=tx, schedule=schedule, rng=rng)
         return new_state, metrics["loss"]
 

@@ -19,108 +19,50 @@ run them on CSL-Daily.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import ml_collections
 
+from hfa_jax.models import hfa
 from hfa_jax.train.freeze import STAGES, trainable_rules  # the paper's freezing table, owned by the library
 
 __all__ = ["model_config", "trainable_rules", "STAGES", "csl_daily"]
 
 
 
-def _mbart(**kw) -> dict:
-    d = dict(
-        vocab_size=2172,  # trimmed PHOENIX14T vocabulary (docs/text.md)
-        d_model=1024,
-        encoder_layers=12,
-        decoder_layers=12,
-        encoder_attention_heads=16,
-        decoder_attention_heads=16,
-        encoder_ffn_dim=4096,
-        decoder_ffn_dim=4096,
-        max_position_embeddings=1024,
-        scale_embedding=True,
-        dropout=0.1,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        lora_rank=16,
-        lora_alpha=32.0,
-        lora_dropout=0.1,
-        # Special ids of the trimmed vocabulary are set from the tokenizer by the training config.
-        decoder_start_token_id=None,
-    )
-    d.update(kw)
-    return d
+# The "tiny" model: the paper's architecture at toy widths (every other field: the paper's).
+_TINY = dict(
+    vit=dict(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(2,), lora_rank=2,
+             lora_alpha=2.0),
+    temporal=dict(width=32, num_heads=4, mlp_dim=64, blocks_before=1, blocks_after=1, out_dim=32, chunk_size=16),
+    mbart=dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+               encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256, lora_rank=4, lora_alpha=8.0),
+    frame_dim=32,
+)
 
 
 def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
-    """The ``config.model`` subtree for ``variant`` in {"paper", "tiny", "demo"}."""
-    if variant == "paper":
-        c = dict(
-            vit=dict(
-                patch_size=14, width=384, depth=12, num_heads=6, mlp_dim=1536, ln_eps=1e-6,
-                pos_grid=37, num_registers=0, layerscale_init=1.0,
-                pos_resample="hub",  # the reference loads torch-hub DINOv2 (scale-factor + 0.1 offset)
-                lora_blocks=(9, 10, 11), lora_rank=4, lora_alpha=4.0, lora_dropout=0.1,
-                train_all_blocks=False,  # the paper: blocks below the first LoRA block are frozen
-                # cuDNN's fused attention on a GPU in bf16/fp16, XLA's elsewhere (CPU: identical
-                # to "xla"); an H100 fine-tuning step 98.7 -> 66.4 ms (bench/RESULTS.md)
-                attention="auto",
-            ),
-            temporal=dict(
-                width=512, num_heads=8, mlp_dim=2048, blocks_before=2, blocks_after=2, out_dim=1024,
-                window=3, rope_base=10000.0, dropout=0.1, drop_path_rate=0.1, layerscale_init=1e-5,
-                attention="xla", chunk_size=64,
-            ),
-            mbart=_mbart(),
-            frame_dim=512,
-            num_pseudo_glosses=2322,
-        )
-    elif variant in ("tiny", "demo"):
-        c = dict(
-            vit=dict(
-                patch_size=14, width=32, depth=3, num_heads=2, mlp_dim=64, ln_eps=1e-6,
-                pos_grid=4, num_registers=0, layerscale_init=1.0, pos_resample="hub",
-                lora_blocks=(2,), lora_rank=2, lora_alpha=2.0, lora_dropout=0.1,
-                train_all_blocks=False,
-            ),
-            temporal=dict(
-                width=32, num_heads=4, mlp_dim=64, blocks_before=1, blocks_after=1, out_dim=32,
-                window=3, rope_base=10000.0, dropout=0.1, drop_path_rate=0.1, layerscale_init=1e-5,
-                attention="xla", chunk_size=16,
-            ),
-            mbart=_mbart(
-                d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                max_position_embeddings=256, lora_rank=4, lora_alpha=8.0,
-            ),
-            frame_dim=32,
-            num_pseudo_glosses=2322,
-        )
-    else:
+    """The ``config.model`` subtree for ``variant`` in {"paper", "tiny", "demo"}.
+
+    Every field and its default comes from the model's config dataclasses
+    (:class:`hfa_jax.models.hfa.HFAConfig` and its parts: their defaults are the paper's model,
+    and they are the one place those defaults are written); a variant states only what it changes.
+    Special ids of the trimmed vocabulary are set from the tokenizer by the trainer.
+    """
+    if variant not in ("paper", "tiny", "demo"):
         raise ValueError(f"unknown model variant {variant!r}; use 'paper', 'tiny' or 'demo'")
-    c.update(
-        proto_dim=300,
-        pg_dropout=0.2,
-        tau_class=0.1,
-        tau_time=0.1,
-        learnable_tau=False,  # paper: learnable; reference code: fixed 0.1
-        masked_mean=False,  # reference: video/text means include padding
-        logit_scale_init=math.log(1 / 0.07),
-        bn_momentum=0.1,
-        bn_eps=1e-5,
-        frozen_bn=False,  # True: frame_bn uses its running statistics in training too
-        dtype="float32",  # "bfloat16" on GPU/TPU (params stay float32)
-        remat=False,
-        # BeyondGloss objectives (docs/beyondgloss.md; hfa_jax/models/beyondgloss.py), off = plain HFA.
-        beyondgloss=dict(description=False, description_vectors=False, hand_pose=False, hand_dim=288,
-                         feedback_dropout=0.1, desc_dim=0,
-                         # the authors' BeyondGloss classes (docs/coming_from_pytorch.md#beyondgloss)
-                         desc_feedback=False, pseudo_gloss_head=True, cls_token=True, text_encoder=True,
-                         description_from="features", mapper=True),
-    )
-    return ml_collections.ConfigDict(c)
+    c = ml_collections.ConfigDict(dataclasses.asdict(hfa.HFAConfig()))
+    if variant == "paper":
+        # cuDNN's fused attention on a GPU in bf16/fp16, XLA's elsewhere (CPU: identical to
+        # "xla"); an H100 fine-tuning step 98.7 -> 66.4 ms (bench/RESULTS.md)
+        c.vit.attention = "auto"
+    else:
+        for key, value in _TINY.items():
+            if isinstance(value, dict):
+                c[key].update(value)
+            else:
+                c[key] = value
+    return c
 
 
 def csl_daily(c: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:

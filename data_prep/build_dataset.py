@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from hfa_jax.data import annotations as annotations_lib
 from hfa_jax.data import format as fmt_lib
+from hfa_jax.data import formats
 from hfa_jax.data.annotations import BadVideo, VideoRecord
 from hfa_jax.data.format import IMAGE_FORMATS, dataset_dir
 from hfa_jax.errors import ConfigError, DataError, cli_main
@@ -406,25 +407,12 @@ def write_examples(
 # Command line: read a source layout, convert in parallel, resumably
 # ----------------------------------------------------------------------------------------------
 
-_DEFAULT_NAMES = {"phoenix14t": "phoenix14t", "gfslt": "gfslt", "csl_daily": "csl_daily"}
-
-
 def read_source(fmt: str, root: str, labels: str | None, split: str,
                 bad: list[BadVideo] | None) -> tuple[list[VideoRecord], str | None]:
-    """Records of one split of the source, and the SynthSign extras folder (or None)."""
-    if fmt == "phoenix14t":
-        recs = annotations_lib.read_phoenix14t(root, split, bad=bad)
-        extras = os.path.join(annotations_lib.find_phoenix14t_root(root), "extras")
-        return recs, (extras if os.path.isdir(extras) else None)
-    if labels is None:
-        raise DataError(f"--format {fmt} needs --labels (the folder holding labels.{{train,dev,test}})")
-    if not os.path.isdir(root):
-        raise DataError(f"{root}: frames root not found; pass --root the frames folder")
-    if fmt == "gfslt":
-        return annotations_lib.read_gfslt_labels(labels, root, split, bad=bad), None
-    if fmt == "csl_daily":
-        return annotations_lib.read_csl_daily(labels, root, split, bad=bad), None
-    raise DataError(f"unknown --format {fmt!r}; use phoenix14t, gfslt or csl_daily")
+    """Records of one split of the source (its format from :mod:`hfa_jax.data.formats`), and the
+    SynthSign extras folder (or None)."""
+    source = formats.get(fmt)
+    return source.records(root, labels, split, bad=bad), source.extras_dir(root)
 
 
 @dataclasses.dataclass
@@ -499,7 +487,7 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
     start = time.time()
     if videos_per_shard < 1 or (workers is not None and workers < 1):
         raise ConfigError("--videos_per_shard and --workers must be >= 1")
-    name = name or _DEFAULT_NAMES.get(fmt, fmt)
+    name = name or fmt  # the dataset is named after its format (hfa_jax.data.formats.of_dataset)
     workers = max(1, workers or os.cpu_count() or 1)
     ds_dir = dataset_dir(out, name)
     work = _work_dir(out, name)
@@ -635,7 +623,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.build_dataset",
         description="Convert PHOENIX14T / GFSLT-VLP / CSL-Daily frames into a TFDS ArrayRecord dataset.")
-    p.add_argument("--format", required=True, choices=sorted(_DEFAULT_NAMES))
+    p.add_argument("--format", required=True, choices=formats.names())
     p.add_argument("--root", required=True,
                    help="phoenix14t: folder holding annotations/ and features/; gfslt: the "
                         "fullFrame-210x260px folder; csl_daily: the frames_512x512 folder")

@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hfa_jax.data.annotations import read_csl_daily, read_phoenix14t
+from hfa_jax.data import formats
 from hfa_jax.text.pseudo_glosses import load_jieba, load_pseudo_glosses
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train_fasttext", action="store_true",
                    help="train skipgram vectors on the training translations of --root first")
     p.add_argument("--root", help="PHOENIX14T/SynthSign tree (with --train_fasttext)")
-    p.add_argument("--format", default="phoenix14t", choices=["phoenix14t", "csl_daily"],
-                   help="with --train_fasttext: csl_daily reads the Chinese sentences of --labels")
+    p.add_argument("--format", default="phoenix14t", choices=formats.names(),
+                   help="with --train_fasttext: the source format (hfa_jax.data.formats); csl_daily reads the "
+                        "Chinese sentences of --labels")
     p.add_argument("--labels", help="csl_daily: folder holding labels.{train,dev,test} (default ROOT/labels)")
     p.add_argument("--minn", type=int, default=None, help="shortest subword (default 3; csl_daily: 1)")
     p.add_argument("--maxn", type=int, default=None, help="longest subword (default 6; csl_daily: 2)")
@@ -129,16 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     if a.train_fasttext:
-        zh = a.format == "csl_daily"
+        corpus = formats.get(a.format)
+        sentences = corpus.sentences(a.root, a.labels, "train")
+        # Chinese: words from jieba (the pseudo-gloss tagger), subwords of 1-2 characters.
+        zh = corpus.words == "jieba"
         if zh:
-            labels = a.labels or (os.path.join(a.root, "labels") if a.root else None)
-            if not labels:
-                raise ConfigError("--format csl_daily needs --labels (the folder holding labels.{train,dev,test})")
-            sentences = segment_zh([r.translation for r in read_csl_daily(labels, "", "train", check_frames=False)])
-        else:
-            if not a.root:
-                raise ConfigError("--train_fasttext needs --root ROOT (the training translations)")
-            sentences = [r.translation for r in read_phoenix14t(a.root, "train", check_frames=False)]
+            sentences = segment_zh(sentences)
         minn = a.minn if a.minn is not None else (1 if zh else 3)
         maxn = a.maxn if a.maxn is not None else (2 if zh else 6)
         train_fasttext(sentences, a.fasttext, dim=a.dim, epoch=a.epoch, bucket=a.bucket,

@@ -30,16 +30,17 @@ import argparse
 import os
 import sys
 
-from hfa_jax.data.annotations import read_csl_daily
+from hfa_jax.data import formats
 from hfa_jax.text import pseudo_glosses as pg
 from hfa_jax.errors import ConfigError, cli_main
 
 
-def csl_daily_text(labels: str, splits=pg.SPLITS) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """({"split/name": sentence}, {"split/name": sign glosses}) of CSL-Daily label files (text only)."""
+def corpus_text(corpus: formats.DatasetFormat, root: str | None, labels: str | None,
+                splits=pg.SPLITS) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({"split/name": sentence}, {"split/name": sign glosses}) of a source, text only."""
     texts, glosses = {}, {}
     for split in splits:
-        for r in read_csl_daily(labels, "", split, check_frames=False):
+        for r in corpus.records(root, labels, split, check_frames=False):
             texts[f"{split}/{r.name}"] = r.translation
             glosses[f"{split}/{r.name}"] = (r.gloss or "").lower().split()
     return texts, glosses
@@ -50,32 +51,32 @@ def build(root: str | None, out: str, *, splits=pg.SPLITS, max_doc_freq: float |
           progress: bool = True, fmt: str = "phoenix14t", labels: str | None = None,
           compare_glosses: bool = False) -> dict:
     """Builds and writes the file; returns its meta (with `num_classes` and, when compared,
-    the agreement numbers). `fmt="csl_daily"` reads the label files in `labels` (default
-    `root/labels`, where SynthSign writes them) and tags with jieba."""
-    if fmt == "csl_daily":
-        labels = labels or (os.path.join(root, "labels") if root else None)
-        if not labels:
-            raise ConfigError("--format csl_daily needs --labels (the folder holding labels.{train,dev,test})")
+    the agreement numbers). The format (:mod:`hfa_jax.data.formats`) says where the sentences are
+    and how they split into words: a Chinese one (`csl_daily`) reads the label files in `labels`
+    (default `root/labels`, where SynthSign writes them) and tags with jieba."""
+    corpus = formats.get(fmt)
+    if corpus.words == "jieba":
+        labels = corpus.labels_dir(root, labels)
         if pipeline not in ("auto", "jieba"):
-            raise ConfigError(f"--pipeline {pipeline} tags German; CSL-Daily is tagged with jieba (--pipeline jieba)")
+            raise ConfigError(f"--pipeline {pipeline} tags German; --format {fmt} is tagged with jieba "
+                              "(--pipeline jieba)")
         if from_reference is not None or compare is not None:
             raise ConfigError("--from_reference/--compare read the HFA authors' PHOENIX14T CSVs; "
-                              "for CSL-Daily use --compare_glosses")
-        texts, glosses = csl_daily_text(labels)
-        tagger, source = pg.load_jieba()
+                              f"for --format {fmt} use --compare_glosses")
+        texts, glosses = corpus_text(corpus, root, labels)
+        tagger, src_name = pg.load_jieba()
         keys = sorted(texts)
-        print(f"tagging {len(keys)} sentences with {source}", file=sys.stderr)
+        print(f"tagging {len(keys)} sentences with {src_name}", file=sys.stderr)
         lemmas = dict(zip(keys, pg.extract_words_zh(tagger, [texts[k] for k in keys], progress=progress)))
-        meta = _write(out, lemmas, splits, max_doc_freq, source, labels)
+        meta = _write(out, lemmas, splits, max_doc_freq, src_name, labels)
         if compare_glosses:
             meta["agreement_with_glosses"] = pg.agreement(lemmas, glosses)
             pg.save_pseudo_glosses(out, *_vocab_targets(lemmas, splits, max_doc_freq), meta)
         return meta
-    if fmt != "phoenix14t":
-        raise ConfigError(f"unknown --format {fmt!r}; use phoenix14t or csl_daily")
-    if from_reference is None and root is None:
+    have_text = root is not None or (corpus.labels and labels is not None)
+    if from_reference is None and not have_text:
         raise ConfigError("pass --root ROOT (a PHOENIX14T/SynthSign tree) or --from_reference CSV_DIR")
-    texts = pg.read_corpus_text(root, pg.SPLITS) if root is not None else None
+    texts = corpus.texts(root, labels, pg.SPLITS) if have_text else None
     if from_reference is not None:
         lemmas = pg.read_reference_csv(from_reference, pg.SPLITS)
         if texts is not None:
@@ -128,9 +129,9 @@ def _write(out, lemmas, splits, max_doc_freq, source, root) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--format", default="phoenix14t", choices=["phoenix14t", "csl_daily"],
-                   help="phoenix14t: --root is an official-layout tree; csl_daily: --labels holds CSL-Daily's "
-                        "GFSLT-style label files (tagged with jieba)")
+    p.add_argument("--format", default="phoenix14t", choices=formats.names(),
+                   help="phoenix14t: --root is an official-layout tree; gfslt, csl_daily: --labels holds the "
+                        "GFSLT-style label files (csl_daily is tagged with jieba)")
     p.add_argument("--root", help="PHOENIX14T or SynthSign tree (folder holding annotations/)")
     p.add_argument("--labels", help="csl_daily: folder holding labels.{train,dev,test} (default ROOT/labels)")
     p.add_argument("--compare_glosses", action="store_true",

@@ -40,7 +40,7 @@ import json
 import os
 from typing import Sequence
 
-from hfa_jax.data.annotations import read_csl_daily, read_phoenix14t
+from hfa_jax.data import formats
 from hfa_jax.text.tokenizer import FAIRSEQ_LANGUAGE_CODES, SPM_FILE, load_tokenizer, normalize_text
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
@@ -50,7 +50,6 @@ NUM_SPECIAL = 4  # fairseq <s> <pad> </s> <unk>; SentencePiece holds <unk> <s> <
 # languages with small character set").
 CJK_LANGS = ("zh_CN", "ja_XX", "ko_KR")
 CJK_CHARACTER_COVERAGE = 0.9995
-FORMATS = ("phoenix14t", "csl_daily")
 
 
 def _model_proto():
@@ -159,43 +158,32 @@ def train_tokenizer(sentences: Sequence[str], out: str, vocab_size: int = 1000,
 
 def training_sentences(root: str | None, split: str = "train", fmt: str = "phoenix14t",
                        labels: str | None = None) -> list[str]:
-    """Translations of one split, text only (no frames are read).
-
-    `fmt="phoenix14t"`: the official PHOENIX14T (or SynthSign) tree at `root`;
-    `fmt="csl_daily"`: the GFSLT-style label files `labels.{split}` in `labels` (default
-    `root/labels`, where SynthSign writes them).
+    """Translations of one split, text only (no frames are read), of a source in format ``fmt``
+    (:mod:`hfa_jax.data.formats`): e.g. the official PHOENIX14T (or SynthSign) tree at ``root``,
+    or CSL-Daily's label files in ``labels`` (default ``root/labels``, where SynthSign writes them).
     """
-    if fmt == "phoenix14t":
-        if not root:
-            raise ConfigError("--format phoenix14t needs --root (the folder holding annotations/)")
-        return [r.translation for r in read_phoenix14t(root, split, check_frames=False)]
-    if fmt == "csl_daily":
-        labels = labels or (os.path.join(root, "labels") if root else None)
-        if not labels:
-            raise ConfigError("--format csl_daily needs --labels (the folder holding labels.{train,dev,test})")
-        return [r.translation for r in read_csl_daily(labels, "", split, check_frames=False)]
-    raise ConfigError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return formats.get(fmt).sentences(root, labels, split)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Trim an mBART tokenizer to the training sentences, "
                                 "or train a small one (--train_sentencepiece).")
     p.add_argument("--tokenizer", help="source mBART tokenizer folder (e.g. facebook/mbart-large-cc25)")
-    p.add_argument("--format", default="phoenix14t", choices=FORMATS,
-                   help="phoenix14t: --root is an official-layout tree; csl_daily: --labels holds the GFSLT-style "
-                        "label files (default ROOT/labels, as SynthSign writes them)")
+    p.add_argument("--format", default="phoenix14t", choices=formats.names(),
+                   help="phoenix14t: --root is an official-layout tree; gfslt, csl_daily: --labels holds the "
+                        "GFSLT-style label files (default ROOT/labels, as SynthSign writes them)")
     p.add_argument("--root", help="PHOENIX14T or SynthSign tree")
     p.add_argument("--labels", help="csl_daily: folder holding labels.{train,dev,test}")
     p.add_argument("--out", required=True, help="output tokenizer folder")
     p.add_argument("--split", default="train", help="split whose translations are used (default train)")
     p.add_argument("--lang", default=None,
-                   help="mBART language code (default: de_DE for phoenix14t, zh_CN for csl_daily)")
+                   help="mBART language code (default: the format's, e.g. de_DE for phoenix14t, zh_CN for csl_daily)")
     p.add_argument("--train_sentencepiece", action="store_true",
                    help="train a new Unigram SentencePiece model instead of trimming --tokenizer")
     p.add_argument("--vocab_size", type=int, default=1000,
                    help="pieces for --train_sentencepiece (upper bound; default 1000)")
     a = p.parse_args(argv)
-    a.lang = a.lang or {"phoenix14t": "de_DE", "csl_daily": "zh_CN"}[a.format]
+    a.lang = a.lang or formats.get(a.format).lang
     sentences = training_sentences(a.root, a.split, a.format, a.labels)
     if a.train_sentencepiece:
         n = train_tokenizer(sentences, a.out, a.vocab_size, a.lang)

@@ -44,7 +44,9 @@ from ml_collections import config_flags
 from hfa_jax.errors import ConfigError, UserError
 from hfa_jax.train import mesh as mesh_lib
 from hfa_jax.train import schema
+from hfa_jax.train import settings as settings_lib
 from hfa_jax.train import steps as steps_lib
+from hfa_jax.train import tasks as tasks_lib
 from hfa_jax.train import trainer as trainer_lib
 
 GIB = 2 ** 30
@@ -161,25 +163,28 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
     if devices[0].platform != jax.devices()[0].platform:
         # What the real run computes on its own backend (steps.padding_chunk: off off-CPU).
         config.data.augment.padding_chunk = 0
-    mesh = mesh_lib.make_mesh(config.mesh, devices)
-    rules = mesh_lib.rules_from_config(config.mesh)
-    gbs = int(config.train.batch_size)
+    model_cfg = settings_lib.model_config(config)
+    if model_cfg.mbart.decoder_start_token_id is None:
+        # The language id comes from the tokenizer in a real run; any id compiles the same program.
+        config.model.mbart.decoder_start_token_id = model_cfg.mbart.vocab_size - 1
+        model_cfg = settings_lib.model_config(config)
+    settings = schema.resolve(config)
+    task = tasks_lib.make(settings)
+    mesh = mesh_lib.make_mesh(data=settings.mesh.data, fsdp=settings.mesh.fsdp, devices=devices)
+    rules = mesh_lib.logical_rules(settings.mesh.rules)
+    gbs = settings.train.batch_size
     if gbs % len(devices):
         raise ConfigError(f"config.train.batch_size={gbs} is not a multiple of the {len(devices)} devices")
     steps_per_epoch = max(1, num_train // gbs)
-    total_steps = trainer_lib.total_steps_of(config, steps_per_epoch)
-    if config.model.mbart.get("decoder_start_token_id") is None:
-        # The language id comes from the tokenizer in a real run; any id compiles the same program.
-        config.model.mbart.decoder_start_token_id = int(config.model.mbart.vocab_size) - 1
-    model_cfg = trainer_lib.model_config(config)
-    model = trainer_lib.build_model(config, model_cfg)
-    plan = trainer_lib.plan_state(config, model, mesh, rules, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    bound = trainer_lib.bind_steps(config, model, plan)
-    t = max(int(b) for b in config.data.buckets)
+    total_steps = trainer_lib.total_steps_of(settings.train, steps_per_epoch)
+    model = trainer_lib.build_model(task, model_cfg)
+    plan = trainer_lib.plan_state(task, model, mesh, rules, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    bound = trainer_lib.bind_steps(task, model, plan)
+    t = max(settings.data.buckets)
     state = plan.abstract_sharded_state()
 
     def batch(kind: str, size: int) -> dict:
-        shapes = steps_lib.batch_shapes(config, batch_size=size, num_frames=t, frame_size=frame_size, kind=kind,
+        shapes = steps_lib.batch_shapes(task, batch_size=size, num_frames=t, frame_size=frame_size, kind=kind,
                                         num_pseudo_glosses=model_cfg.num_pseudo_glosses)
         return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                         sharding=NamedSharding(mesh, P(mesh_lib.BATCH_AXES, *[None] * (len(v.shape) - 1))))
@@ -188,9 +193,9 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
     reports = []
     programs = {"train": (bound.train, "train", gbs, dict(out_shardings=(plan.state_shardings, None, None),
                                                             donate_argnums=(0,))),
-                "eval": (bound.eval, "eval", int(config.eval.batch_size), {})}
+                "eval": (bound.eval, "eval", settings.eval.batch_size, {})}
     if bound.generate is not None:
-        programs["generate"] = (bound.generate, "generate", int(config.eval.batch_size), {})
+        programs["generate"] = (bound.generate, "generate", settings.eval.batch_size, {})
     for name, (fn, kind, size, kw) in programs.items():
         if name not in only:
             continue

@@ -22,7 +22,7 @@ from flax import traverse_util
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from hfa_jax.data import pipeline
+from hfa_jax.data import formats, pipeline
 from hfa_jax.data import video as video_lib
 from hfa_jax.errors import CheckpointError, ConfigError, DataError
 from hfa_jax.models import hfa
@@ -30,7 +30,9 @@ from hfa_jax.text import pseudo_glosses as pg_lib
 from hfa_jax.text import tokenizer as text_lib
 from hfa_jax.train import checkpoint as ckpt_lib
 from hfa_jax.train.state import variables_from_state
-from hfa_jax.train.trainer import model_config
+from hfa_jax.train import tasks
+from hfa_jax.train.schema import resolve
+from hfa_jax.train.settings import Settings, model_config
 
 __all__ = ["EXPORT_MARKER", "FORMAT_VERSION", "ModelBundle", "PseudoGlossHeadBundle", "load_workdir",
            "load_export", "read_config", "resolve_path", "training_preprocessing", "find_pretrain_head"]
@@ -42,13 +44,6 @@ PREPROCESSING = "preprocessing.json"
 TOKENIZER_DIR = "tokenizer"
 PSEUDO_GLOSSES = "pseudo_glosses.json"
 REQUIRED = ("config.json", EXPORT_MARKER, WEIGHTS, PREPROCESSING, os.path.join(TOKENIZER_DIR, "sentencepiece.bpe.model"))
-
-# Training videos of each dataset (data_prep.build_dataset names the tfds builder after it):
-# frame rate and frame size (width, height) before the square resize.
-DATASET_SOURCES = {
-    "phoenix14t": (25.0, 210, 260),   # also SynthSign, which renders the PHOENIX14T layout
-    "csl_daily": (30.0, 512, 512),
-}
 
 
 @dataclasses.dataclass
@@ -146,6 +141,15 @@ def resolve_path(path: str, folder: str) -> str:
         base = parent
 
 
+def _settings(config) -> Settings:
+    """A run's settings from its config.json (fields it lacks take the schema's defaults)."""
+    stage = config.train.stage if "train" in config and "stage" in config.train else None
+    if stage not in tasks.TASK_OF_STAGE:
+        raise ConfigError(f"config.json: train.stage={stage!r} is not one of {sorted(tasks.TASK_OF_STAGE)}; "
+                          "pass a workdir written by hfa_jax.main")
+    return resolve(config)
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
@@ -155,10 +159,11 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def training_preprocessing(config, folder: str = "") -> video_lib.Preprocessing:
-    """The preprocessing a workdir's model was trained with: the dataset's frame rate and frame
-    size (:data:`DATASET_SOURCES`, by the tfds builder's name), its stored square size (from the
-    dataset's features, else the 256/224 convention of docs/data.md), the crop and the frame limit.
-    ``folder``: the workdir whose config this is (its relative paths are resolved against it)."""
+    """The preprocessing a workdir's model was trained with: the source videos' frame rate and frame
+    size (of the dataset's source format, :func:`hfa_jax.data.formats.of_dataset`, by the tfds
+    builder's name), its stored square size (from the dataset's features, else the 256/224
+    convention of docs/data.md), the crop and the frame limit. ``folder``: the workdir whose config
+    this is (its relative paths are resolved against it)."""
     crop = int(config.data.crop_size)
     size, name = int(round(crop * 256 / 224)), "phoenix14t"
     try:
@@ -168,8 +173,9 @@ def training_preprocessing(config, folder: str = "") -> video_lib.Preprocessing:
         name = os.path.basename(os.path.dirname(src.builder_dir))
     except Exception:  # the dataset is not on this machine: keep the convention
         pass
-    fps, w, h = DATASET_SOURCES.get(name, DATASET_SOURCES["phoenix14t"])
-    return video_lib.Preprocessing(fps=fps, source_width=w, source_height=h, size=size, crop_size=crop,
+    corpus = formats.of_dataset(name)
+    return video_lib.Preprocessing(fps=corpus.fps, source_width=corpus.width, source_height=corpus.height,
+                                   size=size, crop_size=crop,
                                    max_frames=int(config.data.max_frames),
                                    frame_selection=str(config.data.frame_selection))
 
@@ -198,17 +204,18 @@ def find_pretrain_head(config, variables: dict, folder: str = "") -> PseudoGloss
     (``config.train.init_from``, followed back; relative paths resolved against the workdir that
     names them, ``folder`` for ``config``), or None where any piece is missing."""
     seen = set()
-    wd = resolve_path(str(config.train.get("init_from", "") or ""), folder or ".")
+    wd = resolve_path(_settings(config).train.init_from or "", folder or ".")
     while wd and wd not in seen and os.path.isfile(os.path.join(wd, "config.json")):
         seen.add(wd)
         c = read_config(wd)
-        if c.train.stage != "pretrain":
-            wd = resolve_path(str(c.train.get("init_from", "") or ""), wd)
+        s = _settings(c)
+        if not tasks.of_stage(s.train.stage).uses_pseudo_glosses:  # not the pretraining stage
+            wd = resolve_path(s.train.init_from or "", wd)
             continue
         try:
             state, _ = _load_state(wd)
             pv = variables_from_state(state)
-            pg_path = resolve_path(str(c.data.pseudo_glosses), wd)
+            pg_path = resolve_path(str(s.data.pseudo_glosses), wd)
             vocab = ["<blank>"] + list(pg_lib.load_pseudo_glosses(pg_path).vocab)
         except (CheckpointError, DataError, OSError):
             return None
@@ -228,12 +235,13 @@ def load_workdir(workdir: str) -> ModelBundle:
     if not os.path.isdir(workdir):
         raise ConfigError(f"{workdir}: no such folder; pass a fine-tuning workdir or an exported model folder")
     config = read_config(workdir)
-    if config.train.stage == "pretrain":
+    settings = _settings(config)
+    if not tasks.of_stage(settings.train.stage).generates:
         raise ConfigError(f"{workdir} is a pretraining run; translate with a fine-tuning workdir")
-    tok_dir = resolve_path(str(config.data.tokenizer_dir), workdir)
+    tok_dir = resolve_path(str(settings.data.tokenizer_dir), workdir)
     if not os.path.isdir(tok_dir):
         raise ConfigError(f"{workdir}: its tokenizer folder {tok_dir} (config.data.tokenizer_dir) is missing")
-    tokenizer = text_lib.load_tokenizer(tok_dir, lang=config.data.get("lang", "de_DE"))
+    tokenizer = text_lib.load_tokenizer(tok_dir, lang=settings.data.lang)
     state, meta = _load_state(workdir)
     variables = variables_from_state(state)
     return ModelBundle(config=config, model_cfg=model_config(config, tokenizer=tokenizer), variables=variables,

@@ -28,6 +28,7 @@ import jax
 from hfa_jax.errors import ConfigError, cli_main
 from hfa_jax.models.hfa import HFAConfig, init_shapes
 from hfa_jax.train.freeze import count_params, path_str, trainable_mask, trainable_rules
+from hfa_jax.train.tasks import of_stage
 
 __all__ = ["load_config_arg", "param_report", "main"]
 
@@ -61,7 +62,7 @@ def param_report(model_cfg: Any, stage: str, rules: Sequence[tuple[str, bool]] |
     """
 
     cfg = HFAConfig.from_config(model_cfg)
-    kind = "pretrain" if stage == "pretrain" else "translate"
+    kind = of_stage(stage).model_kind
     params = init_shapes(cfg, kind)["params"]
     mask = trainable_mask(params, rules if rules is not None else trainable_rules(stage))
     modules: dict[str, list[int]] = {}

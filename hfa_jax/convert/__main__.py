@@ -49,7 +49,7 @@ def load_config_file(spec: str):
 
 def _save_workdir(out: str, config, variables: dict, step: int, meta: dict) -> None:
     from hfa_jax.train import checkpoint as ckpt_lib
-    from hfa_jax.train import freeze
+    from hfa_jax.train import freeze, tasks
     from hfa_jax.train.state import split_params
 
     stage = str(config.train.stage)
@@ -64,7 +64,7 @@ def _save_workdir(out: str, config, variables: dict, step: int, meta: dict) -> N
         raise CheckpointError(f"{out} already holds checkpoints; pass an empty or new --out folder")
     with open(os.path.join(out, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    ck = ckpt_lib.Checkpointer(out, keep=1, use_async=False, best_mode="min" if stage == "pretrain" else "max")
+    ck = ckpt_lib.Checkpointer(out, keep=1, use_async=False, best_mode=tasks.of_stage(stage).best_mode)
     ck.save_best(step, state, {**meta, "step": step, "stage": stage})
     ck.close()
 

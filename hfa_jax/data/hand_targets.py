@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from hfa_jax.errors import DataError
+from hfa_jax.hand_pose import HAND_POSE_DIM  # re-exported: the one owner of this width
 
 __all__ = [
     "HAND_POSE_DIM",
@@ -58,9 +59,6 @@ __all__ = [
     "rot_z",
 ]
 
-# 2 hands x (15 MANO joints + 1 global orientation) x 3x3 rotation matrix (HaMeR output);
-# the one owner of this width (the BeyondGloss model and the loaders import it).
-HAND_POSE_DIM = 288
 NUM_JOINTS = 15
 _HAND_POSE_END = 2 * NUM_JOINTS * 9  # 270
 

@@ -44,8 +44,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hfa_jax.data.hand_targets import HAND_POSE_DIM
 from hfa_jax.errors import ConfigError
+from hfa_jax.hand_pose import HAND_POSE_DIM
 from hfa_jax.models.activations import gelu
 from hfa_jax.models.dropout import Dropout
 from hfa_jax.models import axes

@@ -48,9 +48,9 @@ This file is ~760 lines, over the project's ~600: it is the one model, in the or
 transformers' ``modeling_mbart.py`` (config, attention, the two layer kinds, the two stacks, the
 LM head and the decoding cache), and each part would import the others if split.
 
-Pretrained weights: ``mbart.from_hf(folder, vocab_map)`` -> ``(MBart(cfg), variables)`` (and
-``encoder_from_hf``, ``save_imported``, ``load_imported``); the importer is
-:mod:`hfa_jax.weights.mbart`, re-exported here.
+Pretrained weights: :func:`hfa_jax.weights.mbart.from_hf` ``(folder, vocab_map)`` ->
+``(MBart(cfg), variables)`` (and ``encoder_from_hf``, ``save_imported``, ``load_imported``). The
+importer imports this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -85,12 +85,7 @@ __all__ = [
     "DEFAULT_LORA_TARGETS",
     "POSITION_OFFSET",
     "reorder_cache",
-    "from_hf",
-    "encoder_from_hf",
     "encoder_variables",
-    "load_hf_state",
-    "save_imported",
-    "load_imported",
 ]
 
 # fairseq/HF learned positions start at row 2 (rows 0/1 were reserved for padding in fairseq).
@@ -752,19 +747,3 @@ def encoder_variables(variables: Mapping[str, Any]) -> dict:
     (``shared`` -> ``embed_tokens``; the decoder and ``final_logits_bias`` are dropped)."""
     p = variables["params"]
     return {"params": {"embed_tokens": p["shared"], **p["encoder"]}}
-
-
-# The Hugging Face importer and the imported-weights checkpoint live in hfa_jax.weights.mbart,
-# which imports this module; these names stay reachable here (``mbart.from_hf``, the documented
-# entry point) through a module __getattr__ that imports the converter on first use. A plain
-# import at the top would be a cycle, and one at the bottom would break whenever
-# hfa_jax.weights.mbart is imported first.
-_WEIGHTS_NAMES = ("from_hf", "encoder_from_hf", "load_hf_state", "save_imported", "load_imported")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WEIGHTS_NAMES:
-        from hfa_jax.weights import mbart as mbart_weights  # lazy: it imports this module
-
-        return getattr(mbart_weights, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,9 +32,9 @@ align_corners=False, clamped borders), written as two [out, in] interpolation ma
     scale_factor g/G gives the same coordinate map).
 When the input grid equals the pretrained grid both return the table unchanged.
 
-Pretrained weights: ``vit.from_hf(path)`` -> ``(ViT(cfg), {"params": ...})`` from a Hugging Face
-folder or a torch-hub ``.pth`` (and ``vit.to_hf`` back); the conversion is
-:mod:`hfa_jax.weights.dinov2`, re-exported here.
+Pretrained weights: :func:`hfa_jax.weights.dinov2.from_hf` -> ``(ViT(cfg), {"params": ...})``
+from a Hugging Face folder or a torch-hub ``.pth`` (and ``to_hf`` back). The conversion imports
+this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -371,19 +371,3 @@ class ViT(nn.Module):
             x = jax.lax.stop_gradient(x)
         x = x[:, :n]
         return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, name="norm", **axes.norm_inits())(x)
-
-
-# The Hugging Face / torch-hub conversion lives in hfa_jax.weights.dinov2, which imports this
-# module; ``vit.from_hf`` (the documented entry point) and ``vit.to_hf`` stay reachable here
-# through a module __getattr__ that imports the converter on first use. A plain import at the top
-# would be a cycle, and one at the bottom would break whenever hfa_jax.weights.dinov2 is
-# imported first.
-_WEIGHTS_NAMES = ("from_hf", "to_hf")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WEIGHTS_NAMES:
-        from hfa_jax.weights import dinov2  # lazy: it imports this module
-
-        return getattr(dinov2, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,20 +19,22 @@ import os
 
 import jax
 
+from hfa_jax.train.settings import MeshSettings
+
 log = logging.getLogger("hfa_jax.train")
 
 ENV_ADDRESS, ENV_COUNT, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 
 
-def requested(mesh_cfg) -> bool:
+def requested(mesh: MeshSettings) -> bool:
     """Whether this run is distributed (config switch or launcher environment)."""
-    return bool(mesh_cfg.get("distributed", False)) or all(k in os.environ for k in (ENV_ADDRESS, ENV_COUNT, ENV_ID))
+    return mesh.distributed or all(k in os.environ for k in (ENV_ADDRESS, ENV_COUNT, ENV_ID))
 
 
-def initialize(mesh_cfg) -> None:
+def initialize(mesh: MeshSettings) -> None:
     """Connects to the other processes if the run is distributed; a no-op otherwise, and when JAX
     is already initialised (a second stage in the same process)."""
-    if not requested(mesh_cfg) or jax.distributed.is_initialized():
+    if not requested(mesh) or jax.distributed.is_initialized():
         return
     kwargs = {}
     if all(k in os.environ for k in (ENV_ADDRESS, ENV_COUNT, ENV_ID)):
@@ -42,8 +44,7 @@ def initialize(mesh_cfg) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # A lost process is noticed by the coordination service within this many seconds (JAX's
     # default is 100); the others then stop instead of waiting in a collective.
-    heartbeat = int(mesh_cfg.get("heartbeat_timeout_s", 100))
-    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat, **kwargs)
+    jax.distributed.initialize(heartbeat_timeout_seconds=mesh.heartbeat_timeout_s, **kwargs)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
 

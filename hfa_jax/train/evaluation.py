@@ -30,14 +30,14 @@ from hfa_jax.train.trainer import Trainer, example_fn
 log = logging.getLogger("hfa_jax.train")
 
 
-def eval_loader(config, source, fields, batch_size: int):
-    """One ordered pass over ``source``; the last batch is filled with masked rows (index -1)."""
-    dcfg = config.data
-    return pipeline.make_loader(source, batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-                                frame_selection=dcfg.frame_selection, max_frames=int(dcfg.max_frames),
-                                buckets=tuple(dcfg.buckets), drop_remainder=False,
-                                worker_count=int(dcfg.get("eval_worker_count", 0)),
-                                example_fn=example_fn(config, fields), fill_last_batch=True)
+def eval_loader(tr: Trainer, split: str):
+    """One ordered pass over ``split``; the last batch is filled with masked rows (index -1)."""
+    d = tr.settings.data
+    return pipeline.make_loader(tr.data.sources[split], batch_size=tr.settings.eval.batch_size, seed=0,
+                                shuffle=False, num_epochs=1, frame_selection=d.frame_selection,
+                                max_frames=d.max_frames, buckets=d.buckets, drop_remainder=False,
+                                worker_count=d.eval_worker_count,
+                                example_fn=example_fn(tr.task, tr.data.fields[split]), fill_last_batch=True)
 
 
 def write_translations(path_prefix: str, names, hyps, refs) -> None:
@@ -71,15 +71,10 @@ def global_value(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def best_metric_name(stage: str) -> str:
-    return "val_loss" if stage == "pretrain" else "bleu4"
-
-
 def evaluate_loss(tr: Trainer, state, split: str, eval_jit: Callable) -> tuple[dict, dict | None]:
     """Mean loss parts over a split (filler rows of the last batch masked out). Also returns the
     first video's pseudo-gloss map for the plot (pretraining)."""
-    bs = int(tr.config.eval.batch_size)
-    loader = eval_loader(tr.config, tr.data.sources[split], tr.data.fields[split], bs)
+    loader = eval_loader(tr, split)
     sums: dict[str, float] = {}
     n = 0
     first = None
@@ -102,9 +97,9 @@ def evaluate_loss(tr: Trainer, state, split: str, eval_jit: Callable) -> tuple[d
 def translate_split(tr: Trainer, state, split: str, gen_jit: Callable, *, desc: str = ""
                     ) -> tuple[list[str], list[str], list[str]]:
     """Beam search over a split. Returns (names, hypotheses, references) in source order."""
-    bs = int(tr.config.eval.batch_size)
+    bs = tr.settings.eval.batch_size
     src = tr.data.sources[split]
-    loader = eval_loader(tr.config, src, tr.data.fields[split], bs)
+    loader = eval_loader(tr, split)
     hyps: dict[int, str] = {}
     n_batches = math.ceil(len(src) / bs)
     for batch in tqdm(loader, total=n_batches, desc=desc or f"beam search {split}", leave=False,
@@ -120,17 +115,17 @@ def translate_split(tr: Trainer, state, split: str, gen_jit: Callable, *, desc: 
             [tr.data.texts[split][i] for i in order])
 
 
-def score_translations(config, hyps, refs) -> dict[str, float]:
-    return metrics.translation_metrics(hyps, refs, protocol=config.eval.protocol)
+def score_translations(tr: Trainer, hyps, refs) -> dict[str, float]:
+    return metrics.translation_metrics(hyps, refs, protocol=tr.settings.eval.protocol)
 
 
 def periodic_eval(tr: Trainer, state, step: int, eval_jit: Callable, gen_jit: Callable | None
                   ) -> tuple[float | None, dict]:
-    """Pretraining: validation loss (+ alignment plot). Fine-tuning: dev beam search + BLEU.
-    Returns (the value that selects the best checkpoint, the scalars written)."""
-    cfg = tr.config
-    split = cfg.eval.splits[0]
-    if tr.stage == "pretrain":
+    """A task that generates (translation): dev beam search + BLEU; otherwise (pretraining) the
+    validation loss (+ alignment plot). Returns (the value that selects the best checkpoint, the
+    scalars written)."""
+    split = tr.settings.eval.splits[0]
+    if not tr.task.generates:
         scalars, first = evaluate_loss(tr, state, split, eval_jit)
         tr.writer.write(step, split, scalars)
         log.info("step %d: %s %s", step, split, logs.fmt(scalars))
@@ -144,7 +139,7 @@ def periodic_eval(tr: Trainer, state, step: int, eval_jit: Callable, gen_jit: Ca
                                         title=f"{split}/{name} at step {step}")
         return scalars["loss"], scalars
     names, hyps, refs = translate_split(tr, state, split, gen_jit)
-    scores = score_translations(cfg, hyps, refs)
+    scores = score_translations(tr, hyps, refs)
     os.makedirs(os.path.join(tr.workdir, "translations"), exist_ok=True)
     if jax.process_index() == 0:
         write_translations(os.path.join(tr.workdir, "translations", f"{split}_step{step}"), names, hyps, refs)
@@ -162,17 +157,17 @@ def final_evaluation(tr: Trainer, gen_jit: Callable, *, video_blind: bool = Fals
     out = {"best_step": meta["step"]}
     outdir = os.path.join(tr.workdir, "translations")
     os.makedirs(outdir, exist_ok=True)
-    for split in tr.config.eval.splits:
+    for split in tr.settings.eval.splits:
         names, hyps, refs = translate_split(tr, state, split, gen_jit, desc=f"final {split}")
-        scores = score_translations(tr.config, hyps, refs)
+        scores = score_translations(tr, hyps, refs)
         out[split] = scores
         if jax.process_index() == 0:
             write_translations(os.path.join(outdir, f"{split}_best"), names, hyps, refs)
         log.info("best checkpoint (step %s) on %s: %s", meta["step"], split, logs.fmt(scores))
-        if video_blind or bool(tr.config.eval.get("video_blind", False)):
-            perm = video_blind_permutation(len(hyps), seed=int(tr.config.seed))
+        if video_blind or tr.settings.eval.video_blind:
+            perm = video_blind_permutation(len(hyps), seed=tr.settings.seed)
             blind = [hyps[j] for j in perm]
-            out[f"{split}_video_blind"] = score_translations(tr.config, blind, refs)
+            out[f"{split}_video_blind"] = score_translations(tr, blind, refs)
             if jax.process_index() == 0:
                 write_translations(os.path.join(outdir, f"{split}_best_video_blind"), names, blind, refs)
     if jax.process_index() == 0:

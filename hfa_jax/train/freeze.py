@@ -82,37 +82,39 @@ def _size(x) -> int:
 _LORA = r"/lora_[ab]$"
 
 
-def trainable_rules(stage: str) -> list[tuple[str, bool]]:
-    """Freezing table for ``stage`` in {"pretrain", "finetune1", "finetune2"} (docs/training.md).
+# The paper's freezing table per stage (docs/training.md).
+#   pretrain: ViT LoRA, Linear+BN, temporal, pseudo-gloss head, prototypes, CLS, logit scale and
+#     the video encoder's LoRA train; the ViT, the video encoder's mBART weights and the text
+#     encoder are frozen.
+#   finetune1: only the mapper and the decoder LoRA train.
+#   finetune2: everything trainable: ViT LoRA, Linear+BN, temporal, mapper, encoder + decoder LoRA.
+_PAPER_RULES: dict[str, tuple[tuple[str, bool], ...]] = {
+    "pretrain": (
+        (r"^frame_encoder/.*" + _LORA, True),
+        (r"^frame_encoder/", False),
+        (r"^(frame_proj|frame_bn|temporal|pg_head|hand_pose|desc_proj|desc_feedback)/", True),
+        (r"^(prototypes|cls_token|logit_scale)$", True),
+        (r"^video_encoder/.*" + _LORA, True),
+        (r"^video_encoder/", False),
+        (r"^text_encoder/", False),
+    ),
+    "finetune1": (
+        (r"^mapper/", True),
+        (r"^mbart/decoder/.*" + _LORA, True),
+        (r"^(frame_encoder|frame_proj|frame_bn|temporal|hand_pose|desc_feedback|mbart)/", False),
+    ),
+    "finetune2": (
+        (r"^frame_encoder/.*" + _LORA, True),
+        (r"^frame_encoder/", False),
+        (r"^(frame_proj|frame_bn|temporal|hand_pose|desc_feedback|mapper)/", True),
+        (r"^mbart/.*" + _LORA, True),
+        (r"^mbart/", False),
+    ),
+}
 
-    pretrain: ViT LoRA, Linear+BN, temporal, pseudo-gloss head, prototypes, CLS, logit scale and
-      the video encoder's LoRA train; the ViT, the video encoder's mBART weights and the text
-      encoder are frozen.
-    finetune1: only the mapper and the decoder LoRA train.
-    finetune2: everything trainable: ViT LoRA, Linear+BN, temporal, mapper, encoder + decoder LoRA.
-    """
-    if stage == "pretrain":
-        return [
-            (r"^frame_encoder/.*" + _LORA, True),
-            (r"^frame_encoder/", False),
-            (r"^(frame_proj|frame_bn|temporal|pg_head|hand_pose|desc_proj|desc_feedback)/", True),
-            (r"^(prototypes|cls_token|logit_scale)$", True),
-            (r"^video_encoder/.*" + _LORA, True),
-            (r"^video_encoder/", False),
-            (r"^text_encoder/", False),
-        ]
-    if stage == "finetune1":
-        return [
-            (r"^mapper/", True),
-            (r"^mbart/decoder/.*" + _LORA, True),
-            (r"^(frame_encoder|frame_proj|frame_bn|temporal|hand_pose|desc_feedback|mbart)/", False),
-        ]
-    if stage == "finetune2":
-        return [
-            (r"^frame_encoder/.*" + _LORA, True),
-            (r"^frame_encoder/", False),
-            (r"^(frame_proj|frame_bn|temporal|hand_pose|desc_feedback|mapper)/", True),
-            (r"^mbart/.*" + _LORA, True),
-            (r"^mbart/", False),
-        ]
-    raise ValueError(f"unknown training stage {stage!r}; use one of {STAGES}")
+
+def trainable_rules(stage: str) -> list[tuple[str, bool]]:
+    """The paper's freezing table for ``stage`` in :data:`STAGES` (``_PAPER_RULES``)."""
+    if stage not in _PAPER_RULES:
+        raise ValueError(f"unknown training stage {stage!r}; use one of {STAGES}")
+    return list(_PAPER_RULES[stage])

@@ -16,9 +16,12 @@ from flax import traverse_util
 from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import hfa
 from hfa_jax.models import mbart as mbart_lib
-from hfa_jax.models import vit as vit_lib
+from hfa_jax.weights import dinov2 as dinov2_weights
+from hfa_jax.weights import mbart as mbart_weights
 from hfa_jax.train import checkpoint as ckpt_lib
+from hfa_jax.train.settings import Settings
 from hfa_jax.train.state import merge_params
+from hfa_jax.train.tasks import Task
 
 
 def _flat(tree) -> dict[str, Any]:
@@ -65,44 +68,45 @@ _TRANSFER = {
 }
 
 
-def load_initial_params(config, stage: str, variables: dict) -> tuple[dict, list[str]]:
+def load_initial_params(settings: Settings, task: Task, variables: dict) -> tuple[dict, list[str]]:
     """Fills ``variables`` (host NumPy nested dicts: params, batch_stats, buffers) from imported
     pretrained weights (``config.weights``: DINOv2 + mBART, paper runs), the pseudo-gloss
-    prototypes (``config.data.prototypes``) and the previous stage's best checkpoint
-    (``config.train.init_from``), in that order. Returns (variables, report lines)."""
+    prototypes (``config.data.prototypes``, tasks that use pseudo-glosses) and the previous
+    stage's best checkpoint (``config.train.init_from``), in that order. Returns (variables,
+    report lines)."""
     report: list[str] = []
     flat = {col: _flat(v) for col, v in variables.items()}
     params = flat["params"]
-    w = config.get("weights", None)
-    if w is not None and w.get("vit", ""):
-        _, vv = vit_lib.from_hf(w.vit, hfa.HFAConfig.from_config(config.model.to_dict()).vit, seed=int(config.seed))
+    w, stage = settings.weights, settings.train.stage
+    if w.vit:
+        vit_cfg = hfa.HFAConfig.from_config(settings.model).vit
+        _, vv = dinov2_weights.from_hf(w.vit, vit_cfg, seed=settings.seed)
         n = _put(params, _flat(vv["params"]), "", "frame_encoder/", f"ViT weights {w.vit}")
         report.append(f"imported {n} ViT tensors from {w.vit}")
-    if w is not None and w.get("mbart", ""):
+    if w.mbart:
         if os.path.isdir(os.path.join(w.mbart, "variables")):
-            _, mv = mbart_lib.load_imported(w.mbart)
+            _, mv = mbart_weights.load_imported(w.mbart)
         else:
-            _, mv = mbart_lib.from_hf(w.mbart, w.get("vocab_map", "") or None)
-        mflat = _flat(mv["params"])
+            _, mv = mbart_weights.from_hf(w.mbart, w.vocab_map or None)
         skip = ("lora_a", "lora_b")  # adapters stay freshly initialised
-        if stage == "pretrain":
-            enc = _flat(mbart_lib.encoder_variables(mv)["params"])
-            n = _put(params, enc, "", "video_encoder/", f"mBART weights {w.mbart}", skip=skip)
-            n += _put(params, enc, "", "text_encoder/", f"mBART weights {w.mbart}", skip=skip)
-        else:
-            n = _put(params, mflat, "", "mbart/", f"mBART weights {w.mbart}", skip=skip)
-            if "buffers" in mv and "buffers" in flat:
-                _put(flat["buffers"], _flat(mv["buffers"]), "", "mbart/", f"mBART buffers {w.mbart}")
+        # The task says where mBART goes: its encoder into the pretraining model's two encoders,
+        # or the whole model (buffers included) into the translation model.
+        source = _flat((mbart_lib.encoder_variables(mv) if task.mbart_encoder_only else mv)["params"])
+        n = sum(_put(params, source, "", dst, f"mBART weights {w.mbart}", skip=skip) for dst in task.mbart_targets)
+        if not task.mbart_encoder_only and "buffers" in mv and "buffers" in flat:
+            for dst in task.mbart_targets:
+                _put(flat["buffers"], _flat(mv["buffers"]), "", dst, f"mBART buffers {w.mbart}")
         report.append(f"imported {n} mBART tensors from {w.mbart}")
-    if stage == "pretrain" and config.data.get("prototypes", ""):
-        protos = np.load(config.data.prototypes)
+    if task.uses_pseudo_glosses and settings.data.prototypes:
+        path = settings.data.prototypes
+        protos = np.load(path)
         want = np.shape(params["prototypes"])
         if protos.ndim != 2 or protos.shape[0] - 1 != want[0] or protos.shape[1] != want[1]:
-            raise CheckpointError(f"config.data.prototypes={config.data.prototypes!r} has shape {protos.shape}; "
+            raise CheckpointError(f"config.data.prototypes={path!r} has shape {protos.shape}; "
                                   f"expected [{want[0] + 1}, {want[1]}] (row 0 = blank) for this pseudo-gloss file")
         params["prototypes"] = protos[1:].astype(np.float32)
-        report.append(f"prototypes from {config.data.prototypes}")
-    init_from = config.train.get("init_from", "")
+        report.append(f"prototypes from {path}")
+    init_from = settings.train.init_from
     if init_from:
         prev, meta = ckpt_lib.load_state_arrays(init_from, best=True)
         prev_stage = meta.get("stage", "")

@@ -35,7 +35,6 @@ from hfa_jax.train import distributed
 from hfa_jax.train import evaluation
 from hfa_jax.train import logs
 from hfa_jax.train import steps as steps_lib
-from hfa_jax.train.evaluation import best_metric_name
 from hfa_jax.train.trainer import Trainer, build_trainer, every, example_fn, init_state
 
 PyTree = Any
@@ -61,15 +60,14 @@ class DebugCrash(RuntimeError):
 def train_loader(tr: Trainer, start_batch: int = 0):
     """The training loader: shuffled, repeated; each process reads its ``batch_size /
     process_count`` rows of every global batch, starting at global batch ``start_batch``."""
-    config, dcfg = tr.config, tr.config.data
-    per_host = int(config.train.batch_size) // jax.process_count()
+    d = tr.settings.data
+    per_host = tr.settings.train.batch_size // jax.process_count()
     return pipeline.make_loader(
-        tr.data.sources[dcfg.train_split], batch_size=per_host, seed=int(dcfg.seed), shuffle=True,
-        num_epochs=None, frame_selection=dcfg.frame_selection, max_frames=int(dcfg.max_frames),
-        buckets=tuple(dcfg.buckets), drop_remainder=True, worker_count=int(dcfg.worker_count),
-        read_threads=int(dcfg.get("read_threads", 1)),
-        example_fn=example_fn(config, tr.data.fields[dcfg.train_split]),
-        length_grouping=int(dcfg.get("length_grouping", 0)), start_batch=start_batch)
+        tr.data.sources[d.train_split], batch_size=per_host, seed=d.seed, shuffle=True,
+        num_epochs=None, frame_selection=d.frame_selection, max_frames=d.max_frames,
+        buckets=d.buckets, drop_remainder=True, worker_count=d.worker_count, read_threads=d.read_threads,
+        example_fn=example_fn(tr.task, tr.data.fields[d.train_split]),
+        length_grouping=d.length_grouping, start_batch=start_batch)
 
 
 class CompiledPrograms:
@@ -132,8 +130,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn, eval_jit, gen_jit = compile_steps(tr)                        # compile
     state, step, best_value, final = _train(tr, state, it, step_fn, eval_jit, gen_jit, best_value)  # loop
     summary = {"stage": tr.stage, "steps": step, "best_value": best_value,          # final
-               "best_metric": best_metric_name(tr.stage), "final": final}
-    if tr.stage != "pretrain" and bool(config.eval.get("final_on_best", True)):
+               "best_metric": tr.task.best_metric, "final": final}
+    if tr.task.generates and tr.settings.eval.final_on_best:
         summary["results"] = evaluation.final_evaluation(tr, gen_jit)
     logs.write_loss_curves(tr.writer.path, workdir, tr.stage)
     summary["seconds"] = time.time() - t_start
@@ -152,7 +150,7 @@ def _resume(tr: Trainer, state) -> tuple[PyTree, float | None]:
     if start is not None:
         state, meta = tr.ckpt.restore(tr.plan.abstract_sharded_state(), start)
         best_value = meta.get("best_value")
-        log.info("resumed from step %d (best %s so far: %s)", start, best_metric_name(tr.stage), best_value)
+        log.info("resumed from step %d (best %s so far: %s)", start, tr.task.best_metric, best_value)
     return state, best_value
 
 
@@ -161,22 +159,21 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
     """The step loop, then the final evaluation and checkpoint. Returns (state, step, best value,
     final evaluation scalars). Long because it is the one place that orders logging, evaluation,
     checkpointing and preemption within a step; each piece is a call."""
-    config, tcfg, stage = tr.config, tr.config.train, tr.stage
+    t, stage, best_metric = tr.settings.train, tr.stage, tr.task.best_metric
     step = int(jax.device_get(state["step"]))
     # The frame encoder runs on the valid frames only, packed to one of data.pack_frames capacity
     # levels per bucket (one compiled step per bucket and level met).
-    pack_levels = int(config.data.get("pack_frames", 0))
-    num_micro = int(tcfg.get("microbatches", 1) or 1)  # K > 1: one packing per micro-batch
-    log_every = int(tcfg.log_every_steps)
-    ckpt_every = every(None, int(tcfg.checkpoint_every_steps), tr.steps_per_epoch)
-    eval_every = every(config.eval.get("every_epochs", None), int(config.eval.get("every_steps", 0) or 0),
-                       tr.steps_per_epoch)
-    crash_after = int(tcfg.get("debug_crash_after_step", -1))
-    hold_after = int(tcfg.get("debug_hold_after_step", -1))
+    pack_levels = tr.settings.data.pack_frames
+    num_micro = t.microbatches  # K > 1: one packing per micro-batch
+    log_every = t.log_every_steps
+    ckpt_every = every(None, t.checkpoint_every_steps, tr.steps_per_epoch)
+    eval_every = every(tr.settings.eval.every_epochs, tr.settings.eval.every_steps, tr.steps_per_epoch)
+    crash_after = t.debug_crash_after_step
+    hold_after = t.debug_hold_after_step
 
     def meta_now(s):
         return {"step": int(s), "stage": stage, "global_batches_read": int(s), "best_value": best_value,
-                "best_metric": best_metric_name(stage)}
+                "best_metric": best_metric}
 
     def do_eval(s):
         nonlocal best_value
@@ -184,15 +181,15 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
         if value is not None and tr.ckpt.is_better(value, best_value):
             best_value = value
             tr.ckpt.save_best(s, state, meta_now(s))
-            log.info("step %d: new best %s = %.4f", s, best_metric_name(stage), value)
+            log.info("step %d: new best %s = %.4f", s, best_metric, value)
         return scalars
 
     pbar = tqdm(total=tr.total_steps, initial=step, desc=stage, dynamic_ncols=True,
-                disable=jax.process_index() != 0 or not bool(tcfg.get("progress_bar", True)))
+                disable=jax.process_index() != 0 or not t.progress_bar)
     window_t, window_n, window_slots, window_vit = time.time(), 0, 0, 0
     pending = None  # (step number, finiteness flags, metrics) of the last step not yet checked
     record = (open(os.path.join(tr.workdir, f"batches.p{jax.process_index()}.jsonl"), "a")
-              if bool(tcfg.get("debug_record_batches", False)) else None)
+              if t.debug_record_batches else None)
     with ckpt_lib.PreemptionFlag() as preempt:
         try:
             while step < tr.total_steps:
@@ -223,7 +220,7 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
                 if step % log_every == 0 or step == tr.total_steps:
                     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     dt = time.time() - window_t
-                    m["examples_per_sec"] = window_n * int(tcfg.batch_size) / max(dt, 1e-9)
+                    m["examples_per_sec"] = window_n * t.batch_size / max(dt, 1e-9)
                     # frames the ViT encoded / padded frame slots (< 1 with data.pack_frames)
                     m["vit_frame_fraction"] = window_vit / max(window_slots, 1)
                     window_t, window_n, window_slots, window_vit = time.time(), 0, 0, 0
@@ -247,7 +244,7 @@ def _train(tr: Trainer, state, it, step_fn: Callable, eval_jit: Callable, gen_ji
                     log.info("debug hold after step %d: waiting to be killed", step)
                     while True:
                         time.sleep(60)
-            final = do_eval(step) if bool(config.eval.at_end) else None
+            final = do_eval(step) if tr.settings.eval.at_end else None
             tr.ckpt.save(step, state, meta_now(step))
             if tr.ckpt.best.latest_step() is None:  # never evaluated: the last state is the kept one
                 tr.ckpt.save_best(step, state, meta_now(step))

@@ -53,16 +53,14 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(*, data: int, fsdp: int, devices: Sequence[Any] | None = None) -> Mesh:
     """Mesh of shape ``(data, fsdp)`` over all (global) devices, or over ``devices`` (e.g. the
     devices of a TPU topology description, for ahead-of-time compilation).
 
-    ``mesh_cfg.data = -1`` takes every device not used by ``fsdp``.
+    ``data = -1`` (``config.mesh.data``) takes every device not used by ``fsdp``.
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
-    fsdp = int(mesh_cfg.get("fsdp", 1))
-    data = int(mesh_cfg.get("data", -1))
     if fsdp < 1 or n % fsdp:
         raise ConfigError(f"config.mesh.fsdp={fsdp} does not divide the {n} devices; choose a divisor of {n}")
     if data == -1:
@@ -72,8 +70,8 @@ def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
 
 
-def rules_from_config(mesh_cfg) -> tuple[tuple[str, Any], ...]:
-    rules = mesh_cfg.get("rules", None)
+def logical_rules(rules: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
+    """``config.mesh.rules`` as flax's logical axis rules; :data:`DEFAULT_RULES` when None."""
     if rules is None:
         return DEFAULT_RULES
     return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)

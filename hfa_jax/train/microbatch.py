@@ -47,8 +47,9 @@ What is *not* the one-batch step:
 
 The entry point :func:`value_and_grad` returns what
 ``jax.value_and_grad(loss_of, has_aux=True)`` returns in the train step:
-``((loss, (parts, new_batch_stats)), grads)``. :func:`stage_terms` writes a stage's loss
-(:func:`hfa_jax.train.steps.stage_loss`) as example and batch terms.
+``((loss, (parts, new_batch_stats)), grads)``, for ``K = 1`` as for ``K > 1``: the train step
+calls nothing else. A task's objective (:meth:`hfa_jax.train.tasks.Task.objective`) is written
+once, as an ordered list of example and batch terms.
 """
 
 from __future__ import annotations
@@ -60,10 +61,7 @@ import jax
 import jax.numpy as jnp
 
 from hfa_jax.errors import ConfigError
-from hfa_jax.models.beyondgloss import BeyondGlossConfig
 from hfa_jax.models.packing import pack_index_per_microbatch  # re-exported: the index split_batch expects
-from hfa_jax.train import beyondgloss_losses as bg_losses
-from hfa_jax.train import losses as losses_lib
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -74,7 +72,6 @@ __all__ = [
     "ExampleTerm",
     "BatchTerm",
     "LossTerms",
-    "stage_terms",
     "full_batch_loss",
     "value_and_grad",
     "split_batch",
@@ -119,10 +116,18 @@ class BatchTerm:
 
 @dataclasses.dataclass(frozen=True)
 class LossTerms:
-    """A stage's loss ``sum_t weight_t * term_t`` over example and batch terms."""
+    """A loss ``sum_t weight_t * term_t`` over an ordered list of example and batch terms (the
+    sum is taken in this order, so the one-batch loss is the same float whatever the split)."""
 
-    example: tuple[ExampleTerm, ...] = ()
-    batch: tuple[BatchTerm, ...] = ()
+    terms: tuple[ExampleTerm | BatchTerm, ...] = ()
+
+    @property
+    def example(self) -> tuple[ExampleTerm, ...]:
+        return tuple(t for t in self.terms if isinstance(t, ExampleTerm))
+
+    @property
+    def batch(self) -> tuple[BatchTerm, ...]:
+        return tuple(t for t in self.terms if isinstance(t, BatchTerm))
 
     @property
     def rows(self) -> tuple[str, ...]:
@@ -133,68 +138,7 @@ class LossTerms:
         return tuple(dict.fromkeys(k for t in self.batch for k in t.shared))
 
     def total(self, values: Mapping[str, jax.Array]) -> jax.Array:
-        return sum(t.weight * values[t.name] for t in (*self.example, *self.batch))
-
-
-def _valid_examples(batch: Batch) -> jax.Array:
-    """Rows the losses count: ``example_mask`` (filler rows of an evaluation batch) or all."""
-    mask = batch.get("example_mask")
-    if mask is None:
-        return jnp.float32(batch["frame_mask"].shape[0])
-    return jnp.sum(mask.astype(jnp.float32))
-
-
-def _hand_frames(batch: Batch) -> jax.Array:
-    m = batch["frame_mask"].astype(jnp.float32)
-    if batch.get("example_mask") is not None:
-        m = m * batch["example_mask"].astype(jnp.float32)[:, None]
-    return jnp.sum(m) * batch["hand_pose"].shape[-1]
-
-
-def stage_terms(config, stage: str) -> LossTerms:
-    """The stage's loss as :func:`hfa_jax.train.steps.stage_loss` computes it, as terms.
-
-    Pretraining: ``pg_loss`` (example term, weight ``train.pg_weight``, mean over the valid
-    examples' ``V+1`` classes), ``hand_loss`` (example term, ``train.lambda_hand``, mean over the
-    valid frames' 288 values), ``align_loss`` and ``desc_loss`` (batch terms, weights 1 and
-    ``train.lambda_desc``; rows ``video_vec/text_vec`` and ``video_desc_vec/desc_vec``, shared
-    ``logit_scale``). Fine-tuning: ``loss``, the label-smoothed cross-entropy, a mean over the
-    batch's target tokens.
-    """
-    t = config.train
-    if stage != "pretrain":
-        smoothing = float(t.label_smoothing)
-        return LossTerms(example=(ExampleTerm(
-            "loss", 1.0,
-            lambda out, b: losses_lib.translation_loss(out, b["labels"], b["target_mask"],
-                                                       label_smoothing=smoothing),
-            lambda b: jnp.sum(b["target_mask"].astype(jnp.float32))),))
-
-    pg_mode = t.pg_loss
-    example = [ExampleTerm(
-        "pg_loss", float(t.pg_weight),
-        lambda out, b: losses_lib.pseudo_gloss_loss(out["pg_scores"], b["pg_targets"], mode=pg_mode,
-                                                    example_mask=b.get("example_mask")),
-        lambda b: _valid_examples(b) * b["pg_targets"].shape[1])]
-    batch = [BatchTerm(
-        "align_loss", 1.0,
-        lambda e, b: losses_lib.alignment_loss(e["video_vec"], e["text_vec"], e["logit_scale"],
-                                               example_mask=b.get("example_mask")),
-        rows=("video_vec", "text_vec"), shared=("logit_scale",))]
-    bg = BeyondGlossConfig.from_config(config.model.get("beyondgloss", None))
-    if bg.description:
-        batch.append(BatchTerm(
-            "desc_loss", float(t.lambda_desc),
-            lambda e, b: bg_losses.description_loss(e["video_desc_vec"], e["desc_vec"], e["logit_scale"],
-                                                    example_mask=b.get("example_mask")),
-            rows=("video_desc_vec", "desc_vec"), shared=("logit_scale",)))
-    if bg.hand_pose:
-        def hand(out, b):
-            pred = out["hand_pred"]
-            return bg_losses.hand_pose_loss(pred, b["hand_pose"][:, :pred.shape[1]], b["frame_mask"],
-                                            example_mask=b.get("example_mask"))
-        example.append(ExampleTerm("hand_loss", float(t.lambda_hand), hand, _hand_frames))
-    return LossTerms(example=tuple(example), batch=tuple(batch))
+        return sum(t.weight * values[t.name] for t in self.terms)
 
 
 def _parts(terms: LossTerms, values: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
@@ -203,7 +147,8 @@ def _parts(terms: LossTerms, values: Mapping[str, jax.Array]) -> tuple[jax.Array
 
 
 def full_batch_loss(terms: LossTerms, outputs: Any, batch: Batch) -> tuple[jax.Array, dict]:
-    """``(total, parts)`` of one batch, every term on it: what ``stage_loss`` returns."""
+    """``(total, parts)`` of one batch, every term on it (the evaluation step's loss; the train
+    step takes it through :func:`value_and_grad` with ``K = 1``)."""
     values = {t.name: t.value(outputs, batch) for t in terms.example}
     embeddings = {k: outputs[k] for k in (*terms.rows, *terms.shared)}
     values.update({t.name: t.value(embeddings, batch) for t in terms.batch})
@@ -257,7 +202,7 @@ def value_and_grad(apply_fn: ApplyFn, terms: LossTerms, params: PyTree, batch: B
       apply_fn: ``(params, micro_batch, index) -> (outputs, new_batch_stats)``, the model's
         training forward pass on one micro-batch (``index``: int32 scalar, 0..K-1; it must fix
         the dropout masks, see the module docstring). Outputs hold what ``terms`` read.
-      terms: the loss (:func:`stage_terms`).
+      terms: the loss (:meth:`hfa_jax.train.tasks.Task.objective`).
       params: the differentiated parameters.
       batch: ``{name: [B, ...]}`` the global batch (anything ``apply_fn`` needs, e.g. the
         augmented ``pixels``, travels in it and is split with it).

@@ -4,6 +4,9 @@
 (``configs/pretrain.py``, ``configs/finetune.py``, ``configs/demo.py``) start from it. The model
 fields come from ``configs/common.py`` and are checked by the models' own config class.
 
+``resolve(config)`` reads a validated config once into typed settings
+(:mod:`hfa_jax.train.settings`), filling any field it lacks from ``base()``.
+
 ``validate(config)`` fails with ONE line (a :class:`hfa_jax.errors.ConfigError`) naming the field
 when a config names an unknown field, has a bad value, or points at a data / weight path that does
 not exist.
@@ -11,6 +14,7 @@ not exist.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -19,8 +23,12 @@ import ml_collections
 from hfa_jax.data.pipeline import DEFAULT_BUCKETS, FRAME_SELECTIONS
 from hfa_jax.errors import ConfigError
 from hfa_jax.metrics import PROTOCOLS
+from hfa_jax.models.beyondgloss import BeyondGlossConfig
+from hfa_jax.train import tasks
 from hfa_jax.train.freeze import STAGES
 from hfa_jax.train.losses import PG_LOSS_MODES as PG_LOSSES
+from hfa_jax.train.settings import (AugmentSettings, DataSettings, EvalSettings, MeshSettings, Settings,
+                                    TrainSettings, WeightsSettings)
 
 
 def base() -> ml_collections.ConfigDict:
@@ -28,7 +36,7 @@ def base() -> ml_collections.ConfigDict:
     docs/evaluation.md). One long literal on purpose: the whole schema reads in one place."""
     c = ml_collections.ConfigDict()
     c.name = "hfa"
-    c.job = "train"  # "train": one stage (hfa_jax.train.loop.run); "demo": hfa_jax.demo.run
+    c.job = "train"  # what hfa_jax.main runs (its JOBS): "train" one stage, "demo" the CPU demo
     c.seed = 0  # root of all model randomness (init, dropout, augmentation)
 
     c.data = ml_collections.ConfigDict(dict(
@@ -108,7 +116,7 @@ def base() -> ml_collections.ConfigDict:
     ))
 
     # Pretrained weights (paper runs; empty = random init, as the demo): a DINOv2 HF folder or
-    # torch-hub .pth, an mBART HF folder or a folder written by hfa_jax.models.mbart.save_imported,
+    # torch-hub .pth, an mBART HF folder or a folder written by hfa_jax.weights.mbart.save_imported,
     # and the trimmed vocabulary map written by data_prep.trim_vocab (vocab_map.json).
     c.weights = ml_collections.ConfigDict(dict(vit="", mbart="", vocab_map=""))
 
@@ -156,7 +164,8 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
     for section in ("data", "train", "eval", "mesh", "weights"):
         hit = _unknown(config[section], ref[section], f"config.{section}.")
         if hit:
-            raise ConfigError(f"{hit} is not a known field; remove it or fix its name (see configs/validate.py)")
+            raise ConfigError(f"{hit} is not a known field; remove it or fix its name (the fields and their "
+                              "defaults: hfa_jax/train/schema.py:base)")
     t = config.train
     if t.stage not in STAGES:
         raise ConfigError(f"config.train.stage={t.stage!r} is not one of {STAGES}")
@@ -186,10 +195,11 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
     for i, rule in enumerate(t.trainable):
         if len(rule) != 2 or not isinstance(rule[0], str) or not isinstance(rule[1], bool):
             raise ConfigError(f"config.train.trainable[{i}]={rule!r} is not a (regex, bool) pair")
-    if config.get("model") is None:
+    if "model" not in config or config.model is None:
         raise ConfigError("config.model is missing; use configs.common.model_config(variant)")
-    bg = config.model.get("beyondgloss", None) or {}
-    if t.stage == "pretrain" and (not bg.get("pseudo_gloss_head", True) or not bg.get("text_encoder", True)):
+    task = tasks.of_stage(t.stage)
+    bg = BeyondGlossConfig.from_config(config.model.beyondgloss if "beyondgloss" in config.model else None)
+    if task.uses_pseudo_glosses and (not bg.pseudo_gloss_head or not bg.text_encoder):
         raise ConfigError("config.model.beyondgloss.pseudo_gloss_head/text_encoder=False (the authors' BeyondGloss "
                           "pretraining models) has no hfa_jax pretraining loss yet; use the converted workdir as "
                           "train.init_from of a fine-tuning stage")
@@ -198,7 +208,7 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
     d = config.data
     _need(d.dataset_dir, "data.dataset_dir", "build it with `python -m data_prep.build_dataset` or fix the path")
     _need(d.tokenizer_dir, "data.tokenizer_dir", "write it with `python -m data_prep.trim_vocab` or fix the path")
-    if t.stage == "pretrain":
+    if task.uses_pseudo_glosses:
         _need(d.pseudo_glosses, "data.pseudo_glosses", "write it with `python -m data_prep.pseudo_glosses`")
         if d.prototypes:
             _need(d.prototypes, "data.prototypes", "write it with `python -m data_prep.prototypes`")
@@ -207,5 +217,60 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
     for k, v in config.weights.items():
         if v:
             _need(v, f"weights.{k}", "download / import the weights (README: weight import) or leave it empty")
-    if config.model.get("dtype", "float32") not in ("float32", "bfloat16"):
+    if "dtype" in config.model and config.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype={config.model.dtype!r} is not float32|bfloat16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the config once
+
+def _plain(value: Any) -> Any:
+    """ConfigDict / list values -> plain, hashable Python values (lists become tuples)."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str, "float | None": float}
+
+
+def _section(cls, given: Any, defaults: Any, **nested):
+    """``cls`` from a config section, each field taken from ``given`` where it has it, else from
+    the schema's ``defaults``, and cast to its annotated scalar type; ``nested`` holds the
+    resolved sub-sections."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in nested:
+            values[f.name] = nested[f.name]
+            continue
+        value = _plain(given[f.name] if given is not None and f.name in given else defaults[f.name])
+        cast = _SCALARS.get(f.type)
+        values[f.name] = cast(value) if cast is not None and value is not None else value
+    return cls(**values)
+
+
+def resolve(config) -> Settings:
+    """The config (validated, :func:`validate`) read once, as
+    :class:`~hfa_jax.train.settings.Settings`; fields it lacks take :func:`base`'s values."""
+    ref = base()
+
+    def given(name):
+        return config[name] if name in config else None
+
+    data, ref_data = given("data"), ref.data
+    augment = _section(AugmentSettings, data["augment"] if data is not None and "augment" in data else None,
+                       ref_data.augment)
+    model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+    return Settings(
+        name=str(config.name) if "name" in config else ref.name,
+        seed=int(config.seed) if "seed" in config else ref.seed,
+        data=_section(DataSettings, data, ref_data, augment=augment),
+        train=_section(TrainSettings, given("train"), ref.train),
+        eval=_section(EvalSettings, given("eval"), ref.eval),
+        mesh=_section(MeshSettings, given("mesh"), ref.mesh),
+        weights=_section(WeightsSettings, given("weights"), ref.weights),
+        model=model,
+        beyondgloss=BeyondGlossConfig.from_config(model.get("beyondgloss")),
+    )

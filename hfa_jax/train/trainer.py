@@ -2,7 +2,9 @@
 
 Phases (big_vision's ``train.py`` order)::
 
-    0. setup    config check, multi-host init, workdir, log file, TensorBoard writer
+    0. setup    config check, the config read once into settings and the stage's task
+                (:mod:`hfa_jax.train.settings`, :mod:`hfa_jax.train.tasks`), multi-host init,
+                workdir, log file, TensorBoard writer
     1. mesh     the (data, fsdp) device mesh and the logical-axis rules
     2. data     tokenizer, pseudo-glosses, per-example token ids / targets, sources per split
     3. shapes   jax.eval_shape of the model init -> parameter and state shardings, trainable mask,
@@ -27,10 +29,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hfa_jax.data import beyondgloss_io, pipeline
+from hfa_jax.data import pipeline
 from hfa_jax.errors import ConfigError
 from hfa_jax.models import hfa
-from hfa_jax.models.beyondgloss import BeyondGlossConfig
 from hfa_jax.text import pseudo_glosses as pg_lib
 from hfa_jax.text import tokenizer as text_lib
 from hfa_jax.train import checkpoint as ckpt_lib
@@ -44,7 +45,10 @@ from hfa_jax.train import optim as optim_lib
 from hfa_jax.train import schema
 from hfa_jax.train import state as state_lib
 from hfa_jax.train import steps
+from hfa_jax.train import tasks as tasks_lib
 from hfa_jax.train.freeze import STAGES
+from hfa_jax.train.schema import resolve
+from hfa_jax.train.settings import Settings, TrainSettings, model_config  # model_config: also for tools
 
 PyTree = Any
 log = logging.getLogger("hfa_jax.train")
@@ -77,120 +81,72 @@ class RowLookup:
         return {k: v[i] for k, v in self.fields.items()}
 
 
-def beyondgloss_config(config) -> BeyondGlossConfig:
-    """``config.model.beyondgloss`` as a BeyondGlossConfig (all off when absent)."""
-    return BeyondGlossConfig.from_config(config.model.get("beyondgloss", None))
-
-
-def _read_split_text(source, extra_key: str | None = None):
-    """(names, texts) of every row of a source, read without decoding frames; with
-    ``extra_key`` also that feature per row (None where absent)."""
+def _read_split_text(source, extra_key: str | None = None) -> tuple[list[str], list[str], list[Any]]:
+    """(names, texts, extra) of every row of a source, read without decoding frames; ``extra``
+    holds the feature ``extra_key`` per row (None where absent; all None without a key)."""
     names, texts, extra = [], [], []
     for i in range(len(source)):
         ex = source[i]
         names.append(ex["name"])
         texts.append(ex["text"])
-        if extra_key:
-            extra.append(ex.get(extra_key))
-    return (names, texts, extra) if extra_key else (names, texts)
+        extra.append(ex.get(extra_key) if extra_key else None)
+    return names, texts, extra
 
 
-def example_fn(config, fields: Mapping[str, np.ndarray]):
-    """The loaders' example_fn: the per-row fields, plus the per-frame hand-pose targets when
-    the BeyondGloss hand-pose objective is on (pretraining)."""
-    fn = RowLookup(fields)
-    if config.train.stage == "pretrain" and beyondgloss_config(config).hand_pose:
-        length = max(int(b) for b in config.data.buckets)
-        fn = beyondgloss_io.CombinedExampleFn((fn, beyondgloss_io.HandPoseField(length=length)))
-    return fn
+def example_fn(task: tasks_lib.Task, fields: Mapping[str, np.ndarray]):
+    """The loaders' example_fn: the per-row fields, plus the task's per-frame fields."""
+    return task.example_fn(RowLookup(fields))
 
 
-def build_stage_data(config, splits: tuple[str, ...]) -> StageData:
-    """Tokenizer, pseudo-glosses and every split's source and per-example arrays."""
-    dcfg = config.data
-    tok = text_lib.load_tokenizer(dcfg.tokenizer_dir, lang=dcfg.get("lang", "de_DE"))
-    pg = None
-    stage = config.train.stage
-    if stage == "pretrain":
-        pg = pg_lib.load_pseudo_glosses(dcfg.pseudo_glosses)
+def build_stage_data(task: tasks_lib.Task, splits: tuple[str, ...]) -> StageData:
+    """Tokenizer, pseudo-glosses (if the task uses them) and every split's source and per-example
+    arrays (:meth:`hfa_jax.train.tasks.Task.example_fields`)."""
+    d = task.settings.data
+    tok = text_lib.load_tokenizer(d.tokenizer_dir, lang=d.lang)
+    pg = pg_lib.load_pseudo_glosses(d.pseudo_glosses) if task.uses_pseudo_glosses else None
     sources, texts, names, fields = {}, {}, {}, {}
     for split in splits:
-        src = pipeline.open_split(dcfg.dataset_dir, split)
+        src = pipeline.open_split(d.dataset_dir, split)
         sources[split] = src
-        bg = beyondgloss_config(config)
-        use_desc = stage == "pretrain" and bg.description
-        if use_desc:
-            desc_key = "description_vec" if bg.description_vectors else "description"
-            names[split], texts[split], desc_values = _read_split_text(src, desc_key)
-        else:
-            names[split], texts[split] = _read_split_text(src)
-        L = int(dcfg.max_text_len)
-        if stage == "pretrain":
-            ids, amask = tok.encode_source(texts[split], L)
-            keys = [f"{split}/{n}" for n in names[split]]
-            pg.check_keys(keys, where=f"split {split!r} of {dcfg.dataset_dir}")
-            fields[split] = {"text_ids": ids.astype(np.int32), "text_mask": amask,
-                             "pg_targets": pg.multi_hot(keys).astype(np.float32)}
-            if use_desc:
-                fields[split].update(beyondgloss_io.description_fields(
-                    desc_values, tokenizer=tok, max_len=int(dcfg.max_description_len),
-                    vectors=bg.description_vectors, dim=bg.desc_dim or None,
-                    where=f"split {split!r} of {dcfg.dataset_dir}"))
-        else:
-            enc = tok.encode_targets(texts[split], L)
-            fields[split] = {k: np.asarray(v) for k, v in enc.items()}
+        names[split], texts[split], extra = _read_split_text(src, task.row_feature)
+        fields[split] = task.example_fields(texts[split], [f"{split}/{n}" for n in names[split]], extra,
+                                            tokenizer=tok, pseudo_glosses=pg,
+                                            where=f"split {split!r} of {d.dataset_dir}")
     return StageData(tok, pg, sources, texts, names, fields)
 
 
 # ---------------------------------------------------------------------------------------------
 # The model
 
-def model_config(config, *, tokenizer=None, num_pseudo_glosses: int | None = None) -> hfa.HFAConfig:
-    """``config.model`` -> :class:`hfa_jax.models.hfa.HFAConfig`, with the data-dependent sizes
-    (vocabulary and special ids from ``tokenizer``, the number of pseudo-gloss classes) filled in
-    where given; otherwise the config's own values stand (e.g. for compiling from shapes alone)."""
-    d = config.model.to_dict()
-    if tokenizer is not None:
-        d["mbart"] = {**d.get("mbart", {}), "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
-                      "eos_token_id": tokenizer.eos_id, "bos_token_id": tokenizer.bos_id,
-                      "decoder_start_token_id": tokenizer.lang_id}
-    if num_pseudo_glosses is not None:
-        d["num_pseudo_glosses"] = int(num_pseudo_glosses)
-    return hfa.HFAConfig.from_config(d)
-
-
-def stage_model_config(config, data: StageData) -> hfa.HFAConfig:
+def stage_model_config(settings: Settings, data: StageData) -> hfa.HFAConfig:
     """:func:`model_config` with the sizes taken from the stage's data."""
     pg = data.pseudo_glosses
-    return model_config(config, tokenizer=data.tokenizer, num_pseudo_glosses=pg.num_classes if pg else None)
+    return model_config(settings, tokenizer=data.tokenizer, num_pseudo_glosses=pg.num_classes if pg else None)
 
 
-def build_model(config, model_cfg: hfa.HFAConfig) -> nn.Module:
-    """The flax module of the stage (``HFAPretrain`` or ``HFATranslate``)."""
-    kind = "pretrain" if config.train.stage == "pretrain" else "translate"
-    return hfa.build_model(model_cfg, kind)
+def build_model(task: tasks_lib.Task, model_cfg: hfa.HFAConfig) -> nn.Module:
+    """The flax module of the task (``HFAPretrain`` or ``HFATranslate``)."""
+    return hfa.build_model(model_cfg, task.model_kind)
 
 
-def root_key(config) -> jax.Array:
+def root_key(settings: Settings) -> jax.Array:
     """The stage's root key: the run seed folded with the stage's index."""
-    return jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), STAGES.index(config.train.stage))
+    return jax.random.fold_in(jax.random.PRNGKey(settings.seed), STAGES.index(settings.train.stage))
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. shapes -> shardings -> optimiser
 
-def total_steps_of(config, steps_per_epoch: int) -> int:
-    tcfg = config.train
-    if int(tcfg.get("num_steps", 0) or 0) > 0:
-        return int(tcfg.num_steps)
-    return max(1, int(round(float(tcfg.epochs) * steps_per_epoch)))
+def total_steps_of(train: TrainSettings, steps_per_epoch: int) -> int:
+    if train.num_steps > 0:
+        return train.num_steps
+    return max(1, int(round(train.epochs * steps_per_epoch)))
 
 
-def warmup_pct(config, total_steps: int, steps_per_epoch: int) -> float:
-    tcfg = config.train
-    if tcfg.get("warmup_epochs", None) not in (None, 0):  # the paper's "5 epochs" switch
-        return min(1.0, float(tcfg.warmup_epochs) * steps_per_epoch / total_steps)
-    return float(tcfg.warmup_pct)
+def warmup_pct(train: TrainSettings, total_steps: int, steps_per_epoch: int) -> float:
+    if train.warmup_epochs:  # the paper's "5 epochs" switch
+        return min(1.0, train.warmup_epochs * steps_per_epoch / total_steps)
+    return train.warmup_pct
 
 
 def every(n_epochs: float | int | None, num_steps: int | None, steps_per_epoch: int) -> int:
@@ -202,9 +158,10 @@ def every(n_epochs: float | int | None, num_steps: int | None, steps_per_epoch: 
     return 0
 
 
-def init_inputs(config, batch: int) -> tuple[jax.Array, ...]:
+def init_inputs(task: tasks_lib.Task, batch: int) -> tuple[jax.Array, ...]:
     """Dummy inputs of the model's ``init``: the first bucket, the crop, the text length."""
-    t, crop, L = int(config.data.buckets[0]), int(config.data.crop_size), int(config.data.max_text_len)
+    d = task.settings.data
+    t, crop, L = d.buckets[0], d.crop_size, d.max_text_len
     return (jnp.zeros((batch, t, crop, crop, 3), jnp.float32), jnp.ones((batch, t), bool),
             jnp.ones((batch, L), jnp.int32), jnp.ones((batch, L), bool))
 
@@ -232,30 +189,31 @@ class StatePlan:
                             self.abstract_state, self.state_shardings)
 
 
-def plan_state(config, model: nn.Module, mesh, rules, *, total_steps: int, steps_per_epoch: int) -> StatePlan:
+def plan_state(task: tasks_lib.Task, model: nn.Module, mesh, rules, *, total_steps: int,
+               steps_per_epoch: int) -> StatePlan:
     """Phase 3: ``jax.eval_shape`` of the init -> parameter shardings (logical axis rules, else the
     fsdp fallback) -> trainable mask -> optimiser -> the whole state's shapes and shardings."""
-    dummy = init_inputs(config, mesh.devices.size)
+    s = task.settings
+    t = s.train
+    dummy = init_inputs(task, mesh.devices.size)
 
     def init_variables(rng):
         r1, r2 = jax.random.split(rng)
         return model.init({"params": r1, "dropout": r2}, *dummy, deterministic=True)
 
-    root = root_key(config)
+    root = root_key(s)
     with mesh, nn.logical_axis_rules(rules):
         boxed_shapes = jax.eval_shape(init_variables, root)
-    auto_fsdp = bool(config.mesh.get("auto_fsdp", True))
+    auto_fsdp = s.mesh.auto_fsdp
     var_sh = mesh_lib.variable_shardings(boxed_shapes, mesh, rules, auto_fsdp=auto_fsdp)
     abstract_vars = nn.meta.unbox(boxed_shapes)
-    mask = freeze.trainable_mask(abstract_vars["params"], [tuple(r) for r in config.train.trainable])
+    mask = freeze.trainable_mask(abstract_vars["params"], t.trainable)
     abs_tr, _ = state_lib.split_params(abstract_vars["params"], mask)
     if not jax.tree.leaves(abs_tr):
-        raise ConfigError(f"config.train.trainable leaves no trainable parameter in stage {config.train.stage}")
+        raise ConfigError(f"config.train.trainable leaves no trainable parameter in stage {t.stage}")
     tx, schedule = optim_lib.make_optimizer(
-        peak_lr=float(config.train.lr), total_steps=total_steps,
-        pct_start=warmup_pct(config, total_steps, steps_per_epoch),
-        weight_decay=float(config.train.weight_decay), clip_norm=config.train.clip_norm,
-        cycle_momentum=bool(config.train.cycle_momentum))
+        peak_lr=t.lr, total_steps=total_steps, pct_start=warmup_pct(t, total_steps, steps_per_epoch),
+        weight_decay=t.weight_decay, clip_norm=t.clip_norm, cycle_momentum=t.cycle_momentum)
     abstract_state = jax.eval_shape(functools.partial(state_lib.make_state, mask=mask, tx=tx), abstract_vars, root)
     # Train-state paths end with the variable's path inside its collection (trainable/<p>,
     # frozen/<p>, opt_state/.../mu/<p>, batch_stats/<p>, buffers/<col>/<p>): match on that.
@@ -274,21 +232,18 @@ def plan_state(config, model: nn.Module, mesh, rules, *, total_steps: int, steps
 
 @dataclasses.dataclass
 class StageSteps:
-    """The stage's step functions, bound to its model, config and optimiser (not yet jitted)."""
+    """The stage's step functions, bound to its model, task and optimiser (not yet jitted)."""
 
     train: Callable      # (state, batch) -> (state, metrics, finite)
     eval: Callable       # (state, batch) -> (loss parts, extra)
-    generate: Callable | None  # (state, batch) -> token ids; None in pretraining
+    generate: Callable | None  # (state, batch) -> token ids; None for a task that does not generate
 
 
-def bind_steps(config, model: nn.Module, plan: StatePlan) -> StageSteps:
-    generate = None
-    if config.train.stage != "pretrain":
-        generate = functools.partial(steps.generate_step, model=model, config=config)
+def bind_steps(task: tasks_lib.Task, model: nn.Module, plan: StatePlan) -> StageSteps:
     return StageSteps(
-        train=functools.partial(steps.train_step, model=model, config=config, tx=plan.tx, schedule=plan.schedule),
-        eval=functools.partial(steps.eval_step, model=model, config=config),
-        generate=generate)
+        train=functools.partial(steps.train_step, model=model, task=task, tx=plan.tx, schedule=plan.schedule),
+        eval=functools.partial(steps.eval_step, model=model, task=task),
+        generate=functools.partial(steps.generate_step, model=model, task=task) if task.generates else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,9 +253,10 @@ def bind_steps(config, model: nn.Module, plan: StatePlan) -> StageSteps:
 class Trainer:
     """Everything a stage needs before its loop; tests and tools reuse it."""
 
-    config: Any
+    config: Any                   # as given (written to config.json); read only through settings
+    settings: Settings
+    task: tasks_lib.Task
     workdir: str
-    stage: str
     mesh: Any
     rules: Any
     data: StageData
@@ -314,74 +270,79 @@ class Trainer:
     writer: logs.MetricsWriter
 
     @property
+    def stage(self) -> str:
+        return self.settings.train.stage
+
+    @property
     def state_shardings(self) -> PyTree:
         return self.plan.state_shardings
 
 
 def build_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     """Phases 0-4: everything up to (not including) the state's initialisation."""
-    # ---- 0. setup --------------------------------------------------------------------------
+    # ---- 0. setup: the config is checked and read, once --------------------------------------
     schema.validate(config)
-    stage = config.train.stage
-    distributed.initialize(config.mesh)
+    settings = resolve(config)
+    task = tasks_lib.make(settings)
+    t, d = settings.train, settings.data
+    distributed.initialize(settings.mesh)
     os.makedirs(workdir, exist_ok=True)
     logs.setup_logging(workdir)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-    writer = logs.MetricsWriter(workdir, enabled=bool(config.train.get("tensorboard", True)))
+    writer = logs.MetricsWriter(workdir, enabled=t.tensorboard)
 
     # ---- 1. mesh ---------------------------------------------------------------------------
-    mesh = mesh_lib.make_mesh(config.mesh)
-    rules = mesh_lib.rules_from_config(config.mesh)
-    log.info("stage %s: mesh %s over %d devices (%s)", stage, dict(mesh.shape), jax.device_count(),
+    mesh = mesh_lib.make_mesh(data=settings.mesh.data, fsdp=settings.mesh.fsdp)
+    rules = mesh_lib.logical_rules(settings.mesh.rules)
+    log.info("stage %s: mesh %s over %d devices (%s)", t.stage, dict(mesh.shape), jax.device_count(),
              jax.devices()[0].platform)
 
     # ---- 2. data ---------------------------------------------------------------------------
-    splits = tuple(dict.fromkeys([config.data.train_split, *config.eval.splits]))
-    data = build_stage_data(config, splits)
-    gbs = int(config.train.batch_size)
+    splits = tuple(dict.fromkeys([d.train_split, *settings.eval.splits]))
+    data = build_stage_data(task, splits)
+    gbs = t.batch_size
     n_dev = jax.device_count()
     if gbs % n_dev:
         raise ConfigError(f"config.train.batch_size={gbs} is not a multiple of the {n_dev} devices")
-    n_train = len(data.sources[config.data.train_split])
+    n_train = len(data.sources[d.train_split])
     if n_train < gbs:
         raise ConfigError(f"config.train.batch_size={gbs} > {n_train} training videos; lower it")
-    microbatch.check_microbatches(gbs, int(config.train.get("microbatches", 1)), n_dev)
+    microbatch.check_microbatches(gbs, t.microbatches, n_dev)
     steps_per_epoch = n_train // gbs
-    total_steps = total_steps_of(config, steps_per_epoch)
+    total_steps = total_steps_of(t, steps_per_epoch)
     log.info("data: %d train videos, %d steps/epoch, %d steps", n_train, steps_per_epoch, total_steps)
 
     # ---- 3. shapes -> shardings ------------------------------------------------------------
-    model = build_model(config, stage_model_config(config, data))
-    plan = plan_state(config, model, mesh, rules, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    model = build_model(task, stage_model_config(settings, data))
+    plan = plan_state(task, model, mesh, rules, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     log.info("parameters: %s trainable / %s total", f"{plan.num_trainable:,}", f"{plan.num_params:,}")
 
     # ---- 4. the step functions (compiled by the loop once the first batch shape is known) ----
     abs_tr = plan.abstract_state["trainable"]
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints),
-                                 use_async=bool(config.train.get("async_checkpoints", True)),
-                                 best_mode="min" if stage == "pretrain" else "max")
-    return Trainer(config=config, workdir=workdir, stage=stage, mesh=mesh, rules=rules, data=data, model=model,
-                   plan=plan, steps=bind_steps(config, model, plan), steps_per_epoch=steps_per_epoch,
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=t.keep_checkpoints, use_async=t.async_checkpoints,
+                                 best_mode=task.best_mode)
+    return Trainer(config=config, settings=settings, task=task, workdir=workdir, mesh=mesh, rules=rules, data=data,
+                   model=model, plan=plan, steps=bind_steps(task, model, plan), steps_per_epoch=steps_per_epoch,
                    total_steps=total_steps, finite_names=steps.finite_names([], abs_tr), ckpt=ckpt, writer=writer)
 
 
 def init_state(tr: Trainer) -> PyTree:
     """Phase 5: jit-compiled init with out_shardings, then imported / previous-stage weights."""
-    config, mesh, plan = tr.config, tr.mesh, tr.plan
+    s, mesh, plan = tr.settings, tr.mesh, tr.plan
     with mesh, nn.logical_axis_rules(tr.rules):
         def init_fn(rng):
             return plan.make_state(nn.meta.unbox(plan.init_variables(rng)), rng)
 
         state = jax.jit(init_fn, out_shardings=plan.state_shardings)(plan.root)
-    w = config.get("weights", None)
-    needs_load = (bool(config.train.init_from) or (w is not None and any(w.values()))
-                  or (tr.stage == "pretrain" and bool(config.data.prototypes)))
+    w = s.weights
+    needs_load = (bool(s.train.init_from) or bool(w.vit or w.mbart or w.vocab_map)
+                  or (tr.task.uses_pseudo_glosses and bool(s.data.prototypes)))
     if needs_load:
         host = jax.device_get(state)
         variables = state_lib.variables_from_state(host)
-        variables, lines = initial_weights.load_initial_params(config, tr.stage, variables)
+        variables, lines = initial_weights.load_initial_params(s, tr.task, variables)
         for line in lines:
             log.info("%s", line)
         host_state = jax.device_get(plan.make_state(variables, jax.device_get(plan.root)))

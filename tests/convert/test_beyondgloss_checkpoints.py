@@ -24,7 +24,7 @@ from hfa_jax.errors import CheckpointError, ConfigError
 from hfa_jax.models import hfa
 from hfa_jax.models.beyondgloss import BeyondGlossConfig
 from hfa_jax.train import beyondgloss_losses as bg_losses
-from hfa_jax.train import losses, schema
+from hfa_jax.train import losses, schema, tasks
 from hfa_jax.train.initial_weights import load_initial_params
 from tests.convert import authors_checkpoints as ac
 from tests.convert.authors_checkpoints import ra
@@ -176,7 +176,8 @@ def test_converted_pretraining_initialises_finetuning(converted):
     config.train.init_from = converted["pretrain_desc_wd"]
     shapes = core.our_shapes(pre_config["model"], "translate")
     variables = traverse_util.unflatten_dict({tuple(k.split("/")): np.zeros(s, np.float32) for k, s in shapes.items()})
-    out, _ = load_initial_params(config, "finetune1", variables)
+    stage1 = schema.resolve(config)
+    out, _ = load_initial_params(stage1, tasks.make(stage1), variables)
     p, q = out["params"], pre_vars["params"]
     for path in (("desc_feedback", "mapper_2", "kernel"), ("hand_pose", "feedback", "fuse", "kernel"),
                  ("temporal", "out_proj", "kernel")):

@@ -20,7 +20,7 @@ from hfa_jax.convert import core, lightning_io, tables
 from hfa_jax.convert.__main__ import from_lightning, main, to_lightning
 from hfa_jax.errors import CheckpointError
 from hfa_jax.models import hfa
-from hfa_jax.train import losses
+from hfa_jax.train import losses, schema, tasks
 from tests.convert import authors_checkpoints as ac
 from tests.convert.authors_checkpoints import ra
 
@@ -178,7 +178,8 @@ def test_converted_pretraining_initialises_finetuning(converted):
     for name, shape in shapes.items():
         flat[tuple(name.split("/"))] = np.zeros(shape, np.float32)
     variables = traverse_util.unflatten_dict(flat)
-    out, report = load_initial_params(config, "finetune1", variables)
+    stage1 = schema.resolve(config)
+    out, report = load_initial_params(stage1, tasks.make(stage1), variables)
     assert any("initialised" in line for line in report)
     p, q = out["params"], pre_vars["params"]
     np.testing.assert_array_equal(p["temporal"]["block_1"]["qkv"]["kernel"], q["temporal"]["block_1"]["qkv"]["kernel"])

@@ -12,6 +12,7 @@ from transformers import MBartConfig as HFConfig
 from transformers import MBartForConditionalGeneration
 
 from hfa_jax.models import decode, mbart
+from hfa_jax.weights import mbart as mbart_weights
 
 VOCAB, D, START, EOS, PAD = 61, 32, 5, 2, 1
 N_INPUTS = 20
@@ -40,7 +41,7 @@ def models(tmp_path_factory):
         model.final_logits_bias[0, EOS] += 5.0
     path = str(tmp_path_factory.mktemp("beam") / "hf")
     model.save_pretrained(path, safe_serialization=True)
-    module, variables = mbart.from_hf(path, lora_rank=0)
+    module, variables = mbart_weights.from_hf(path, lora_rank=0)
     rng = np.random.default_rng(0)
     ids = rng.integers(3, VOCAB, (N_INPUTS, 8))
     mask = np.ones((N_INPUTS, 8), bool)

@@ -17,6 +17,7 @@ from transformers import MBartForConditionalGeneration
 
 from hfa_jax.errors import CheckpointError
 from hfa_jax.models import mbart
+from hfa_jax.weights import mbart as mbart_weights
 
 TOL = 1e-4
 
@@ -83,7 +84,7 @@ def _hf_forward(model, ids, mask, dec, dec_mask=None, inputs_embeds=None):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     model, path = _hf_model(tmp_path_factory.mktemp("tiny"))
-    module, variables = mbart.from_hf(path, lora_rank=0)
+    module, variables = mbart_weights.from_hf(path, lora_rank=0)
     return model, path, module, variables
 
 
@@ -148,7 +149,7 @@ def test_real_layer_shape_matches_hf(tmp_path):
     model, path = _hf_model(tmp_path, seed=3, vocab_size=64, d_model=1024, encoder_layers=1, decoder_layers=1,
                             encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
                             decoder_ffn_dim=4096, max_position_embeddings=32)
-    module, variables = mbart.from_hf(path)  # default config: LoRA r16 with B = 0 -> same function
+    module, variables = mbart_weights.from_hf(path)  # default config: LoRA r16 with B = 0 -> same function
     assert "lora_a" in variables["params"]["encoder"]["layers_0"]["self_attn"]["q_proj"]
     ids, mask, dec, dec_mask = _inputs(np.random.default_rng(4), 2, 12, 8, 64)
     ref_logits, ref_enc = _hf_forward(model, ids, mask, dec, dec_mask)
@@ -168,7 +169,7 @@ def test_vocab_map_slices_embeddings_and_bias(tiny, tmp_path):
     as_file = tmp_path / "vocab_map.json"
     as_file.write_text(json.dumps({"old_ids": old_ids, "new_vocab_size": len(old_ids)}))
     for vm in (old_ids, np.asarray(old_ids), str(as_file)):
-        module, variables = mbart.from_hf(path, vm, lora_rank=0)
+        module, variables = mbart_weights.from_hf(path, vm, lora_rank=0)
         assert module.cfg.vocab_size == len(old_ids)
         assert module.cfg.decoder_start_token_id == len(old_ids) - 1  # old id 5 sits last
         new_ids = rng.integers(0, len(old_ids), (2, 6))
@@ -185,9 +186,9 @@ def test_vocab_map_slices_embeddings_and_bias(tiny, tmp_path):
 def test_vocab_map_that_does_not_fit_names_the_entry(tiny):
     _, path, _, _ = tiny
     with pytest.raises(CheckpointError, match=r"\[3\] = 101"):
-        mbart.from_hf(path, [0, 1, 2, 101])
+        mbart_weights.from_hf(path, [0, 1, 2, 101])
     with pytest.raises(CheckpointError, match="pad_token_id"):
-        mbart.from_hf(path, [0, 2, 3, 4])
+        mbart_weights.from_hf(path, [0, 2, 3, 4])
 
 
 def test_lora_matches_peft(tmp_path):
@@ -198,7 +199,7 @@ def test_lora_matches_peft(tmp_path):
     peft_model = get_peft_model(
         model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
     ).eval()
-    module, variables = mbart.from_hf(path, lora_rank=rank, lora_alpha=alpha)
+    module, variables = mbart_weights.from_hf(path, lora_rank=rank, lora_alpha=alpha)
     params = jax.tree.map(np.asarray, variables["params"])
     torch.manual_seed(8)
     n = 0
@@ -235,7 +236,7 @@ def test_dropout_rngs_and_remat(tiny):
     b = _apply(module, variables, *args, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3 and np.abs(np.asarray(a) - np.asarray(det)).max() > 1e-3
     # Rematerialised layers: same function, and gradients flow (static ``deterministic`` arg).
-    remat_module, _ = mbart.from_hf(path, lora_rank=0, remat=True)
+    remat_module, _ = mbart_weights.from_hf(path, lora_rank=0, remat=True)
     loss = lambda p: _apply(remat_module, {**variables, "params": p}, *args).sum()  # noqa: E731
     value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
     assert abs(float(value) - float(det.sum())) < 1e-3 * max(1.0, abs(float(det.sum())))
@@ -245,7 +246,7 @@ def test_dropout_rngs_and_remat(tiny):
 
 def test_bfloat16_compute_keeps_fp32_params(tiny):
     _, path, module, variables = tiny
-    bf_module, bf_vars = mbart.from_hf(path, lora_rank=0, dtype="bfloat16")
+    bf_module, bf_vars = mbart_weights.from_hf(path, lora_rank=0, dtype="bfloat16")
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf_vars))
     ids, mask, dec, _ = _inputs(np.random.default_rng(11), 2, 6, 4, 101)
     args = (jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(dec))
@@ -256,7 +257,7 @@ def test_bfloat16_compute_keeps_fp32_params(tiny):
 
 def test_standalone_encoder_import(tiny):
     model, path, _, _ = tiny
-    enc_module, enc_vars = mbart.encoder_from_hf(path, lora_rank=0)
+    enc_module, enc_vars = mbart_weights.encoder_from_hf(path, lora_rank=0)
     assert set(enc_vars["params"]) == {"embed_tokens", "embed_positions", "layernorm_embedding", "layer_norm",
                                        "layers_0", "layers_1"}
     ids, mask, dec, _ = _inputs(np.random.default_rng(12), 3, 7, 2, 101)

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hfa_jax.models.vit import ViT, ViTConfig, bicubic_matrix, from_hf
+from hfa_jax.models.vit import ViT, ViTConfig, bicubic_matrix
+from hfa_jax.weights.dinov2 import from_hf
 
 
 def _randomise(model, seed=0):

@@ -18,7 +18,7 @@ _SCRIPT = textwrap.dedent('''
     from hfa_jax.train import mesh as mesh_lib
 
     assert jax.device_count() == 4, jax.devices()
-    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2})
+    mesh = mesh_lib.make_mesh(data=2, fsdp=2)
     cfg = mbart.MBartConfig(vocab_size=24, d_model=16, encoder_layers=1, decoder_layers=1,
                             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
                             decoder_ffn_dim=32, max_position_embeddings=12, lora_rank=2,

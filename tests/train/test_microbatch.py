@@ -17,7 +17,7 @@ from configs.common import model_config
 from hfa_jax.errors import ConfigError
 from hfa_jax.models.hfa import HFAConfig, build_model
 from hfa_jax.models.packing import pack_index, pack_index_per_microbatch
-from hfa_jax.train import losses, microbatch, schema, steps
+from hfa_jax.train import beyondgloss_losses, losses, microbatch, schema, steps, tasks
 
 B, T, IMG = 4, 4, 28
 V = 6  # pseudo-gloss classes (+ the blank row 0)
@@ -100,30 +100,57 @@ def _setup(stage: str):
     return config, model, variables, variables["params"], batch
 
 
-def _apply(model, stage, variables, train):
+def _apply(model, task, variables, train):
     def apply(params, mb, index):
         rng = jax.random.fold_in(jax.random.key(1), index)
-        return steps.forward(model, stage, {**variables, "params": params}, mb, mb["pixels"], train=train, rng=rng)
+        return steps.forward(model, task, {**variables, "params": params}, mb, mb["pixels"], train=train, rng=rng)
     return apply
 
 
+def _written_out_loss(config, out, batch):
+    """The stage's loss written out from the papers' formulas (hfa_jax.train.losses and
+    beyondgloss_losses), independently of the task's list of terms."""
+    t, mask = config.train, batch.get("example_mask")
+    if config.train.stage != "pretrain":
+        loss = losses.translation_loss(out, batch["labels"], batch["target_mask"], label_smoothing=t.label_smoothing)
+        return loss, {"loss": loss}
+    total, parts = losses.pretrain_loss(out, batch["pg_targets"], pg_weight=t.pg_weight, pg_mode=t.pg_loss,
+                                        example_mask=mask)
+    bg = config.model.beyondgloss
+    return beyondgloss_losses.add_beyondgloss_terms(
+        total, parts, out, batch, description=bg.description, hand_pose=bg.hand_pose, lambda_desc=t.lambda_desc,
+        lambda_hand=t.lambda_hand, example_mask=mask)
+
+
 def _reference(config, model, variables, params, batch, train):
-    """The one-batch step's loss as the train step computes it (steps.forward + steps.stage_loss);
-    the aux also holds the model outputs."""
-    stage = config.train.stage
+    """The one-batch loss of the papers' formulas on the train step's forward pass
+    (steps.forward); the aux also holds the model outputs."""
+    task = tasks.make(schema.resolve(config))
 
     def loss_of(p):
-        out, new_bs = _apply(model, stage, variables, train)(p, batch, 0)
-        loss, parts = steps.stage_loss(config, stage, out, batch)
+        out, new_bs = _apply(model, task, variables, train)(p, batch, 0)
+        loss, parts = _written_out_loss(config, out, batch)
         return loss, (parts, new_bs, out)
     (loss, (parts, new_bs, out)), grads = _run(jax.value_and_grad(loss_of, has_aux=True), params)
     return ((loss, (parts, new_bs)), grads), out
 
 
+def _assert_objective_is_written_out_loss(config, out, batch):
+    """On the same model outputs, the task's list of terms sums to the written-out loss to the
+    bit (the terms are added in the papers' order): the train step's K = 1 loss is unchanged."""
+    total, parts = microbatch.full_batch_loss(tasks.make(schema.resolve(config)).objective(), out, batch)
+    ref_total, ref_parts = _written_out_loss(config, out, batch)
+    assert set(parts) == set(ref_parts)
+    assert float(total) == float(ref_total)
+    for name in ref_parts:
+        assert float(parts[name]) == float(ref_parts[name]), name
+
+
 def _microbatched(config, model, variables, params, batch, k, train):
-    stage = config.train.stage
-    terms = microbatch.stage_terms(config, stage)
-    return _run(lambda p, b: microbatch.value_and_grad(_apply(model, stage, variables, train), terms, p, b, k),
+    """The task's objective (tasks.Task.objective) through microbatch.value_and_grad: what the
+    train step runs, for K = 1 as for K > 1."""
+    task = tasks.make(schema.resolve(config))
+    return _run(lambda p, b: microbatch.value_and_grad(_apply(model, task, variables, train), task.objective(), p, b, k),
                 params, batch)
 
 
@@ -160,6 +187,7 @@ def test_pretraining_loss_parts_and_gradients_equal_one_batch(pretrain):
     config, model, variables, params, batch = pretrain
     batch = {**batch, "example_mask": jnp.asarray([True, True, True, False])}
     want, out = _reference(config, model, variables, params, batch, train=False)
+    _assert_objective_is_written_out_loss(config, out, batch)
     _assert_same(_microbatched(config, model, variables, params, batch, 4, train=False), want)
     (_, (parts, _)), grads = want
     assert set(parts) == {"loss", "pg_loss", "align_loss", "desc_loss", "hand_loss"}
@@ -214,7 +242,8 @@ def test_translation_loss_and_gradients_equal_one_batch():
     config, model, variables, params, batch = _setup("finetune2")
     counts = [int(batch["target_mask"][i::4].sum()) for i in range(4)]
     assert len(set(counts)) > 1
-    want, _ = _reference(config, model, variables, params, batch, train=False)
+    want, out = _reference(config, model, variables, params, batch, train=False)
+    _assert_objective_is_written_out_loss(config, out, batch)
     _assert_same(_microbatched(config, model, variables, params, batch, 4, train=False), want)
 
 

@@ -68,7 +68,7 @@ def test_to_hf_round_trip_and_transformers_reads_it(tmp_path):
     the same function (LoRA merged into the kernels)."""
     import transformers
 
-    from hfa_jax.models.vit import to_hf
+    from hfa_jax.weights.dinov2 import to_hf
 
     cfg = ViTConfig(patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(1,),
                     lora_rank=2, lora_alpha=4.0)
