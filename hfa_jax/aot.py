@@ -41,6 +41,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
+from hfa_jax.data import augment as augment_lib
 from hfa_jax.errors import ConfigError, UserError
 from hfa_jax.train import mesh as mesh_lib
 from hfa_jax.train import schema
@@ -161,6 +162,8 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
     if devices[0].platform != jax.devices()[0].platform:
         # What the real run computes on its own backend (steps.padding_chunk: off off-CPU).
         config.data.augment.padding_chunk = 0
+        config.data.augment.method = augment_lib.resolve_method(  # "auto" as the target resolves it
+            str(config.data.augment.get("method", "auto")), devices[0].platform)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     rules = mesh_lib.rules_from_config(config.mesh)
     gbs = int(config.train.batch_size)

@@ -59,7 +59,10 @@ def base() -> ml_collections.ConfigDict:
                                                max_translate_px=10,
                                                # warp in chunks of ~N frames and skip chunks
                                                # of padding: -1 = 8 on CPU, off elsewhere
-                                               padding_chunk=-1)),
+                                               padding_chunk=-1,
+                                               # warp: gather | matmul | matmul_f32 | auto
+                                               # (gather on CPU, matmul elsewhere)
+                                               method="auto")),
     ))
 
     c.train = ml_collections.ConfigDict(dict(

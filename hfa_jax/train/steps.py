@@ -58,12 +58,15 @@ def padding_chunk(config) -> int:
 def augment_frames(config, rng, frames: jax.Array, *, train: bool, frame_mask: jax.Array | None = None
                    ) -> jax.Array:
     """uint8 ``frames [B, T, H, W, 3]`` -> normalised ``pixels [B, T, crop, crop, 3]`` (random
-    crop/rotate/scale/translate when ``train``, centre crop otherwise)."""
+    crop/rotate/scale/translate when ``train``, centre crop otherwise). ``data.augment.method``
+    picks how the warp is computed ("auto": gathers on a CPU, interpolation matmuls elsewhere;
+    docs/data.md)."""
     a = config.data.augment
+    method = augment_lib.resolve_method(str(a.get("method", "auto")))
     return augment_lib.augment(rng, frames, train=train, crop_size=int(config.data.crop_size), p=float(a.p),
                                max_rotate_deg=float(a.max_rotate_deg), max_scale=float(a.max_scale),
                                max_translate_px=int(a.max_translate_px), frame_mask=frame_mask,
-                               padding_chunk=padding_chunk(config))
+                               padding_chunk=padding_chunk(config), method=method)
 
 
 def model_inputs(stage: str, batch: Batch, pixels: jax.Array) -> tuple[jax.Array, ...]:
