@@ -286,9 +286,12 @@ def textured_frames(seed: int, shape=(2, 3, H, W, 3)) -> np.ndarray:
     xx = np.arange(W) / 4.0
     y0, x0 = yy.astype(int), xx.astype(int)
     wy, wx = (yy - y0)[:, None, None], (xx - x0)[None, :, None]
-    c = coarse
-    img = ((1 - wy) * ((1 - wx) * c[..., y0[:, None], x0[None, :], :] + wx * c[..., y0[:, None], x0[None, :] + 1, :])
-           + wy * ((1 - wx) * c[..., y0[:, None] + 1, x0[None, :], :] + wx * c[..., y0[:, None] + 1, x0[None, :] + 1, :]))
+    rows, cols = y0[:, None], x0[None, :]
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return coarse[..., rows + dy, cols + dx, :]
+
+    img = (1 - wy) * ((1 - wx) * at(0, 0) + wx * at(0, 1)) + wy * ((1 - wx) * at(1, 0) + wx * at(1, 1))
     return np.round(img).astype(np.uint8)
 
 
