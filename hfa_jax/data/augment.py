@@ -20,6 +20,12 @@ with ``centre = ((H-1)/2, (W-1)/2)`` in pixel-index coordinates (pixel i has its
 Positive angles rotate the content counter-clockwise on screen, as PIL's ``Image.rotate``;
 ``scale > 1`` enlarges the content; positive shifts move the content right/down.
 
+How the map is sampled (``augment(method=...)``, ``data.augment.method``): "gather" takes the
+four bilinear taps of every output pixel from the frame (the CPU default); "matmul" applies it as
+two interpolation matmuls per clip (``warp_matmul``: exact without rotation, a bounded two-pass
+approximation with one; gathers cost an accelerator ~30x the memory traffic). The random
+transform is the same for both.
+
 Output precision: like PIL's resamplers (the reference's ops), the warped frame is rounded to
 8 bits; ``augment`` can hand back those uint8 crops (``normalize_output=False``) so that the
 ImageNet normalisation fuses into the model's first op (the ViT's patch extraction) instead of
