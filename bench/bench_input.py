@@ -1,6 +1,7 @@
 """Input-path benchmark (issue 2): our conversion and training input path vs a PyTorch-style loader.
 
     python bench/bench_input.py [--quick] [--json FILE] [--workers 2] [--batch_size 2]
+    python bench/bench_input.py --augment-cost v5e:2x2     # the augmentation alone, XLA's counts
 
 Measured on one machine, in one run, in frames per second (real frames; padding not counted):
 
@@ -281,6 +282,50 @@ def augment_only_rate(batch_size: int, length: int = 128, iters: int = 4) -> flo
 
 
 # ----------------------------------------------------------------------------------------------
+# The augmentation alone, compiled for one accelerator chip (XLA's counts, no hardware)
+# ----------------------------------------------------------------------------------------------
+
+COST_METHODS = ("gather", "matmul", "matmul_f32")
+
+
+def augment_cost(topology: str, *, clips: int = 2, frames: int = 300, size: int = 256, crop: int = 224,
+                 methods: tuple[str, ...] = COST_METHODS) -> list[dict]:
+    """XLA's flops and bytes accessed of ``augment(train=True)`` for one chip of ``topology`` (a
+    TPU topology compiled through libtpu on this machine, or ``local``), per method, with the
+    uint8 crops as output (what the model normalises in its patch extraction) and with the
+    normalised float32 pixels (what ``steps.augment_frames`` hands the model). Padding chunks
+    are not skipped (``padding_chunk=0``, as on accelerators)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from hfa_jax.aot import topology_devices
+    from hfa_jax.data.augment import augment
+
+    devices, _ = topology_devices(topology)
+    mesh = Mesh(np.array(devices[:1]), ("data",))
+    rep = NamedSharding(mesh, PartitionSpec())
+    shapes = (jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep),
+              jax.ShapeDtypeStruct((clips, frames, size, size, 3), jnp.uint8, sharding=rep))
+    rows = []
+    for method in methods:
+        for normalise in (False, True):
+            fn = functools.partial(augment, train=True, crop_size=crop, method=method,
+                                   normalize_output=normalise)
+            start = time.perf_counter()
+            compiled = jax.jit(fn).lower(*shapes).compile()
+            cost = compiled.cost_analysis()
+            cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+            rows.append({"method": method, "output": "float32 normalised" if normalise else "uint8 crops",
+                         "gflop": float(cost.get("flops", 0.0)) / 1e9,
+                         "gb_accessed": float(cost.get("bytes accessed", 0.0)) / 1e9,
+                         "compile_s": time.perf_counter() - start,
+                         "device": str(getattr(devices[0], "device_kind", devices[0].platform)),
+                         "shape": [clips, frames, size, size, 3]})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
 
@@ -319,7 +364,20 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=None,
                    help="alternate ours/reference this often; the median is reported")
     p.add_argument("--workdir", help="keep the tree and dataset here (default: a temp folder)")
+    p.add_argument("--augment-cost", metavar="TOPOLOGY",
+                   help="instead: XLA's flops and bytes of the augmentation alone for one chip of "
+                        "TOPOLOGY (e.g. v5e:2x2; 2 clips x 300 frames, global batch 16 on 8 chips)")
     args = p.parse_args(argv)
+    if args.augment_cost:
+        rows = augment_cost(args.augment_cost)
+        print(f"{'method':<12} {'output':<20} {'GFLOP':>9} {'GB accessed':>12}  ({rows[0]['device']}, "
+              f"frames {rows[0]['shape']} uint8 per chip)")
+        for r in rows:
+            print(f"{r['method']:<12} {r['output']:<20} {r['gflop']:>9.2f} {r['gb_accessed']:>12.2f}")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(rows, f, indent=1)
+        return rows
     videos = args.videos or (16 if args.quick else 48)
     seconds = args.seconds or (12.0 if args.quick else 30.0)
     repeats = args.repeats or (1 if args.quick else 3)

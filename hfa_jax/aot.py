@@ -41,6 +41,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
+from hfa_jax.data import augment as augment_lib
 from hfa_jax.errors import ConfigError, UserError
 from hfa_jax.train import mesh as mesh_lib
 from hfa_jax.train import schema
@@ -163,6 +164,8 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
     if devices[0].platform != jax.devices()[0].platform:
         # What the real run computes on its own backend (steps.padding_chunk: off off-CPU).
         config.data.augment.padding_chunk = 0
+        config.data.augment.method = augment_lib.resolve_method(  # "auto" as the target resolves it
+            str(config.data.augment.get("method", "auto")), devices[0].platform)
     model_cfg = settings_lib.model_config(config)
     if model_cfg.mbart.decoder_start_token_id is None:
         # The language id comes from the tokenizer in a real run; any id compiles the same program.

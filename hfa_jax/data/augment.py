@@ -20,6 +20,12 @@ with ``centre = ((H-1)/2, (W-1)/2)`` in pixel-index coordinates (pixel i has its
 Positive angles rotate the content counter-clockwise on screen, as PIL's ``Image.rotate``;
 ``scale > 1`` enlarges the content; positive shifts move the content right/down.
 
+How the map is sampled (``augment(method=...)``, ``data.augment.method``): "gather" takes the
+four bilinear taps of every output pixel from the frame (the CPU default); "matmul" applies it as
+two interpolation matmuls per clip (``warp_matmul``: exact without rotation, a bounded two-pass
+approximation with one; gathers cost an accelerator ~30x the memory traffic). The random
+transform is the same for both.
+
 Output precision: like PIL's resamplers (the reference's ops), the warped frame is rounded to
 8 bits; ``augment`` can hand back those uint8 crops (``normalize_output=False``) so that the
 ImageNet normalisation fuses into the model's first op (the ViT's patch extraction) instead of
@@ -47,6 +53,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from hfa_jax.errors import ConfigError
 
 # torchvision/ImageNet statistics, applied after scaling to [0, 1] (ToTensor + Normalize).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -253,6 +261,87 @@ def warp_uint8(
     return out.reshape(b, t, crop_size, crop_size, c)
 
 
+# ----------------------------------------------------------------------------------------------
+# The same warp as two interpolation matmuls (no gathers): method "matmul"
+# ----------------------------------------------------------------------------------------------
+
+METHODS = ("auto", "gather", "matmul", "matmul_f32")
+
+
+def resolve_method(method: str, backend: str | None = None) -> str:
+    """The warp ``method`` to run: "auto" is "gather" on a CPU (today's path, the demo's exact
+    numbers) and "matmul" on an accelerator. Raises ConfigError for an unknown name."""
+    if method not in METHODS:
+        raise ConfigError(f"data.augment.method={method!r} is not one of {METHODS}")
+    if method != "auto":
+        return method
+    return "gather" if (backend or jax.default_backend()) == "cpu" else "matmul"
+
+
+def _hat(distance: jax.Array) -> jax.Array:
+    """Linear-interpolation weight of a sample ``distance`` px away: 1 - |d| inside (-1, 1), else 0.
+    For a position p with x0 = floor(p) it gives exactly the bilinear weights 1 - (p - x0) to x0 and
+    p - x0 to x0 + 1, the same operations as ``_bilinear_clip``."""
+    return jnp.maximum(0.0, 1.0 - jnp.abs(distance))
+
+
+def interpolation_matrices(
+    params: AffineParams, *, height: int, width: int, crop_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """The two resampling passes of ``warp_matmul`` as dense weight matrices.
+
+    Returns ``mx [B, H, S, W]`` (pass 1, along x: row ``y`` of the frame resampled at the S
+    positions ``g(y, c)``) and ``my [B, S, S, H]`` (pass 2, along y, per output column ``c``:
+    ``my[b, c, r, y]`` weights row ``y`` of pass 1's result for output pixel ``(r, c)``).
+
+    The affine map sends output pixel (r, c) to source (py, px) = ``source_coords``. Pass 2 samples
+    rows at ``py(r, c)``, exactly as the bilinear warp does. Pass 1 must then provide, for each
+    source row y and column c, the frame at the x where the output column c crosses row y:
+    ``g(y, c) = px(0, c) + (dpx/dpy)(y - py(0, c))`` with ``dpx/dpy = -tan(angle)`` along a
+    column. The bilinear warp instead reads both rows y0 and y0 + 1 at ``px(r, c)`` itself; the two
+    differ by ``tan(angle) * wy`` (at most ``|tan(angle)|``) px along x, so the two-pass result is
+    the bilinear one exactly (up to float summation order) whenever the angle is 0, and otherwise
+    differs by at most ``|tan(angle)| / 2`` times the local horizontal gradient (grey levels per
+    px). Positions outside the frame have no column in the matrix: black, as in the bilinear warp.
+    """
+    s = crop_size
+    py, px = source_coords(params, height=height, width=width, crop_size=s)  # [B, S(r), S(c)]
+    theta = jnp.deg2rad(params.angle_deg)
+    slope = -(jnp.sin(theta) / jnp.cos(theta))[:, None, None]  # -0.0 at angle 0: g == px exactly
+    ys = jnp.arange(height, dtype=jnp.float32)
+    xs = jnp.arange(width, dtype=jnp.float32)
+    g = px[:, :1, :] + slope * (ys[None, :, None] - py[:, :1, :])  # [B, H, S]
+    mx = _hat(xs[None, None, None, :] - g[..., None])  # [B, H, S, W]
+    my = _hat(ys[None, None, None, :] - jnp.swapaxes(py, 1, 2)[..., None])  # [B, S(c), S(r), H]
+    return mx, my
+
+
+def warp_matmul(
+    frames: jax.Array, params: AffineParams, *, crop_size: int = 224, dtype: jnp.dtype = jnp.bfloat16
+) -> jax.Array:
+    """The affine warp as two batched matmuls per clip, rounded to 8 bits: frames
+    ``[B, T, H, W, 3]`` uint8 -> ``[B, T, S, S, 3]`` uint8 (same contract as ``warp_uint8``).
+
+    Pass 1 resamples every frame row along x (``[S, W]`` weights per row), pass 2 every column
+    along y (``[S, H]`` weights per column); all frames and channels of a clip share the weights,
+    so each pass is one matmul with the clip's ``T * 3`` images as the wide dimension: MXU/tensor
+    core work instead of four gathers. ``dtype`` is the operand type (bfloat16: uint8 values are
+    exact, the weights and pass 1's output carry 8 significant bits; float32: full precision),
+    accumulation is float32. Accuracy against ``warp_uint8`` is stated in
+    ``interpolation_matrices`` and docs/data.md and tested in tests/data/test_augment.py.
+    """
+    _, _, h, w, _ = frames.shape
+    mx, my = interpolation_matrices(params, height=h, width=w, crop_size=crop_size)
+    dtype = jnp.dtype(dtype)
+    precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+    rows = jnp.einsum("bycx,btyxk->btyck", mx.astype(dtype), frames.astype(dtype),
+                      precision=precision, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bcry,btyck->btrck", my.astype(dtype), rows.astype(dtype),
+                     precision=precision, preferred_element_type=jnp.float32)
+    # Rounded weights can sum to slightly more than 1: clip before the cast.
+    return jnp.round(jnp.clip(out, 0.0, 255.0)).astype(jnp.uint8)
+
+
 def normalize(pixels: jax.Array) -> jax.Array:
     """[0, 255] -> ImageNet-normalised float32 (torchvision ToTensor + Normalize)."""
     mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
@@ -264,7 +353,7 @@ def normalize(pixels: jax.Array) -> jax.Array:
     jax.jit,
     static_argnames=(
         "train", "crop_size", "p", "max_rotate_deg", "max_scale", "max_translate_px",
-        "padding_chunk", "normalize_output",
+        "padding_chunk", "normalize_output", "method",
     ),
 )
 def augment(
@@ -280,6 +369,7 @@ def augment(
     frame_mask: jax.Array | None = None,
     padding_chunk: int = 0,
     normalize_output: bool = True,
+    method: str = "gather",
 ) -> jax.Array:
     """Crops (+ augments in training) and normalises a batch of clips.
 
@@ -291,6 +381,11 @@ def augment(
         values are unchanged when the padding frames are zeros, as the pipeline writes them.
       normalize_output: False returns the uint8 crops; apply ``normalize`` where they are
         consumed (inside the model's jit it fuses into the patch extraction).
+      method: how the training warp is computed (:data:`METHODS`, :func:`resolve_method`):
+        "gather" (bilinear gathers, chunked as above; the default), "matmul" (two interpolation
+        matmuls in bfloat16, ``warp_matmul``; ``frame_mask``/``padding_chunk`` are not used),
+        "matmul_f32" (the same in float32), "auto" ("gather" on a CPU, else "matmul"). The
+        random transform is the same for every method.
 
     Returns:
       ``[B, T, crop_size, crop_size, 3]`` float32, ImageNet mean/std normalised (uint8 crops
@@ -314,5 +409,9 @@ def augment(
         max_scale=max_scale,
         max_translate_px=max_translate_px,
     )
-    return finish(warp_uint8(frames, params, crop_size=crop_size, frame_mask=frame_mask,
-                             padding_chunk=padding_chunk))
+    method = resolve_method(method)
+    if method == "gather":
+        return finish(warp_uint8(frames, params, crop_size=crop_size, frame_mask=frame_mask,
+                                 padding_chunk=padding_chunk))
+    dtype = jnp.float32 if method == "matmul_f32" else jnp.bfloat16
+    return finish(warp_matmul(frames, params, crop_size=crop_size, dtype=dtype))

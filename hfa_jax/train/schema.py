@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from hfa_jax.data.pipeline import DEFAULT_BUCKETS, FRAME_SELECTIONS
+from hfa_jax.data import augment as augment_lib
 from hfa_jax.errors import ConfigError
 from hfa_jax.metrics import PROTOCOLS
 from hfa_jax.models.beyondgloss import BeyondGlossConfig
@@ -67,7 +68,10 @@ def base() -> ml_collections.ConfigDict:
                                                max_translate_px=10,
                                                # warp in chunks of ~N frames and skip chunks
                                                # of padding: -1 = 8 on CPU, off elsewhere
-                                               padding_chunk=-1)),
+                                               padding_chunk=-1,
+                                               # warp: gather | matmul | matmul_f32 | auto
+                                               # (gather on CPU, matmul elsewhere)
+                                               method="auto")),
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -175,6 +179,9 @@ def validate(config: ml_collections.ConfigDict, *, check_paths: bool = True) -> 
         raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is not one of {PROTOCOLS}")
     if config.data.frame_selection not in FRAME_SELECTIONS:
         raise ConfigError(f"config.data.frame_selection={config.data.frame_selection!r} is not first|random")
+    method = config.data.augment.get("method", "auto") if "augment" in config.data else "auto"
+    if method not in augment_lib.METHODS:
+        raise ConfigError(f"config.data.augment.method={method!r} is not one of {', '.join(augment_lib.METHODS)}")
     for field in ("train.batch_size", "eval.batch_size", "data.max_frames", "data.crop_size",
                   "data.max_text_len", "eval.num_beams", "eval.max_new_tokens"):
         sec, key = field.split(".")

@@ -28,6 +28,7 @@ class AugmentSettings:
     max_scale: float
     max_translate_px: int
     padding_chunk: int   # -1 = auto (8 on one CPU device, off elsewhere), 0 = off
+    method: str          # auto | gather | matmul | matmul_f32 (hfa_jax.data.augment.METHODS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,12 +56,15 @@ def padding_chunk(data: DataSettings) -> int:
 def augment_frames(data: DataSettings, rng, frames: jax.Array, *, train: bool,
                    frame_mask: jax.Array | None = None) -> jax.Array:
     """uint8 ``frames [B, T, H, W, 3]`` -> normalised ``pixels [B, T, crop, crop, 3]`` (random
-    crop/rotate/scale/translate when ``train``, centre crop otherwise)."""
+    crop/rotate/scale/translate when ``train``, centre crop otherwise). ``data.augment.method``
+    picks how the warp is computed ("auto": gathers on a CPU, interpolation matmuls elsewhere;
+    docs/data.md)."""
     a = data.augment
     return augment_lib.augment(rng, frames, train=train, crop_size=data.crop_size, p=a.p,
                                max_rotate_deg=a.max_rotate_deg, max_scale=a.max_scale,
                                max_translate_px=a.max_translate_px, frame_mask=frame_mask,
-                               padding_chunk=padding_chunk(data))
+                               padding_chunk=padding_chunk(data),
+                               method=augment_lib.resolve_method(a.method))
 
 
 def forward(model: nn.Module, task: Task, variables: Mapping[str, PyTree], batch: Batch, pixels: jax.Array,

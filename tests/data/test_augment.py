@@ -270,3 +270,117 @@ def test_integer_translations_are_sliced_with_the_same_values():
     # and right 3 columns (source columns 64-66) are black, the rest real (non-zero) pixels.
     assert not sliced[0, :, :16].any() and not sliced[0, :, :, -3:].any()
     assert sliced[0, :, 16:, :-3].all()
+
+
+# ----------------------------------------------------------------------------------------------
+# method="matmul": the same warp as two interpolation matmuls
+# ----------------------------------------------------------------------------------------------
+
+
+def textured_frames(seed: int, shape=(2, 3, H, W, 3)) -> np.ndarray:
+    """Frames with edges of every orientation (a harder case for the two-pass rotation than
+    smooth_image): uniform noise upsampled 4x bilinearly, full contrast."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, shape[:2] + (H // 4 + 1, W // 4 + 1, 3)).astype(np.float32)
+    yy = np.arange(H) / 4.0
+    xx = np.arange(W) / 4.0
+    y0, x0 = yy.astype(int), xx.astype(int)
+    wy, wx = (yy - y0)[:, None, None], (xx - x0)[None, :, None]
+    rows, cols = y0[:, None], x0[None, :]
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return coarse[..., rows + dy, cols + dx, :]
+
+    img = (1 - wy) * ((1 - wx) * at(0, 0) + wx * at(0, 1)) + wy * ((1 - wx) * at(1, 0) + wx * at(1, 1))
+    return np.round(img).astype(np.uint8)
+
+
+def two_pass_bound(frames: np.ndarray, angle_deg: np.ndarray) -> np.ndarray:
+    """Per clip: the largest difference between the two-pass and the bilinear warp,
+    |tan(angle)| / 2 times the largest step between horizontal neighbours (the frame padded with
+    black, as both warps see it), plus one grey level for the 8-bit rounding."""
+    padded = np.pad(frames.astype(np.float32), ((0, 0), (0, 0), (0, 0), (1, 1), (0, 0)))
+    step = np.abs(np.diff(padded, axis=3)).max(axis=(1, 2, 3, 4))
+    return np.abs(np.tan(np.deg2rad(angle_deg))) / 2 * step + 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matmul_f32_equals_the_gather_warp_without_rotation(seed):
+    # Random crops, rescales and translations (angle 0): the two passes are then exactly the
+    # separable bilinear weights; float32 gives the gather warp's uint8 crops bit for bit here.
+    frames = jnp.asarray(textured_frames(seed, (4, 2, H, W, 3)))
+    p = A.sample_params(jax.random.key(seed), 4, height=H, width=W, crop_size=CROP, p=1.0)
+    p = p._replace(angle_deg=jnp.zeros(4), shift_y=p.shift_y + jnp.asarray([0, 0.25, 0, -0.5]))
+    ref = np.asarray(A.warp_uint8(frames, p, crop_size=CROP)).astype(int)
+    out = np.asarray(A.warp_matmul(frames, p, crop_size=CROP, dtype=jnp.float32)).astype(int)
+    # Summation order differs (two passes vs four taps): a value on a .5 boundary may round the
+    # other way; in practice none do here.
+    diff = np.abs(out - ref)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    # bfloat16 operands: weights and pass-1 values carry 8 significant bits.
+    out16 = np.asarray(A.warp_matmul(frames, p, crop_size=CROP, dtype=jnp.bfloat16)).astype(int)
+    assert np.abs(out16 - ref).max() <= 2 and np.abs(out16 - ref).mean() < 0.3
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_matmul_rotation_within_the_two_pass_bound(dtype):
+    frames = textured_frames(3)
+    angles = np.array([30.0, -17.0], np.float32)
+    p = A.AffineParams(
+        crop_y=jnp.asarray([2, 5], jnp.int32), crop_x=jnp.asarray([6, 0], jnp.int32),
+        angle_deg=jnp.asarray(angles), scale=jnp.asarray([1.0, 0.85], jnp.float32),
+        shift_y=jnp.asarray([3.0, -2.0], jnp.float32), shift_x=jnp.asarray([0.0, 7.0], jnp.float32))
+    ref = np.asarray(A.warp_uint8(jnp.asarray(frames), p, crop_size=CROP)).astype(int)
+    out = np.asarray(A.warp_matmul(jnp.asarray(frames), p, crop_size=CROP, dtype=dtype)).astype(int)
+    bound = two_pass_bound(frames, angles) + (1 if dtype == jnp.bfloat16 else 0)
+    diff = np.abs(out - ref)
+    for b in range(2):
+        assert diff[b].max() <= bound[b], (b, diff[b].max(), bound[b])
+    # On average far below the bound: the same geometry, a slightly different interpolation.
+    assert diff.mean() < 1.0
+    # On smooth content the two agree to within a couple of grey levels everywhere.
+    smooth = np.broadcast_to(smooth_image(4), (2, 2, H, W, 3))
+    ref = np.asarray(A.warp_uint8(jnp.asarray(smooth), p, crop_size=CROP)).astype(int)
+    out = np.asarray(A.warp_matmul(jnp.asarray(smooth), p, crop_size=CROP, dtype=dtype)).astype(int)
+    assert np.abs(out - ref).max() <= two_pass_bound(smooth, angles).max() + 1
+
+
+def test_matmul_crops_and_translations_are_exact():
+    # p = 0 (the demo's setting): integer sample positions, weights 0 and 1, so every method gives
+    # the same crops, bfloat16 included (uint8 values are exact in bfloat16).
+    frames = jnp.asarray(textured_frames(5, (3, 2, H, W, 3)))
+    key = jax.random.key(4)
+    kw = dict(train=True, crop_size=CROP, p=0.0, normalize_output=False)
+    ref = np.asarray(A.augment(key, frames, method="gather", **kw))
+    for method in ("matmul", "matmul_f32"):
+        np.testing.assert_array_equal(np.asarray(A.augment(key, frames, method=method, **kw)), ref)
+    p = params(shift_y=3.0, shift_x=-5.0, crop_y=4, crop_x=4)
+    one = frames[:1, :1]
+    np.testing.assert_array_equal(np.asarray(A.warp_matmul(one, p, crop_size=CROP)),
+                                  np.asarray(A.warp_uint8(one, p, crop_size=CROP)))
+
+
+def test_augment_methods_share_the_random_transform():
+    # Same key, same draw: the methods differ only by interpolation (bounded as above).
+    frames = textured_frames(6, (4, 2, H, W, 3))
+    key = jax.random.key(9)
+    kw = dict(train=True, crop_size=CROP, p=1.0, normalize_output=False)
+    g = np.asarray(A.augment(key, jnp.asarray(frames), method="gather", **kw)).astype(int)
+    m = np.asarray(A.augment(key, jnp.asarray(frames), method="matmul_f32", **kw)).astype(int)
+    p = A.sample_params(key, 4, height=H, width=W, crop_size=CROP, p=1.0)
+    bound = two_pass_bound(frames, np.asarray(p.angle_deg))
+    assert all(np.abs(m[b] - g[b]).max() <= bound[b] for b in range(4))
+    normalised = np.asarray(A.augment(key, jnp.asarray(frames), method="matmul_f32",
+                                      **{**kw, "normalize_output": True}))
+    np.testing.assert_allclose(normalised, (m / 255.0 - MEAN) / STD, rtol=1e-6, atol=1e-6)
+
+
+def test_resolve_method():
+    assert A.resolve_method("auto", "cpu") == "gather"
+    assert A.resolve_method("auto", "tpu") == "matmul"
+    assert A.resolve_method("auto", "gpu") == "matmul"
+    assert A.resolve_method("matmul_f32", "cpu") == "matmul_f32"
+    from hfa_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.augment.method='bilinear' is not one of"):
+        A.resolve_method("bilinear", "cpu")
