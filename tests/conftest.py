@@ -1,0 +1,54 @@
+"""Suite-wide setup: one persistent JAX compilation cache for the whole run.
+
+Many tests compile the same programs: the tiny trainer's steps in several tests, every process
+of a multi-process launch, the same layout launched again to resume. A persistent compilation
+cache lets each program compile once per run, in whichever test or subprocess meets it first.
+
+The cache is a fresh directory per run (removed at the end), shared by the xdist workers and by
+every subprocess the tests start (they inherit ``JAX_COMPILATION_CACHE_DIR``). It cannot make a
+test pass that should fail: JAX keys an entry by the program's whole StableHLO, the compile
+options and device assignment, the jaxlib and backend versions and the XLA flags, so a hit returns
+the executable that compiling would have produced; and no entry outlives the run whose code made it.
+``HFA_TEST_JAX_CACHE=<dir>`` keeps the cache in ``<dir>/jax-<version>`` across runs instead (for
+reruns of an unchanged jaxlib; the keys above keep it sound), and ``HFA_TEST_JAX_CACHE=off`` turns it
+off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+_OWNED = "_HFA_TEST_JAX_CACHE_OWNED"  # set when this run created (and must remove) the directory
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller's environment is inherited
+        return
+    choice = os.environ.get("HFA_TEST_JAX_CACHE", "")
+    if choice == "off" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # off, or chosen by the caller
+    import jax
+
+    if choice:
+        path = os.path.join(os.path.abspath(choice), f"jax-{jax.__version__}")
+        os.makedirs(path, exist_ok=True)
+    else:
+        path = tempfile.mkdtemp(prefix="hfa_jax_test_cache_")
+        os.environ[_OWNED] = path
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    # Programs that compile in under 0.2 s are cheaper to recompile than to write and read back.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    # jax reads these variables when it is imported; it may already be (a plugin, this module).
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = os.environ.get(_OWNED)
+    if path and not hasattr(config, "workerinput"):
+        shutil.rmtree(path, ignore_errors=True)
