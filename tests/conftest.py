@@ -1,4 +1,9 @@
-"""Suite-wide setup: one persistent JAX compilation cache for the whole run.
+"""Suite-wide setup: one persistent JAX compilation cache for the whole run, and the slow tests
+kept for their own command.
+
+Slow tests (``@pytest.mark.slow``: the multi-process launches, the demo end to end) run when the
+``-m`` expression names them: ``python -m pytest -q -n 2 -m slow tests`` runs them alone (CI runs it
+after the main command). Otherwise they are skipped, with that command as the reason.
 
 Many tests compile the same programs: the tiny trainer's steps in several tests, every process
 of a multi-process launch, the same layout launched again to resume. A persistent compilation
@@ -46,6 +51,18 @@ def pytest_configure(config: pytest.Config) -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+SLOW_COMMAND = "python -m pytest -q -n 2 -m slow tests"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "slow" in (config.getoption("markexpr") or ""):
+        return  # -m slow, -m "not slow", ...: the expression decides
+    skip = pytest.mark.skip(reason=f"slow: runs with `{SLOW_COMMAND}`")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
