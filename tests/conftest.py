@@ -14,15 +14,15 @@ every subprocess the tests start (they inherit ``JAX_COMPILATION_CACHE_DIR``). I
 test pass that should fail: JAX keys an entry by the program's whole StableHLO, the compile
 options and device assignment, the jaxlib and backend versions and the XLA flags, so a hit returns
 the executable that compiling would have produced; and no entry outlives the run whose code made it.
-``HFA_TEST_JAX_CACHE=<dir>`` keeps the cache in ``<dir>/jax-<version>`` across runs instead (for
-reruns of an unchanged jaxlib; the keys above keep it sound), and ``HFA_TEST_JAX_CACHE=off`` turns it
-off.
+``HFA_TEST_JAX_CACHE=<dir>`` keeps the cache across runs instead, in ``<dir>/jax-<v>-jaxlib-<v>``
+(the keys above keep that sound too), and ``HFA_TEST_JAX_CACHE=off`` turns it off.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -36,21 +36,23 @@ def pytest_configure(config: pytest.Config) -> None:
     choice = os.environ.get("HFA_TEST_JAX_CACHE", "")
     if choice == "off" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return  # off, or chosen by the caller
-    import jax
-
     if choice:
-        path = os.path.join(os.path.abspath(choice), f"jax-{jax.__version__}")
+        from importlib.metadata import version
+
+        path = os.path.join(os.path.abspath(choice), f"jax-{version('jax')}-jaxlib-{version('jaxlib')}")
         os.makedirs(path, exist_ok=True)
     else:
         path = tempfile.mkdtemp(prefix="hfa_jax_test_cache_")
         os.environ[_OWNED] = path
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    # Programs that compile in under 0.2 s are cheaper to recompile than to write and read back.
+    # Below 0.2 s of compilation (most eager operations) a program is not worth a file of its own.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-    # jax reads these variables when it is imported; it may already be (a plugin, this module).
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    if "jax" in sys.modules:  # jax reads these variables when it is imported: it was already (a plugin)
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 SLOW_COMMAND = "python -m pytest -q -n 2 -m slow tests"
