@@ -30,7 +30,7 @@ def demo(tmp_path_factory):
     """The smoke demo's workdir and the command's result."""
     wd = str(tmp_path_factory.mktemp("demo") / "demo")
     r = subprocess.run([sys.executable, "-m", "hfa_jax.main", "--config=configs/demo.py:smoke",
-                        f"--workdir={wd}"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+                        f"--workdir={wd}"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-4000:]
     return wd, r
 
@@ -64,7 +64,7 @@ def test_translate_reproduces_the_batched_evaluation(demo):
     frames = min(glob.glob(os.path.join(wd, "synthsign", "features", "fullFrame-210x260px", "test", "*")),
                  key=lambda d: len(os.listdir(d)))
     t = subprocess.run([sys.executable, "-m", "hfa_jax.translate", "--workdir", os.path.join(wd, "finetune2"),
-                        "--frames", frames], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+                        "--frames", frames], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert t.returncode == 0, t.stderr[-3000:]
     name = os.path.basename(frames)
     with open(os.path.join(wd, "finetune2", "translations", "test_best.tsv")) as f:

@@ -111,7 +111,7 @@ def launch_cmd(env, procs, devices, workdir, stage="pretrain", *flags):
 
 def launch(env, procs, devices, workdir, stage="pretrain", *flags, check=True):
     r = subprocess.run(launch_cmd(env, procs, devices, workdir, stage, *flags), cwd=REPO, env=env["env"],
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=1800)
     with open(workdir + ".log", "a") as f:  # the whole output, for a failure's first lines
         f.write(r.stdout + r.stderr)
     if check:
@@ -247,7 +247,7 @@ def test_c_a_lost_process_stops_the_other_and_its_checkpoint_resumes_on_one_proc
     with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the training processes
         p = subprocess.Popen(launch_cmd(env, 2, 2, wd, "pretrain", *flags), cwd=REPO, env=env["env"],
                              stdout=log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 600
+        deadline = time.time() + 1200
         while (time.time() < deadline and p.poll() is None
                and log_path.read_text().count("debug hold after step 2") < 2):
             time.sleep(0.5)
