@@ -77,6 +77,9 @@ TINY_CONFIG = textwrap.dedent('''
         c.eval.batch_size = 4
         c.eval.num_beams = 2
         c.eval.max_new_tokens = 6
+        # The launcher stops the others when a process is lost (test c); the coordination service's
+        # own check would only abort live processes that a loaded machine starves of CPU for minutes.
+        c.mesh.heartbeat_timeout_s = 900
         return c
 ''')
 
