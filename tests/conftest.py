@@ -5,9 +5,10 @@ Slow tests (``@pytest.mark.slow``: the multi-process launches, the demo end to e
 ``-m`` expression names them: ``python -m pytest -q -n 2 -m slow tests`` runs them alone (CI runs it
 after the main command). Otherwise they are skipped, with that command as the reason.
 
-Many tests compile the same programs: the tiny trainer's steps in several tests, every process
-of a multi-process launch, the same layout launched again to resume. A persistent compilation
-cache lets each program compile once per run, in whichever test or subprocess meets it first.
+Many tests compile the same programs: the tiny trainer's steps in several runs of one test, a
+1-process launch run again to resume (2-process launches were seen to get new keys at every
+launch). A persistent compilation cache lets each program compile once per run, in whichever test
+or subprocess meets it first.
 
 The cache is a fresh directory per run (removed at the end), shared by the xdist workers and by
 every subprocess the tests start (they inherit ``JAX_COMPILATION_CACHE_DIR``). It cannot make a

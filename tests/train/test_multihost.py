@@ -87,7 +87,8 @@ TINY_CONFIG = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Tiny SynthSign data, the config file, and the environment of every launch (the suite's
-    persistent compilation cache, tests/conftest.py: the same layout's programs compile once)."""
+    persistent compilation cache, tests/conftest.py: a 1-process launch reuses the programs of the
+    ones before it; 2-process programs were seen to get new cache keys at every launch)."""
     from configs import demo as demo_cfg
     from hfa_jax import demo
 
