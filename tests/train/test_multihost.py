@@ -251,7 +251,7 @@ def test_c_a_lost_process_stops_the_other_and_its_checkpoint_resumes_on_one_proc
     with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the training processes
         p = subprocess.Popen(launch_cmd(env, 2, 2, wd, "pretrain", *flags), cwd=REPO, env=env["env"],
                              stdout=log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 1200
+        deadline = time.time() + 1800  # a loaded machine; idle, the hold comes within about a minute
         while (time.time() < deadline and p.poll() is None
                and log_path.read_text().count("debug hold after step 2") < 2):
             time.sleep(0.5)
