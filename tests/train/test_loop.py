@@ -71,15 +71,6 @@ def paths(tmp_path_factory):
     return demo.prepare_data(c, root)
 
 
-@pytest.fixture(autouse=True)
-def _compile_cache(tmp_path_factory):
-    # Identical step programs across the runs of one test hit the persistent cache.
-    d = str(tmp_path_factory.getbasetemp() / "jax_cache")
-    jax.config.update("jax_compilation_cache_dir", d)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-
-
 def _final_params(workdir):
     state, meta = ckpt_lib.load_state_arrays(workdir, best=False)
     return state_lib.merge_params(state["trainable"], state["frozen"]), state, meta
@@ -149,7 +140,6 @@ MULTI = textwrap.dedent('''
     from hfa_jax.train import loop
     exec({config_src!r})
     paths = json.loads({paths!r})
-    jax.config.update("jax_compilation_cache_dir", {cache!r})
     for name, data, fsdp in (("dp8", 8, 1), ("fsdp", 4, 2)):
         c = tiny_config(paths, steps=2)
         c.data.augment.p = 0.0
@@ -178,8 +168,7 @@ def test_same_losses_on_1_and_8_devices_data_parallel_and_fsdp(paths, tmp_path):
     c.data.pack_frames = 32
     c.data.buckets = (40,)
     loop.run(c, one)
-    code = MULTI.format(repo=REPO, config_src=CONFIG_SRC, paths=json.dumps(paths), out=str(tmp_path),
-                        cache=str(tmp_path / "cache8"))
+    code = MULTI.format(repo=REPO, config_src=CONFIG_SRC, paths=json.dumps(paths), out=str(tmp_path))
     # (the two optimisation flags only shorten XLA's CPU compile of this tiny model)
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
