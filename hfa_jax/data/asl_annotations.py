@@ -25,7 +25,7 @@ frame folders. Each reader follows its corpus's own documentation:
   is stripped of markup (``<...>`` tags, ``{...}`` styling) and of sound descriptions in brackets
   (``[Music]``, ``(applause)``); cues left empty are dropped; cues shorter than
   ``min_seconds`` (0.2 s) or longer than ``max_seconds`` (60 s) are dropped; identical consecutive
-  cues of rolling captions are merged into one. These are our rules for caption-level clips, not a
+  cues of rolling captions are merged into one. A clip is named ``{id}-{start in ms, 8 digits}``. These are our rules for caption-level clips, not a
   reproduction of the paper's landmark pipeline, which the paper describes only at that level.
 
 Readers never decode video; they check that the files exist and that the times are sane. A
@@ -371,10 +371,12 @@ def read_youtube_asl(ids_file: str, videos: str, split: str, *, captions: str | 
                 merged[-1][1] = max(merged[-1][1], end)  # rolling captions repeat a cue
                 continue
             merged.append([start, end, text])
-        for k, (start, end, text) in enumerate(merged):
+        for start, end, text in merged:
             if not rules.min_seconds <= end - start <= rules.max_seconds:
                 continue
-            records.append(ClipRecord(f"{vid}-{k:04d}", split, video, start, end, text))
+            # Named by the cue's start in milliseconds: stable when the filter flags change.
+            records.append(ClipRecord(f"{vid}-{round(start * 1000):08d}", split, video, start,
+                                      end, text))
     return records
 
 
