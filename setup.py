@@ -28,6 +28,7 @@ RUNTIME = [
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
     "av==16.0.1",  # PyAV: video files in (its wheels ship FFmpeg)
+    "apache-beam==2.78.0",  # data_prep.build_dataset runs as a Beam pipeline (DirectRunner here)
 ]
 
 TEST = [

@@ -202,6 +202,15 @@ def test_youtube_asl_with_vanished_videos(tmp_path):
     assert train["vid2-00000000"]["text"] == "First caption of video 2."
     assert [b.name for b in summary["bad"]] == ["vid3"]
     assert summary["splits"]["train"] == {"videos": 6, "frames": 27, "bad": 1}
+    # English pseudo-glosses straight from the built dataset.
+    from data_prep import pseudo_glosses as pg_tool
+    from hfa_jax.text.pseudo_glosses import load_pseudo_glosses
+
+    pg_tool.main(["--dataset", str(out), "--language", "en", "--out", str(tmp_path / "pg.json"),
+                  "--no_progress"])
+    pg = load_pseudo_glosses(str(tmp_path / "pg.json"))
+    assert list(pg.vocab) == ["0", "1", "2", "caption", "first", "second", "video"]
+    assert sorted(pg.targets) == sorted(f"train/{name}" for name in train)
 
 
 # ------------------------------------------------------------------------------- PHOENIX14T
