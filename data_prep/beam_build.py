@@ -1,5 +1,14 @@
 """The Apache Beam pipeline of ``data_prep.build_dataset``: convert the pending shards.
 
+Installing Beam: apache-beam 2.78 declares ``protobuf<7``, while transformers 5.23 needs
+protobuf >= 7.36 to read SentencePiece models; Beam runs on protobuf 7.36 (this project's build
+tests pass on it), so it is installed without its own pins, after the project::
+
+    pip install -e ".[beam]" && pip install --no-deps apache-beam==2.78.0
+
+Without Beam, the same shard function runs on a local process pool (``engine="local"``), with
+the same output, shard for shard.
+
 One element per output shard (the plan is made by the caller, so the output does not depend on
 the runner or on how work is spread): a worker decodes the shard's videos, resizes and encodes
 their frames, and writes the shard atomically (:func:`data_prep.build_dataset.convert_shard`).
@@ -30,6 +39,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from data_prep import build_dataset as bd
+from data_prep.clip_frames import ClipLimits
+from hfa_jax.errors import DataError
+
 
 def _import_beam():
     # Beam's import logs a warning about optional Google Cloud clients through the root logger,
@@ -46,35 +59,75 @@ def _import_beam():
     return apache_beam, pipeline_options.PipelineOptions
 
 
-beam, PipelineOptions = _import_beam()
+def beam_available() -> bool:
+    import importlib.util
 
-from data_prep import build_dataset as bd
-from data_prep.clip_frames import ClipLimits
-from hfa_jax.errors import DataError
-
-
-class ConvertShard(beam.DoFn):
-    """ShardTask -> (split, shard index) once the shard and its sidecar are written."""
-
-    def __init__(self, opts: "bd.EncodeOptions", limits: ClipLimits, skip_bad: bool):
-        self._opts, self._limits, self._skip_bad = opts, limits, skip_bad
-        self._features = None
-
-    def setup(self):
-        self._features = bd.make_features(self._opts)
-
-    def process(self, task: "bd.ShardTask"):
-        bd.convert_shard(task, self._opts, self._features, self._limits, self._skip_bad)
-        yield task.split, task.index
+    return importlib.util.find_spec("apache_beam") is not None
 
 
-def pipeline_options(workers: int, beam_args: Sequence[str]) -> PipelineOptions:
+def _convert_shard_fn(opts: "bd.EncodeOptions", limits: ClipLimits, skip_bad: bool):
+    """A Beam DoFn: ShardTask -> (split, shard index) once the shard and its sidecar are written."""
+    beam, _ = _import_beam()
+
+    class ConvertShard(beam.DoFn):
+        def __init__(self):
+            self._features = None
+
+        def setup(self):
+            self._features = bd.make_features(opts)
+
+        def process(self, task: "bd.ShardTask"):
+            bd.convert_shard(task, opts, self._features, limits, skip_bad)
+            yield task.split, task.index
+
+    return ConvertShard()
+
+
+def pipeline_options(workers: int, beam_args: Sequence[str]):
     """Beam's options: the caller's flags, or the DirectRunner with `workers` processes."""
+    _, PipelineOptions = _import_beam()
     args = list(beam_args)
     if not any(a.startswith("--runner") for a in args):
         args += ["--runner=DirectRunner", f"--direct_num_workers={workers}",
                  "--direct_running_mode=" + ("in_memory" if workers == 1 else "multi_processing")]
     return PipelineOptions(args)
+
+
+# Per-process state of the local pool's workers (set by _init_local).
+_LOCAL: dict = {}
+
+
+def _init_local(opts, limits, skip_bad) -> None:
+    _LOCAL.update(opts=opts, limits=limits, skip_bad=skip_bad, features=bd.make_features(opts))
+
+
+def _local_shard(task: "bd.ShardTask") -> tuple[str, int]:
+    bd.convert_shard(task, _LOCAL["opts"], _LOCAL["features"], _LOCAL["limits"], _LOCAL["skip_bad"])
+    return task.split, task.index
+
+
+def _run_local(tasks, opts, limits, skip_bad, workers: int) -> None:
+    """The engine without Beam: the same shard function on `workers` spawned processes."""
+    if workers == 1:
+        _init_local(opts, limits, skip_bad)
+        for t in tasks:
+            _local_shard(t)
+        return
+    import multiprocessing
+
+    # spawn: workers must not inherit a parent that may hold JAX/XLA threads.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_local, initargs=(opts, limits, skip_bad)) as pool:
+        for _ in pool.imap_unordered(_local_shard, tasks, chunksize=1):
+            pass
+
+
+def _run_beam(tasks, opts, limits, skip_bad, workers: int, beam_args: Sequence[str]) -> None:
+    beam, _ = _import_beam()
+    with beam.Pipeline(options=pipeline_options(workers, beam_args)) as p:
+        _ = (p
+             | "Shards" >> beam.Create(list(tasks), reshuffle=False)
+             | "Convert" >> beam.ParDo(_convert_shard_fn(opts, limits, skip_bad)))
 
 
 def _watch(tasks: Sequence["bd.ShardTask"], stop: threading.Event, failed: threading.Event,
@@ -102,10 +155,22 @@ def _watch(tasks: Sequence["bd.ShardTask"], stop: threading.Event, failed: threa
     bar.close()
 
 
+ENGINES = ("auto", "beam", "local")
+
+
 def run(tasks: Sequence["bd.ShardTask"], opts: "bd.EncodeOptions", limits: ClipLimits,
         skip_bad: bool, *, workers: int, beam_args: Sequence[str] = (),
-        progress: bool = True) -> None:
-    """Converts `tasks` on Beam; a bad video (without `skip_bad`) raises its one-line DataError."""
+        progress: bool = True, engine: str = "auto") -> str:
+    """Converts `tasks` on Beam (or the local pool: `engine`); a bad video (without `skip_bad`)
+    raises its one-line DataError. Returns the engine used."""
+    if engine == "auto":
+        engine = "beam" if beam_available() else "local"
+    if engine == "beam" and not beam_available():
+        raise DataError("apache-beam is not installed: pip install --no-deps apache-beam==2.78.0 "
+                        "(see docs/asl.md), or pass --engine local")
+    if engine == "local" and beam_args:
+        raise DataError(f"flags {' '.join(beam_args)} are for Beam, which is not used here; "
+                        "install apache-beam (docs/asl.md) or drop them")
     # A failing worker is reported below in one line; Beam's own error log would add a traceback.
     logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     stop, failed = threading.Event(), threading.Event()
@@ -121,16 +186,16 @@ def run(tasks: Sequence["bd.ShardTask"], opts: "bd.EncodeOptions", limits: ClipL
                                daemon=True)
     watcher.start()
     try:
-        with beam.Pipeline(options=pipeline_options(workers, beam_args)) as p:
-            _ = (p
-                 | "Shards" >> beam.Create(list(tasks), reshuffle=False)
-                 | "Convert" >> beam.ParDo(ConvertShard(opts, limits, skip_bad)))
+        if engine == "beam":
+            _run_beam(tasks, opts, limits, skip_bad, workers, beam_args)
+        else:
+            _run_local(tasks, opts, limits, skip_bad, workers)
     except Exception as e:  # noqa: BLE001 - Beam wraps worker errors; report the worker's line
         failed.set()
         for t in tasks:
-            failed = bd._read_sidecar(t.failure_file) if os.path.isfile(t.failure_file) else None
-            if failed is not None:
-                raise DataError(failed["message"]) from None
+            failure = bd._read_sidecar(t.failure_file) if os.path.isfile(t.failure_file) else None
+            if failure is not None:
+                raise DataError(failure["message"]) from None
         raise DataError(f"the Beam pipeline failed ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}); "
                         "rerun the same command to resume") from None
@@ -140,3 +205,4 @@ def run(tasks: Sequence["bd.ShardTask"], opts: "bd.EncodeOptions", limits: ClipL
         sys.stderr.flush()
         os.dup2(terminal.fileno(), 2)
         terminal.close()
+    return engine

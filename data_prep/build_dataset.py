@@ -572,12 +572,14 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
             image_format: str = "jpeg", jpeg_quality: int = 95, skip_bad: bool | None = None,
             workers: int | None = None, videos_per_shard: int = 64, name: str | None = None,
             progress: bool = True, source: SourceOptions = SourceOptions(),
-            beam_args: Sequence[str] = ()) -> dict[str, Any]:
+            beam_args: Sequence[str] = (), engine: str = "auto") -> dict[str, Any]:
     """Converts `splits` of a source into OUT/NAME/1.0.0 (see module docstring). Resumable.
 
     The shard plan is computed here; the pending shards are converted by an Apache Beam pipeline
     (:mod:`data_prep.beam_build`): the DirectRunner on this machine with `workers` processes by
-    default, or any runner named in `beam_args` (e.g. ``--runner=DataflowRunner ...``).
+    default, or any runner named in `beam_args` (e.g. ``--runner=DataflowRunner ...``);
+    `engine="local"` (or "auto" without apache-beam installed) runs the same shard function on a
+    local process pool instead, with the same output.
 
     Returns a summary: {"dataset_dir", "splits": {split: {"videos", "frames", "bad"}}, "bad": [...],
     "seconds", "frames_per_second", ...}; it is also written to OUT/build_summary.json. Raises
@@ -643,12 +645,14 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
                 os.remove(task.failure_file)
             pending.append(task)
 
-    # 3. Convert the pending shards on Apache Beam.
+    # 3. Convert the pending shards on Apache Beam (or the local pool).
+    summary_engine = "none (nothing left to convert)"
     if pending:
         from data_prep import beam_build  # lazy: Beam takes seconds to import
 
-        beam_build.run(pending, opts, source.clip_limits, skip_bad, workers=workers,
-                       beam_args=beam_args, progress=progress)
+        summary_engine = beam_build.run(pending, opts, source.clip_limits, skip_bad,
+                                        workers=workers, beam_args=beam_args, progress=progress,
+                                        engine=engine)
         for task in pending:
             side = _read_sidecar(task.sidecar)
             if side is None or not os.path.isfile(task.path):
@@ -660,7 +664,8 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
     # 4. Metadata (tfds), the report of skipped videos and the summary.
     finalize_metadata(ds_dir, name, features)
     all_bad = reader_bad + [BadVideo(**b) for side in done for b in side["bad"]]
-    summary: dict[str, Any] = {"dataset_dir": ds_dir, "format": fmt, "splits": {}, "bad": all_bad}
+    summary: dict[str, Any] = {"dataset_dir": ds_dir, "format": fmt, "engine": summary_engine,
+                               "splits": {}, "bad": all_bad}
     for split in per_split:
         sides = [s for s in done if s["split"] == split]
         summary["splits"][split] = {
@@ -730,6 +735,9 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[st
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes of Beam's DirectRunner (default: all cores)")
     p.add_argument("--videos_per_shard", type=int, default=64)
+    p.add_argument("--engine", default="auto", choices=("auto", "beam", "local"),
+                   help="beam: an Apache Beam pipeline (DirectRunner, or the runner in Beam's "
+                        "flags); local: a process pool; auto: beam when apache-beam is installed")
     clips = p.add_argument_group("video-and-times formats (how2sign, openasl, youtube_asl)")
     clips.add_argument("--how2sign_source", default="clips", choices=asl_lib.HOW2SIGN_SOURCES,
                        help="clips: the rgb_front sentence clips; raw: cut the raw front videos")
@@ -765,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.format, args.root, args.out, labels=args.labels, splits=splits, size=args.size,
         image_format=args.image_format, jpeg_quality=args.jpeg_quality, skip_bad=args.skip_bad,
         workers=args.workers, videos_per_shard=args.videos_per_shard, name=args.name,
-        source=source, beam_args=beam_args)
+        source=source, beam_args=beam_args, engine=args.engine)
     for split, s in summary["splits"].items():
         print(f"{split}: {s['videos']} videos, {s['frames']} frames written, {s['bad']} bad skipped")
     n_bad = len(summary["bad"])
@@ -773,7 +781,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"bad videos: {n_bad} (listed in {os.path.join(args.out, 'bad_videos.tsv')})")
     print(f"converted {summary['frames_converted_now']} frames in {summary['seconds']:.1f}s "
           f"({summary['frames_per_second']:.0f} frames/s, "
-          f"{summary['clips_per_second_per_core']:.2f} clips/s per worker)")
+          f"{summary['clips_per_second_per_core']:.2f} clips/s per worker, engine: "
+          f"{summary['engine']})")
     print(f"dataset: {summary['dataset_dir']}  (open: tfds.builder_from_directory(path)"
           ".as_data_source(split))")
     return summary

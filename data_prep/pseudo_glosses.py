@@ -35,6 +35,7 @@ import argparse
 import os
 import sys
 
+from data_prep.dataset_text import dataset_text
 from hfa_jax.data.annotations import read_csl_daily
 from hfa_jax.text import pseudo_glosses as pg
 from hfa_jax.errors import ConfigError, cli_main
@@ -48,24 +49,6 @@ def csl_daily_text(labels: str, splits=pg.SPLITS) -> tuple[dict[str, str], dict[
             texts[f"{split}/{r.name}"] = r.translation
             glosses[f"{split}/{r.name}"] = (r.gloss or "").lower().split()
     return texts, glosses
-
-
-def dataset_text(dataset_dir: str) -> dict[str, str]:
-    """{"split/name": sentence} of every split of a built dataset (data_prep.build_dataset)."""
-    import tensorflow_datasets as tfds
-
-    from hfa_jax.data.source import find_builder_dir, open_split
-
-    present = tfds.builder_from_directory(find_builder_dir(dataset_dir)).info.splits.keys()
-    texts: dict[str, str] = {}
-    for split in (s for s in pg.SPLITS if s in present):
-        src = open_split(dataset_dir, split)
-        for i in range(len(src)):
-            ex = src[i]
-            texts[f"{split}/{ex['name']}"] = ex["text"]
-    if not texts:
-        raise ConfigError(f"{dataset_dir}: no train/dev/test split in this dataset")
-    return texts
 
 
 def build(root: str | None, out: str, *, splits=pg.SPLITS, max_doc_freq: float | None = None,

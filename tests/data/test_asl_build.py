@@ -211,6 +211,16 @@ def test_youtube_asl_with_vanished_videos(tmp_path):
     pg = load_pseudo_glosses(str(tmp_path / "pg.json"))
     assert list(pg.vocab) == ["0", "1", "2", "caption", "first", "second", "video"]
     assert sorted(pg.targets) == sorted(f"train/{name}" for name in train)
+    # An English tokenizer from the same dataset: en_XX closes every label.
+    from data_prep import trim_vocab
+    from hfa_jax.text.tokenizer import load_tokenizer
+
+    trim_vocab.main(["--dataset", str(out), "--train_sentencepiece", "--vocab_size", "40",
+                     "--out", str(tmp_path / "tok")])
+    tok = load_tokenizer(str(tmp_path / "tok"), "en_XX")
+    labels = tok.encode_targets(["Second caption."], 16)["labels"][0]
+    assert tok.decode([labels])[0] == "Second caption."
+    assert labels[list(labels).index(tok.eos_id) + 1] == tok.lang_id
 
 
 # ------------------------------------------------------------------------------- PHOENIX14T
@@ -290,18 +300,22 @@ def _build_phoenix(src, out, **kw):
     return bd.convert("phoenix14t", str(src), str(out), **kw)
 
 
-def test_phoenix14t_unchanged_record_for_record(tmp_path):
-    """The Beam builder writes what the previous builder wrote, shard for shard, record for
-    record (PNG and JPEG, a synthetic tree and the real sample tree), with 1 and 2 workers."""
+@pytest.mark.parametrize("engine", ["beam", "local"])
+def test_phoenix14t_unchanged_record_for_record(tmp_path, engine):
+    """Both engines write what the previous builder wrote, shard for shard, record for record
+    (PNG and JPEG, a synthetic tree and the real sample tree), with 1 and 2 workers."""
+    if engine == "beam":
+        pytest.importorskip("apache_beam", reason="apache-beam not installed (docs/asl.md)")
     make_phoenix_tree(tmp_path / "src")
-    _build_phoenix(tmp_path / "src", tmp_path / "o1", splits=["train", "dev"], size=16,
-                   image_format="png", workers=1, videos_per_shard=2)
+    got = _build_phoenix(tmp_path / "src", tmp_path / "o1", splits=["train", "dev"], size=16,
+                         image_format="png", workers=1, videos_per_shard=2, engine=engine)
+    assert got["engine"] == engine
     assert record_digests(tmp_path / "o1", "phoenix14t") == PREVIOUS_BUILDER["synthetic_png16"]
     _build_phoenix(tmp_path / "src", tmp_path / "o2", splits=["train", "dev"], size=16,
-                   image_format="jpeg", workers=2, videos_per_shard=2)
+                   image_format="jpeg", workers=2, videos_per_shard=2, engine=engine)
     assert record_digests(tmp_path / "o2", "phoenix14t") == PREVIOUS_BUILDER["synthetic_jpeg16"]
     sample = REPO / "tests" / "resources" / "phoenix14t" / "sample"
-    _build_phoenix(sample, tmp_path / "o3", size=64, workers=1)
+    _build_phoenix(sample, tmp_path / "o3", size=64, workers=1, engine=engine)
     assert record_digests(tmp_path / "o3", "phoenix14t") == PREVIOUS_BUILDER["sample_jpeg64"]
 
 
