@@ -11,9 +11,9 @@ the north tomorrow"), so a model has to read the signs and learn the phrasing.
 
 writes the shipped table (columns of ``data_prep.synthsign.corpus``: split, name, num_frames,
 gloss, translation); the tests check that the shipped file equals this module's output. Splits
-are assigned by a SHA-256 of the gloss sequence, so paraphrases of one gloss sequence stay in one
-split and dev/test sentences are new combinations of the training signs (the demo's closed domain
-then keeps those whose sign *set* the training split has).
+are assigned by a SHA-256 of the sentence, as PHOENIX14T's splits hold different sentences about
+the same weather: a dev/test sentence is a new sentence, and usually its sign set is also that of
+a training paraphrase (what the demo's closed domain selects).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def _sentences() -> list[tuple[str, str]]:
     return out
 
 
-def _split_of(gloss: str) -> str:
-    h = int.from_bytes(hashlib.sha256(gloss.encode()).digest()[:8], "big") / 2.0 ** 64
+def _split_of(sentence: str) -> str:
+    h = int.from_bytes(hashlib.sha256(sentence.encode()).digest()[:8], "big") / 2.0 ** 64
     edge = 0.0
     for split, fraction in SPLIT_FRACTIONS:
         edge += fraction
@@ -115,7 +115,7 @@ def table_rows() -> list[tuple[str, str, int, str, str]]:
     rising and falling) would take; SynthSign's renderer sets its own timing."""
     rows = []
     for k, (gloss, text) in enumerate(_sentences()):
-        rows.append((_split_of(gloss), f"en{k:05d}", 12 * len(gloss.split()) + 16, gloss, text))
+        rows.append((_split_of(text), f"en{k:05d}", 12 * len(gloss.split()) + 16, gloss, text))
     order = {"train": 0, "dev": 1, "test": 2}
     return sorted(rows, key=lambda r: (order[r[0]], r[1]))
 
