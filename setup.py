@@ -52,6 +52,30 @@ TEST += APP + ["playwright==1.65.2"]
 # TensorBoard, to watch the scalars a run writes (docs/training.md): pip install -e ".[tensorboard]".
 TENSORBOARD = ["tensorboard==2.21.0"]
 
+# Building datasets on Apache Beam (data_prep.build_dataset; docs/asl.md): Beam's own runtime
+# requirements. apache-beam itself is then installed with `pip install --no-deps
+# apache-beam==2.78.0`: it declares protobuf<7 and pyarrow<26, while transformers 5.23 reads
+# SentencePiece models only with protobuf >= 7.36; Beam runs on protobuf 7.36 and pyarrow 26 (the
+# build tests pass on them). Without Beam, build_dataset runs the same shards on a process pool.
+BEAM = [
+    "beartype==0.22.9",
+    "cryptography==51.0.1",
+    "fastavro==1.13.1",
+    "fasteners==0.20",
+    "grpcio==1.85.4",
+    "httplib2==0.32.1",
+    "jsonpickle==4.1.4",
+    "objsize==0.7.1",
+    "proto-plus==1.29.0",
+    "pymongo==4.20.1",
+    "python-dateutil==2.9.0.post0",
+    "pytz==2026.6",
+    "sortedcontainers==2.4.0",
+    "zstandard==0.25.0",
+]
+BEAM_NO_DEPS = "apache-beam==2.78.0"  # installed by .ci/run with --no-deps, see above
+TEST += BEAM
+
 # Compiling for TPU topologies on any machine (python -m hfa_jax.aot --topology=v5e:2x4) and
 # running on TPU VMs: libtpu, pinned to the jax version above. The tests compile for v5e:2x2.
 TPU = ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"]
@@ -66,5 +90,5 @@ setup(
     include_package_data=True,
     package_data={"hfa_jax": ["resources/**/*"], "data_prep": ["resources/**/*"]},
     install_requires=RUNTIME,
-    extras_require={"test": TEST, "app": APP, "tpu": TPU, "tensorboard": TENSORBOARD},
+    extras_require={"test": TEST, "app": APP, "tpu": TPU, "tensorboard": TENSORBOARD, "beam": BEAM},
 )

@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import io
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -49,10 +48,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from data_prep.clip_frames import ClipError, ClipLimits, cut_clip
 from hfa_jax.data import annotations as annotations_lib
+from hfa_jax.data import asl_annotations as asl_lib
 from hfa_jax.data import format as fmt_lib
 from hfa_jax.data import formats
 from hfa_jax.data.annotations import BadVideo, VideoRecord
+from hfa_jax.data.asl_annotations import CaptionFilter, ClipRecord
 from hfa_jax.data.format import IMAGE_FORMATS, dataset_dir
 from hfa_jax.errors import ConfigError, DataError, cli_main
 
@@ -166,13 +168,29 @@ def _load_extras(path: str, num_frames: int) -> dict[str, Any] | str:
     return {fmt_lib.HAND_TRAJ: traj, fmt_lib.DESCRIPTION: desc}
 
 
-def load_video(record: VideoRecord, opts: EncodeOptions,
-               extras_path: str | None = None) -> tuple[dict, None] | tuple[None, BadVideo]:
+def load_clip(record: ClipRecord, opts: EncodeOptions,
+              limits: ClipLimits = ClipLimits()) -> tuple[dict, None] | tuple[None, BadVideo]:
+    """Cuts `record` out of its video file (`data_prep.clip_frames`), resizing and encoding each
+    frame as it is decoded. Returns (example dict, None) or (None, BadVideo)."""
+    try:
+        frames = cut_clip(record.video, record.start, record.end,
+                          lambda img: _encode_pil(img, opts), limits)
+    except ClipError as e:
+        return None, BadVideo(record.split, record.name, record.video, str(e))
+    return _example_dict(record.name, frames, record.translation, record.gloss, record.signer,
+                         None, opts), None
+
+
+def load_video(record: VideoRecord | ClipRecord, opts: EncodeOptions,
+               extras_path: str | None = None,
+               limits: ClipLimits = ClipLimits()) -> tuple[dict, None] | tuple[None, BadVideo]:
     """Decodes every frame of `record` once, checks it, resizes and re-encodes it.
 
     Returns (example dict ready for `FeaturesDict.serialize_example`, None) or (None, BadVideo)
     for an unreadable/truncated frame, mixed frame sizes or bad extras.
     """
+    if isinstance(record, ClipRecord):
+        return load_clip(record, opts, limits)
     frames: list[bytes] = []
     first_size: tuple[int, int] | None = None
     first_name = ""
@@ -407,45 +425,32 @@ def write_examples(
 # Command line: read a source layout, convert in parallel, resumably
 # ----------------------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """Reading options of the video-and-times formats (ignored by the frame-folder ones)."""
+
+    how2sign_source: str = "clips"  # "clips": the rgb_front sentence clips; "raw": cut raw videos
+    captions: str | None = None  # YouTube-ASL caption folder (default: the videos folder)
+    caption_filter: CaptionFilter = CaptionFilter()
+    clip_limits: ClipLimits = ClipLimits()
+
+    def reader_options(self, fmt: str) -> dict[str, Any]:
+        """The keyword options of `fmt`'s reader (hfa_jax.data.asl_annotations)."""
+        if fmt == "how2sign":
+            return {"source": self.how2sign_source}
+        if fmt == "youtube_asl":
+            return {"captions": self.captions, "rules": self.caption_filter}
+        return {}
+
+
 def read_source(fmt: str, root: str, labels: str | None, split: str,
-                bad: list[BadVideo] | None) -> tuple[list[VideoRecord], str | None]:
+                bad: list[BadVideo] | None,
+                source: SourceOptions = SourceOptions()) -> tuple[list, str | None]:
     """Records of one split of the source (its format from :mod:`hfa_jax.data.formats`), and the
     SynthSign extras folder (or None)."""
-    source = formats.get(fmt)
-    return source.records(root, labels, split, bad=bad), source.extras_dir(root)
-
-
-@dataclasses.dataclass
-class _Shard:
-    split: str
-    index: int
-    num_shards: int
-    records: list[VideoRecord]
-    path: str
-    sidecar: str
-    serialized: list[bytes] = dataclasses.field(default_factory=list)
-    bad: list[BadVideo] = dataclasses.field(default_factory=list)
-    pending: int = 0
-
-
-# Per-worker state (set by _init_worker; workers are separate processes).
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(opts: EncodeOptions) -> None:
-    _WORKER["opts"] = opts
-    _WORKER["features"] = make_features(opts)
-
-
-def _convert_one(
-    task: tuple[tuple[int, int], VideoRecord, str | None],
-) -> tuple[tuple[int, int], bytes | None, BadVideo | None, int]:
-    """(key=(shard, video), record, extras) -> (key, serialized example | None, BadVideo | None, T)."""
-    key, record, extras_path = task
-    example, bad = load_video(record, _WORKER["opts"], extras_path)
-    if bad is not None:
-        return key, None, bad, 0
-    return key, _WORKER["features"].serialize_example(example), None, record.num_frames
+    spec = formats.get(fmt)
+    recs = spec.records(root, labels, split, bad=bad, **source.reader_options(fmt))
+    return recs, (None if spec.clips else spec.extras_dir(root))
 
 
 def _plan(records: list[VideoRecord], settings: dict, plan_path: str, *, write: bool) -> None:
@@ -474,19 +479,78 @@ def _read_sidecar(path: str) -> dict | None:
         return json.load(f)
 
 
+# ----------------------------------------------------------------------------------------------
+# The conversion: a deterministic shard plan, run as an Apache Beam pipeline
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ShardTask:
+    """One output shard to write: its videos (in order), where it goes, and its sidecar."""
+
+    split: str
+    index: int
+    num_shards: int
+    records: list
+    extras_paths: list
+    path: str
+    sidecar: str
+
+    @property
+    def failure_file(self) -> str:
+        return self.sidecar[:-len(".json")] + ".failed.json"
+
+
+def convert_shard(task: ShardTask, opts: EncodeOptions, features, limits: ClipLimits,
+                  skip_bad: bool) -> dict:
+    """Converts the videos of one shard and writes it: sidecar first, then the shard file under a
+    temporary name renamed into place (a shard counts as done only when both exist). A bad video
+    without `skip_bad` writes `task.failure_file` (its one-line message) and raises DataError."""
+    written: list[bytes] = []
+    bad: list[BadVideo] = []
+    num_frames = 0
+    for record, extras_path in zip(task.records, task.extras_paths):
+        example, problem = load_video(record, opts, extras_path, limits)
+        if problem is not None:
+            if not skip_bad:
+                message = problem.message() + " (or pass --skip_bad to skip and list such videos)"
+                _write_json(task.failure_file, {"message": message})
+                raise DataError(message)
+            bad.append(problem)
+            continue
+        written.append(features.serialize_example(example))
+        num_frames += len(example[fmt_lib.FRAMES])
+    side = {"split": task.split, "shard": task.index, "num_examples": len(written),
+            "num_frames": num_frames, "bad": [dataclasses.asdict(b) for b in bad]}
+    _write_json(task.sidecar, side)
+    _write_shard(task.path, task.sidecar[:-len(".json")] + ".tmp", written)
+    return side
+
+
 def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
             splits: Sequence[str] = annotations_lib.SPLITS, size: int = 256,
-            image_format: str = "jpeg", jpeg_quality: int = 95, skip_bad: bool = False,
+            image_format: str = "jpeg", jpeg_quality: int = 95, skip_bad: bool | None = None,
             workers: int | None = None, videos_per_shard: int = 64, name: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, source: SourceOptions = SourceOptions(),
+            beam_args: Sequence[str] = (), engine: str = "auto") -> dict[str, Any]:
     """Converts `splits` of a source into OUT/NAME/1.0.0 (see module docstring). Resumable.
 
+    The shard plan is computed here; the pending shards are converted by an Apache Beam pipeline
+    (:mod:`data_prep.beam_build`): the DirectRunner on this machine with `workers` processes by
+    default, or any runner named in `beam_args` (e.g. ``--runner=DataflowRunner ...``);
+    `engine="local"` (or "auto" without apache-beam installed) runs the same shard function on a
+    local process pool instead, with the same output.
+
     Returns a summary: {"dataset_dir", "splits": {split: {"videos", "frames", "bad"}}, "bad": [...],
-    "seconds", "frames_per_second"}. Raises DataError on the first bad video unless skip_bad.
+    "seconds", "frames_per_second", ...}; it is also written to OUT/build_summary.json. Raises
+    DataError on the first bad video unless skip_bad (default: on for the web ASL corpora).
     """
     start = time.time()
     if videos_per_shard < 1 or (workers is not None and workers < 1):
         raise ConfigError("--videos_per_shard and --workers must be >= 1")
+    spec = formats.get(fmt)
+    if skip_bad is None:
+        skip_bad = spec.clips  # web corpora lose videos: skip and count them by default
     name = name or fmt  # the dataset is named after its format (hfa_jax.data.formats.of_dataset)
     workers = max(1, workers or os.cpu_count() or 1)
     ds_dir = dataset_dir(out, name)
@@ -494,19 +558,22 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
 
     # 1. Read every split first: reader-level problems surface before any work is done.
     reader_bad: list[BadVideo] = []
-    per_split: dict[str, list[VideoRecord]] = {}
+    per_split: dict[str, list] = {}
     extras_dir: str | None = None
     for split in splits:
-        recs, extras_dir = read_source(fmt, root, labels, split, reader_bad if skip_bad else None)
+        recs, extras_dir = read_source(fmt, root, labels, split,
+                                       reader_bad if skip_bad else None, source)
         if not recs:
             raise DataError(f"{root}: split {split!r} has no usable videos; check --root/--labels")
         per_split[split] = recs
     opts = EncodeOptions(size=size, image_format=image_format, jpeg_quality=jpeg_quality,
                          extras=extras_dir is not None)
     features = make_features(opts)
-    settings = {"format": fmt, "size": size, "image_format": image_format,
-                "jpeg_quality": jpeg_quality if image_format == "jpeg" else None,
-                "extras": opts.extras, "videos_per_shard": videos_per_shard}
+    settings: dict[str, Any] = {"format": fmt, "size": size, "image_format": image_format,
+                                "jpeg_quality": jpeg_quality if image_format == "jpeg" else None,
+                                "extras": opts.extras, "videos_per_shard": videos_per_shard}
+    if spec.clips:
+        settings["clip_limits"] = dataclasses.asdict(source.clip_limits)
     # A rerun must have the inputs and settings of the run it resumes (checked before writing).
     plans = {split: os.path.join(work, f"{split}.plan.json") for split in per_split}
     for split, recs in per_split.items():
@@ -516,7 +583,7 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
     _check_features(ds_dir, features)
 
     # 2. Deterministic shard plan per split; completed shards (file + sidecar) are skipped.
-    shards: list[_Shard] = []
+    pending: list[ShardTask] = []
     done: list[dict] = []
     for split, recs in per_split.items():
         _plan(recs, settings, plans[split], write=True)
@@ -528,28 +595,35 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
             if side is not None and os.path.isfile(path):
                 done.append(side)
                 continue
-            shards.append(_Shard(split, i, n, recs[i * videos_per_shard:(i + 1) * videos_per_shard],
-                                 path, sidecar))
+            chunk = recs[i * videos_per_shard:(i + 1) * videos_per_shard]
+            extras = [(os.path.join(extras_dir, r.split, r.name + ".json") if extras_dir else None)
+                      for r in chunk]
+            task = ShardTask(split, i, n, chunk, extras, path, sidecar)
+            if os.path.exists(task.failure_file):
+                os.remove(task.failure_file)
+            pending.append(task)
 
-    # 3. Convert pending videos on all cores; a shard is written as soon as its videos are in.
-    tasks = []
-    for s_i, shard in enumerate(shards):
-        shard.serialized = [b""] * len(shard.records)
-        shard.pending = len(shard.records)
-        for v_i, rec in enumerate(shard.records):
-            extras_path = (os.path.join(extras_dir, rec.split, rec.name + ".json")
-                           if extras_dir else None)
-            tasks.append(((s_i, v_i), rec, extras_path))
-    total_frames = sum(len(t[1].frame_paths) for t in tasks)
-    if tasks:
-        _run_tasks(tasks, shards, opts, workers, skip_bad, total_frames, progress)
-        for shard in shards:
-            done.append(_read_sidecar(shard.sidecar))
+    # 3. Convert the pending shards on Apache Beam (or the local pool).
+    summary_engine = "none (nothing left to convert)"
+    if pending:
+        from data_prep import beam_build  # lazy: Beam takes seconds to import
 
-    # 4. Metadata (tfds) and the report of skipped videos.
+        summary_engine = beam_build.run(pending, opts, source.clip_limits, skip_bad,
+                                        workers=workers, beam_args=beam_args, progress=progress,
+                                        engine=engine)
+        for task in pending:
+            side = _read_sidecar(task.sidecar)
+            if side is None or not os.path.isfile(task.path):
+                raise DataError(f"{task.path}: the pipeline finished without writing this shard; "
+                                "rerun the same command to resume")
+            done.append(side)
+    converted_now = {(s["split"], s["shard"]) for s in done} & {(t.split, t.index) for t in pending}
+
+    # 4. Metadata (tfds), the report of skipped videos and the summary.
     finalize_metadata(ds_dir, name, features)
     all_bad = reader_bad + [BadVideo(**b) for side in done for b in side["bad"]]
-    summary: dict[str, Any] = {"dataset_dir": ds_dir, "splits": {}, "bad": all_bad}
+    summary: dict[str, Any] = {"dataset_dir": ds_dir, "format": fmt, "engine": summary_engine,
+                               "splits": {}, "bad": all_bad}
     for split in per_split:
         sides = [s for s in done if s["split"] == split]
         summary["splits"][split] = {
@@ -563,99 +637,110 @@ def convert(fmt: str, root: str, out: str, *, labels: str | None = None,
             for b in all_bad:
                 f.write("\t".join(x.replace("\t", " ").replace("\n", " ")
                                   for x in (b.split, b.name, b.file, b.reason)) + "\n")
-    summary["seconds"] = time.time() - start
-    summary["frames_converted_now"] = total_frames
-    summary["frames_per_second"] = total_frames / max(summary["seconds"], 1e-9)
+    seconds = time.time() - start
+    now = [s for s in done if (s["split"], s["shard"]) in converted_now]
+    summary["seconds"] = seconds
+    summary["videos_converted_now"] = sum(s["num_examples"] for s in now)
+    summary["frames_converted_now"] = sum(s["num_frames"] for s in now)
+    summary["frames_per_second"] = summary["frames_converted_now"] / max(seconds, 1e-9)
+    summary["clips_per_second_per_core"] = summary["videos_converted_now"] / max(seconds, 1e-9) / workers
+    _write_json(os.path.join(out, "build_summary.json"), {
+        **{k: v for k, v in summary.items() if k != "bad"},
+        "workers": workers,
+        "bad_count": len(all_bad),
+        "bad_by_reason": _count_reasons(all_bad),
+    })
     return summary
 
 
-def _run_tasks(tasks: list, shards: list[_Shard], opts: EncodeOptions, workers: int,
-               skip_bad: bool, total_frames: int, progress: bool) -> None:
-
-    def finish(shard: _Shard) -> None:
-        written = [b for b in shard.serialized if b]
-        side = {"split": shard.split, "shard": shard.index, "num_examples": len(written),
-                "num_frames": sum(r.num_frames for r, b in zip(shard.records, shard.serialized) if b),
-                "bad": [dataclasses.asdict(b) for b in shard.bad]}
-        # Sidecar first, then the atomic rename: a shard counts as done only when both exist.
-        _write_json(shard.sidecar, side)
-        _write_shard(shard.path, shard.sidecar[:-len(".json")] + ".tmp", written)
-        shard.serialized = []
-
-    bar = tqdm(total=total_frames, unit="frame", unit_scale=True, desc="converting",
-               disable=not progress, dynamic_ncols=True, file=sys.stderr)
-
-    def handle(result) -> None:
-        (s_i, v_i), blob, bad, _ = result
-        shard = shards[s_i]
-        rec = shard.records[v_i]
-        if bad is not None:
-            if not skip_bad:
-                raise DataError(bad.message() + " (or pass --skip_bad to skip and list such videos)")
-            shard.bad.append(bad)
-        else:
-            shard.serialized[v_i] = blob
-        shard.pending -= 1
-        bar.update(len(rec.frame_paths))
-        if shard.pending == 0:
-            finish(shard)
-
-    ok = False
-    try:
-        if workers == 1:
-            _init_worker(opts)
-            for t in tasks:
-                handle(_convert_one(t))
-        else:
-            # spawn: workers must not inherit a parent that may hold JAX/XLA threads.
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
-                for result in pool.imap_unordered(_convert_one, tasks, chunksize=1):
-                    handle(result)
-        ok = True
-    finally:
-        if not ok:
-            bar.leave = False  # clear the bar so the error stays the only line printed
-        bar.close()
+def _count_reasons(bad: Sequence[BadVideo]) -> dict[str, int]:
+    """Skipped videos per kind of problem (the reason up to its first ';' or '(')."""
+    counts: dict[str, int] = {}
+    for b in bad:
+        key = b.reason.split(";")[0].split("(")[0].strip()
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.build_dataset",
-        description="Convert PHOENIX14T / GFSLT-VLP / CSL-Daily frames into a TFDS ArrayRecord dataset.")
+        description="Convert PHOENIX14T / GFSLT-VLP / CSL-Daily frames, or How2Sign / OpenASL / "
+                    "YouTube-ASL videos, into a TFDS ArrayRecord dataset, on Apache Beam. Flags "
+                    "not listed here go to Beam (e.g. --runner=DataflowRunner --project=P ...).")
     p.add_argument("--format", required=True, choices=formats.names())
     p.add_argument("--root", required=True,
                    help="phoenix14t: folder holding annotations/ and features/; gfslt: the "
-                        "fullFrame-210x260px folder; csl_daily: the frames_512x512 folder")
-    p.add_argument("--labels", help="gfslt/csl_daily: folder holding labels.{train,dev,test}")
+                        "fullFrame-210x260px folder; csl_daily: the frames_512x512 folder; "
+                        "how2sign: the folder holding the realigned CSVs and the clip folders; "
+                        "openasl / youtube_asl: the folder of downloaded videos ({id}.mp4)")
+    p.add_argument("--labels", help="gfslt/csl_daily: folder holding labels.{train,dev,test}; "
+                                    "openasl: the TSV; youtube_asl: the video id list")
     p.add_argument("--out", required=True, help="output root; the dataset goes to OUT/NAME/1.0.0")
     p.add_argument("--name", help="dataset name (default: the format name)")
-    p.add_argument("--splits", default="train,dev,test")
+    p.add_argument("--splits", default=None,
+                   help="comma-separated (default train,dev,test; youtube_asl: train, or "
+                        "train,dev with --dev_fraction)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--image_format", default="jpeg", choices=IMAGE_FORMATS)
     p.add_argument("--jpeg_quality", type=int, default=95)
-    p.add_argument("--skip_bad", action="store_true",
-                   help="skip bad videos, list them in OUT/bad_videos.tsv, count them in the summary")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    bad = p.add_mutually_exclusive_group()
+    bad.add_argument("--skip_bad", action="store_true", default=None,
+                     help="skip bad videos, list them in OUT/bad_videos.tsv, count them in the "
+                          "summary (the default for how2sign, openasl and youtube_asl)")
+    bad.add_argument("--stop_on_bad", dest="skip_bad", action="store_false",
+                     help="stop at the first bad video (the default for the frame-folder formats)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes of Beam's DirectRunner (default: all cores)")
     p.add_argument("--videos_per_shard", type=int, default=64)
-    return p.parse_args(argv)
+    p.add_argument("--engine", default="auto", choices=("auto", "beam", "local"),
+                   help="beam: an Apache Beam pipeline (DirectRunner, or the runner in Beam's "
+                        "flags); local: a process pool; auto: beam when apache-beam is installed")
+    clips = p.add_argument_group("video-and-times formats (how2sign, openasl, youtube_asl)")
+    clips.add_argument("--how2sign_source", default="clips", choices=asl_lib.HOW2SIGN_SOURCES,
+                       help="clips: the rgb_front sentence clips; raw: cut the raw front videos")
+    clips.add_argument("--captions", help="youtube_asl: caption folder (default: --root)")
+    clips.add_argument("--fps", type=float, default=None,
+                       help="keep frames at this rate (default: every frame of the source)")
+    clips.add_argument("--max_clip_frames", type=int, default=ClipLimits.max_frames)
+    clips.add_argument("--max_clip_seconds", type=float, default=ClipLimits.max_seconds)
+    clips.add_argument("--min_caption_seconds", type=float, default=CaptionFilter.min_seconds)
+    clips.add_argument("--max_caption_seconds", type=float, default=CaptionFilter.max_seconds)
+    clips.add_argument("--dev_fraction", type=float, default=0.0,
+                       help="youtube_asl: fraction of videos held out as a dev split")
+    return p.parse_known_args(argv)
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = _parse_args(argv)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    args, beam_args = _parse_args(argv)
+    if args.fps is not None and not 0.1 <= args.fps <= 240:
+        raise ConfigError(f"--fps {args.fps} out of range; use e.g. --fps 25")
+    if args.max_clip_frames < 1 or args.max_clip_seconds <= 0:
+        raise ConfigError("--max_clip_frames and --max_clip_seconds must be positive")
+    default_splits = ("train,dev" if args.dev_fraction > 0 else "train") \
+        if args.format == "youtube_asl" else "train,dev,test"
+    splits = [s.strip() for s in (args.splits or default_splits).split(",") if s.strip()]
+    source = SourceOptions(
+        how2sign_source=args.how2sign_source, captions=args.captions,
+        caption_filter=CaptionFilter(args.min_caption_seconds, args.max_caption_seconds,
+                                     args.dev_fraction),
+        clip_limits=ClipLimits(max_frames=args.max_clip_frames, max_seconds=args.max_clip_seconds,
+                               fps=args.fps))
     summary = convert(
         args.format, args.root, args.out, labels=args.labels, splits=splits, size=args.size,
         image_format=args.image_format, jpeg_quality=args.jpeg_quality, skip_bad=args.skip_bad,
-        workers=args.workers, videos_per_shard=args.videos_per_shard, name=args.name)
+        workers=args.workers, videos_per_shard=args.videos_per_shard, name=args.name,
+        source=source, beam_args=beam_args, engine=args.engine)
     for split, s in summary["splits"].items():
         print(f"{split}: {s['videos']} videos, {s['frames']} frames written, {s['bad']} bad skipped")
     n_bad = len(summary["bad"])
-    if args.skip_bad:
+    if n_bad or args.skip_bad or formats.get(args.format).clips:
         print(f"bad videos: {n_bad} (listed in {os.path.join(args.out, 'bad_videos.tsv')})")
     print(f"converted {summary['frames_converted_now']} frames in {summary['seconds']:.1f}s "
-          f"({summary['frames_per_second']:.0f} frames/s)")
+          f"({summary['frames_per_second']:.0f} frames/s, "
+          f"{summary['clips_per_second_per_core']:.2f} clips/s per worker, engine: "
+          f"{summary['engine']})")
     print(f"dataset: {summary['dataset_dir']}  (open: tfds.builder_from_directory(path)"
           ".as_data_source(split))")
     return summary

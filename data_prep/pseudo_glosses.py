@@ -7,6 +7,11 @@ or CSL-Daily label files.
     python -m data_prep.pseudo_glosses --from_reference CSV_DIR [--root ROOT] --out FILE.json
     python -m data_prep.pseudo_glosses --format csl_daily --labels LABELS_DIR --out FILE.json \
         [--compare_glosses]
+    python -m data_prep.pseudo_glosses --dataset DATASET_DIR --language en --out FILE.json
+
+The last form reads the sentences of a dataset written by `data_prep.build_dataset` (any format:
+How2Sign, OpenASL, YouTube-ASL, ...), keyed `split/name`, and tags them in `--language` (`en`:
+HanTa's English model, offline; see hfa_jax.text.pseudo_glosses).
 
 CSL-Daily (Chinese) is tagged with jieba (`--pipeline jieba`, the default for that format; see
 hfa_jax.text.pseudo_glosses); `--compare_glosses` prints the agreement of the pseudo-glosses with
@@ -30,6 +35,7 @@ import argparse
 import os
 import sys
 
+from data_prep.dataset_text import dataset_text
 from hfa_jax.data import formats
 from hfa_jax.text import pseudo_glosses as pg
 from hfa_jax.errors import ConfigError, cli_main
@@ -49,11 +55,21 @@ def corpus_text(corpus: formats.DatasetFormat, root: str | None, labels: str | N
 def build(root: str | None, out: str, *, splits=pg.SPLITS, max_doc_freq: float | None = None,
           pipeline: str = "auto", from_reference: str | None = None, compare: str | None = None,
           progress: bool = True, fmt: str = "phoenix14t", labels: str | None = None,
-          compare_glosses: bool = False) -> dict:
+          compare_glosses: bool = False, dataset: str | None = None,
+          language: str = "de") -> dict:
     """Builds and writes the file; returns its meta (with `num_classes` and, when compared,
     the agreement numbers). The format (:mod:`hfa_jax.data.formats`) says where the sentences are
     and how they split into words: a Chinese one (`csl_daily`) reads the label files in `labels`
-    (default `root/labels`, where SynthSign writes them) and tags with jieba."""
+    (default `root/labels`, where SynthSign writes them) and tags with jieba. `dataset` reads the
+    sentences of a built dataset instead (any format) and tags them in `language`."""
+    if dataset is not None:
+        texts = dataset_text(dataset)
+        nlp, source = pg.load_pipeline(pipeline, language)
+        keys = sorted(texts)
+        print(f"tagging {len(keys)} sentences with {source}", file=sys.stderr)
+        lemmas = dict(zip(keys, pg.extract_lemmas(nlp, [texts[k] for k in keys], progress=progress)))
+        present = tuple(sp for sp in splits if any(k.startswith(sp + "/") for k in keys))
+        return _write(out, lemmas, present, max_doc_freq, source, dataset)
     corpus = formats.get(fmt)
     if corpus.words == "jieba":
         labels = corpus.labels_dir(root, labels)
@@ -133,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="phoenix14t: --root is an official-layout tree; gfslt, csl_daily: --labels holds the "
                         "GFSLT-style label files (csl_daily is tagged with jieba)")
     p.add_argument("--root", help="PHOENIX14T or SynthSign tree (folder holding annotations/)")
+    p.add_argument("--dataset", help="a dataset written by data_prep.build_dataset (any format): "
+                                     "tag its sentences (with --language)")
+    p.add_argument("--language", default="de", choices=pg.LANGUAGES,
+                   help="with --dataset: the language of the sentences (en: HanTa English, offline)")
     p.add_argument("--labels", help="csl_daily: folder holding labels.{train,dev,test} (default ROOT/labels)")
     p.add_argument("--compare_glosses", action="store_true",
                    help="csl_daily: print agreement (token F1, vocabulary Jaccard) with CSL-Daily's sign glosses")
@@ -152,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     meta = build(a.root, a.out, splits=pg.parse_splits(a.splits), max_doc_freq=a.max_doc_freq,
                  pipeline=a.pipeline, from_reference=a.from_reference, compare=a.compare,
-                 progress=not a.no_progress, fmt=a.format, labels=a.labels, compare_glosses=a.compare_glosses)
+                 progress=not a.no_progress, fmt=a.format, labels=a.labels, compare_glosses=a.compare_glosses,
+                 dataset=a.dataset, language=a.language)
     for key, what in (("agreement_with_reference", "reference"), ("agreement_with_glosses", "CSL-Daily glosses")):
         if key not in meta:
             continue

@@ -5,6 +5,8 @@ Trim (paper runs; the reference tool is hftrim):
     python -m data_prep.trim_vocab --tokenizer MBART_DIR --root ROOT --out OUT_DIR [--lang de_DE]
     python -m data_prep.trim_vocab --tokenizer MBART_DIR --format csl_daily --labels LABELS_DIR \
         --out OUT_DIR --lang zh_CN                  # CSL-Daily: the Chinese training sentences
+    python -m data_prep.trim_vocab --tokenizer MBART_DIR --dataset DATASET_DIR --out OUT_DIR \
+        [--lang en_XX]                              # any built dataset (How2Sign, OpenASL, ...)
 
 keeps the SentencePiece pieces that the training translations of ROOT use, plus the specials
 (`<s> <pad> </s> <unk>`), all 25 language codes and `<mask>` (transformers' MBartTokenizer always
@@ -173,18 +175,27 @@ def main(argv: list[str] | None = None) -> None:
                    help="phoenix14t: --root is an official-layout tree; gfslt, csl_daily: --labels holds the "
                         "GFSLT-style label files (default ROOT/labels, as SynthSign writes them)")
     p.add_argument("--root", help="PHOENIX14T or SynthSign tree")
+    p.add_argument("--dataset", help="instead of --format/--root: a dataset written by "
+                                     "data_prep.build_dataset (How2Sign, OpenASL, YouTube-ASL, ...)")
     p.add_argument("--labels", help="csl_daily: folder holding labels.{train,dev,test}")
     p.add_argument("--out", required=True, help="output tokenizer folder")
     p.add_argument("--split", default="train", help="split whose translations are used (default train)")
     p.add_argument("--lang", default=None,
-                   help="mBART language code (default: the format's, e.g. de_DE for phoenix14t, zh_CN for csl_daily)")
+                   help="mBART language code (default: the format's, e.g. de_DE for phoenix14t, zh_CN for "
+                        "csl_daily; en_XX with --dataset)")
     p.add_argument("--train_sentencepiece", action="store_true",
                    help="train a new Unigram SentencePiece model instead of trimming --tokenizer")
     p.add_argument("--vocab_size", type=int, default=1000,
                    help="pieces for --train_sentencepiece (upper bound; default 1000)")
     a = p.parse_args(argv)
-    a.lang = a.lang or formats.get(a.format).lang
-    sentences = training_sentences(a.root, a.split, a.format, a.labels)
+    if a.dataset:
+        from data_prep.dataset_text import dataset_text
+
+        a.lang = a.lang or "en_XX"
+        sentences = list(dataset_text(a.dataset, [a.split]).values())
+    else:
+        a.lang = a.lang or formats.get(a.format).lang
+        sentences = training_sentences(a.root, a.split, a.format, a.labels)
     if a.train_sentencepiece:
         n = train_tokenizer(sentences, a.out, a.vocab_size, a.lang)
         print(f"trained tokenizer: {n} ids ({n - 27} SentencePiece pieces + <pad> + 25 language "

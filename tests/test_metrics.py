@@ -99,7 +99,7 @@ def google_rouge_f1(hyps: list[str], refs: list[str]) -> float:
     return 100 * float(np.mean([sc.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)]))
 
 
-@pytest.mark.parametrize("protocol", ["hfa", "plain"])
+@pytest.mark.parametrize("protocol", ["hfa", "plain", "asl"])
 def test_word_protocols_match_references(refs, protocol):
     hyps = perturb(refs)
     got = translation_metrics(hyps, refs, protocol)

@@ -15,7 +15,7 @@ import dataclasses
 import os
 from typing import Callable
 
-from hfa_jax.data import annotations
+from hfa_jax.data import annotations, asl_annotations
 from hfa_jax.data.annotations import BadVideo, VideoRecord
 from hfa_jax.errors import ConfigError, DataError
 
@@ -67,6 +67,9 @@ class DatasetFormat:
     labels: bool
     read: Reader
     extras: Callable[[str], str | None] | None = None  # root -> SynthSign extras folder, or None
+    # Video files cut by times (the ASL corpora, hfa_jax.data.asl_annotations) rather than frame
+    # folders; such web corpora skip bad clips by default (videos vanish from YouTube).
+    clips: bool = False
 
     def labels_dir(self, root: str | None, labels: str | None) -> str:
         """The label files' folder (``labels``, else ``ROOT/labels``); ConfigError if neither."""
@@ -76,8 +79,16 @@ class DatasetFormat:
         return labels
 
     def records(self, root: str | None, labels: str | None, split: str, *, bad: list[BadVideo] | None = None,
-                check_frames: bool = True) -> list[VideoRecord]:
-        """The records of one split; with ``check_frames=False`` text only (no frame is looked at)."""
+                check_frames: bool = True, **options) -> list[VideoRecord]:
+        """The records of one split; with ``check_frames=False`` text only (no frame is looked at).
+        ``options``: reading options of the ASL readers (``how2sign_source``, ``captions``,
+        ``rules``; :mod:`hfa_jax.data.asl_annotations`)."""
+        if self.clips:
+            if self.labels and not labels:
+                raise ConfigError(f"--format {self.name} needs --labels (docs/asl.md)")
+            if not root:
+                raise ConfigError(f"--format {self.name} needs --root (docs/asl.md)")
+            return self.read(root, labels, split, bad=bad, check_frames=check_frames, **options)
         if self.labels:
             labels = self.labels_dir(root if not check_frames else None, labels)
             if check_frames and not os.path.isdir(root or ""):
@@ -110,6 +121,32 @@ FORMATS: dict[str, DatasetFormat] = {f.name: f for f in (
                   words="jieba", fps=30.0, width=512, height=512, labels=True, read=_csl_daily),
 )}
 DEFAULT_FORMAT = "phoenix14t"
+
+
+def _how2sign(root: str, labels: str | None, split: str, *, bad, check_frames: bool, **options):
+    return asl_annotations.read_how2sign(root, split, bad=bad, **options)
+
+
+def _openasl(root: str, labels: str, split: str, *, bad, check_frames: bool, **options):
+    return asl_annotations.read_openasl(labels, root, split, bad=bad)
+
+
+def _youtube_asl(root: str, labels: str, split: str, *, bad, check_frames: bool, **options):
+    return asl_annotations.read_youtube_asl(labels, root, split, bad=bad, **options)
+
+
+# The ASL corpora (docs/asl.md): English, videos cut by times. fps / width / height: the
+# corpora's typical source video (How2Sign's front camera, YouTube's 720p at 30 fps).
+for _f in (
+    DatasetFormat("how2sign", "How2Sign: realigned CSVs + rgb_front clips (or raw videos)", lang="en_XX",
+                  words="spaces", fps=24.0, width=1280, height=720, labels=False, read=_how2sign, clips=True),
+    DatasetFormat("openasl", "OpenASL: the TSV + the downloaded YouTube videos", lang="en_XX",
+                  words="spaces", fps=30.0, width=1280, height=720, labels=True, read=_openasl, clips=True),
+    DatasetFormat("youtube_asl", "YouTube-ASL: the video-id list + videos and English captions",
+                  lang="en_XX", words="spaces", fps=30.0, width=1280, height=720, labels=True,
+                  read=_youtube_asl, clips=True),
+):
+    FORMATS[_f.name] = _f
 
 
 def names() -> tuple[str, ...]:

@@ -6,6 +6,12 @@ NOUN, NUM, ADV, PRON, PROPN, ADJ, VERB. The HFA authors tag with spaCy's German 
 an offline pipeline: spaCy's blank German tokeniser + HanTa (PyPI, bundles a German
 tagger/lemmatiser) as a spaCy component, its STTS tags mapped to universal POS.
 
+English (How2Sign, OpenASL, YouTube-ASL): HanTa's English model (``morphmodel_en.pgz``, in the
+same PyPI package; trained on the BNC) tags with the CLAWS5 tag set and lemmatises offline; its
+tags map to universal POS as UD English annotates them (``CLAWS5_TO_UPOS``): forms of *be*,
+*have* and *do* and the modals are AUX (the tagger cannot tell a main-verb *do*/*have* from an
+auxiliary, and neither carries a sign's content), possessive determiners PRON, ordinals ADJ.
+
 Chinese (CSL-Daily): jieba's POS tagger (`jieba.posseg`, PyPI, dictionary and HMM model inside the
 package), its ICTCLAS-style tags mapped to universal POS as UD Chinese annotates them
 (`JIEBA_TO_UPOS`); a Chinese word has no inflection, so its lemma is the word itself.
@@ -40,6 +46,8 @@ KEPT_POS = ("NOUN", "NUM", "ADV", "PRON", "PROPN", "ADJ", "VERB")
 SPACY_MODELS = ("de_core_news_lg", "de_dep_news_trf")
 SPLITS = ("train", "dev", "test")
 HANTA_MODEL = "morphmodel_ger.pgz"
+HANTA_MODELS = {"de": HANTA_MODEL, "en": "morphmodel_en.pgz"}  # language -> HanTa model file
+LANGUAGES = tuple(HANTA_MODELS)
 
 # STTS (as HanTa writes it at taglevel 1, e.g. "VV(FIN)", "ADJ(A)") -> universal POS. Follows the
 # UD German / spaCy TIGER conversion: modal and auxiliary verbs are AUX, attributive pronouns DET,
@@ -66,6 +74,37 @@ STTS_TO_UPOS: dict[str, str] = {
     "VMFIN": "AUX", "VMINF": "AUX", "VMPP": "AUX",
     "$,": "PUNCT", "$.": "PUNCT", "$(": "PUNCT",
 }
+
+
+# CLAWS5 (the BNC tag set, as HanTa's English model writes it) -> universal POS, following UD
+# English: be/have/do and modals are AUX; possessive determiners (DPS: my, your) and existential
+# "there" (EX0) PRON; ordinals (ORD) ADJ; adverb particles of phrasal verbs (AVP: up, off) ADP;
+# infinitive "to", "not" and the genitive 's PART. Ambiguity tags ("AJ0-NN1") use their first tag.
+CLAWS5_TO_UPOS: dict[str, str] = {
+    "AJ0": "ADJ", "AJC": "ADJ", "AJS": "ADJ", "ORD": "ADJ",
+    "AT0": "DET", "DT0": "DET", "DTQ": "DET",
+    "AV0": "ADV", "AVQ": "ADV", "AVP": "ADP",
+    "CJC": "CCONJ", "CJS": "SCONJ", "CJT": "SCONJ",
+    "CRD": "NUM",
+    "DPS": "PRON", "EX0": "PRON", "PNI": "PRON", "PNP": "PRON", "PNQ": "PRON", "PNX": "PRON",
+    "ITJ": "INTJ",
+    "NN0": "NOUN", "NN1": "NOUN", "NN2": "NOUN",
+    "NP0": "PROPN",
+    "POS": "PART", "TO0": "PART", "XX0": "PART",
+    "PRF": "ADP", "PRP": "ADP",
+    "PUL": "PUNCT", "PUN": "PUNCT", "PUQ": "PUNCT", "PUR": "PUNCT",
+    "VBB": "AUX", "VBD": "AUX", "VBG": "AUX", "VBI": "AUX", "VBN": "AUX", "VBZ": "AUX",
+    "VDB": "AUX", "VDD": "AUX", "VDG": "AUX", "VDI": "AUX", "VDN": "AUX", "VDZ": "AUX",
+    "VHB": "AUX", "VHD": "AUX", "VHG": "AUX", "VHI": "AUX", "VHN": "AUX", "VHZ": "AUX",
+    "VM0": "AUX",
+    "VVB": "VERB", "VVD": "VERB", "VVG": "VERB", "VVI": "VERB", "VVN": "VERB", "VVZ": "VERB",
+    "UNC": "X", "ZZ0": "X",
+}
+
+
+def claws5_to_upos(tag: str) -> str:
+    """'VVG' -> 'VERB'; 'AJ0-NN1' -> 'ADJ'; unknown tags -> 'X'."""
+    return CLAWS5_TO_UPOS.get(tag.split("-")[0], "X")
 
 
 # jieba (ICTCLAS / PKU tag set, as jieba.posseg writes it) -> universal POS, following UD Chinese:
@@ -147,6 +186,7 @@ def _hanta_component_factory():
         from HanTa import HanoverTagger
 
         tagger = HanoverTagger.HanoverTagger(model)
+        to_upos = claws5_to_upos if model == HANTA_MODELS["en"] else stts_to_upos
 
         def component(doc):
             words = [t.text for t in doc]
@@ -154,17 +194,29 @@ def _hanta_component_factory():
                 return doc
             for tok, (_, lemma, tag) in zip(doc, tagger.tag_sent(words, taglevel=1)):
                 tok.tag_ = tag
-                tok.pos_ = stts_to_upos(tag)
+                tok.pos_ = to_upos(tag)
                 tok.lemma_ = lemma
             return doc
 
         return component
 
 
-def load_pipeline(name: str = "auto"):
-    """Returns (nlp, description). `name`: "auto" (first installed of `de_core_news_lg`,
-    `de_dep_news_trf`, else HanTa), "hanta", or an installed spaCy pipeline name."""
+def load_pipeline(name: str = "auto", language: str = "de"):
+    """Returns (nlp, description). `name`: "auto" (German: the first installed of
+    `de_core_news_lg`, `de_dep_news_trf`, else HanTa; English: HanTa), "hanta", or an installed
+    spaCy pipeline name. `language`: "de" or "en" (the HanTa model and spaCy's tokeniser)."""
     import spacy
+
+    if language not in HANTA_MODELS:
+        raise ConfigError(f"no offline pseudo-gloss pipeline for language {language!r}; use one "
+                          f"of {', '.join(LANGUAGES)} or pass an installed spaCy pipeline name")
+    if language == "en" and name in ("auto", "hanta"):
+        _hanta_component_factory()
+        nlp = spacy.blank("en")
+        nlp.add_pipe("hanta_tagger", config={"model": HANTA_MODELS["en"]})
+        from importlib.metadata import version
+
+        return nlp, f"hanta-{version('HanTa')}-en+spacy-{version('spacy')}-blank-en"
 
     if name not in ("auto", "hanta"):
         try:

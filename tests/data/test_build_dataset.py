@@ -163,7 +163,9 @@ def test_no_tensorflow_multiprocess_cli(tmp_path):
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "OK" in res.stdout and "train: 5 videos, 10 frames written" in res.stdout
-    assert "frame/s" in res.stderr  # tqdm progress bar (with rate and ETA) went to stderr
+    # The progress bar (tqdm: count, rate and ETA) went to stderr, and nothing else did.
+    assert "converting: 100%" in res.stderr and "5/5" in res.stderr
+    assert "apitools" not in res.stderr
 
 
 # ------------------------------------------------------------------------------- resume
