@@ -18,13 +18,13 @@ CSL = RES / "csl-daily"
 def test_every_tool_offers_the_registry_as_its_format_choices():
     import data_prep.build_dataset as build_dataset
 
-    assert formats.names() == ("csl_daily", "gfslt", "phoenix14t")
-    args = build_dataset._parse_args(["--format", "gfslt", "--root", "r", "--out", "o"])
+    assert formats.names() == ("csl_daily", "gfslt", "how2sign", "openasl", "phoenix14t", "youtube_asl")
+    args, _ = build_dataset._parse_args(["--format", "gfslt", "--root", "r", "--out", "o"])
     assert args.format == "gfslt"
     with pytest.raises(SystemExit):  # argparse: an unknown format is refused with the choices
-        build_dataset._parse_args(["--format", "how2sign", "--root", "r", "--out", "o"])
-    with pytest.raises(ConfigError, match=r"unknown --format 'how2sign'; use one of csl_daily, gfslt, phoenix14t"):
-        formats.get("how2sign")
+        build_dataset._parse_args(["--format", "bobsl", "--root", "r", "--out", "o"])
+    with pytest.raises(ConfigError, match=r"unknown --format 'bobsl'; use one of csl_daily, gfslt, how2sign"):
+        formats.get("bobsl")
 
 
 def test_sentences_of_each_format_are_its_reader_s():
