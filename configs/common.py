@@ -64,14 +64,10 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
                 pos_resample="hub",  # the reference loads torch-hub DINOv2 (scale-factor + 0.1 offset)
                 lora_blocks=(9, 10, 11), lora_rank=4, lora_alpha=4.0, lora_dropout=0.1,
                 train_all_blocks=False,  # the paper: blocks below the first LoRA block are frozen
-                # cuDNN's fused attention on a GPU in bf16/fp16, XLA's elsewhere (CPU: identical
-                # to "xla"); an H100 fine-tuning step 98.7 -> 66.4 ms (bench/RESULTS.md)
-                attention="auto",
             ),
             temporal=dict(
                 width=512, num_heads=8, mlp_dim=2048, blocks_before=2, blocks_after=2, out_dim=1024,
                 window=3, rope_base=10000.0, dropout=0.1, drop_path_rate=0.1, layerscale_init=1e-5,
-                attention="xla", chunk_size=64,
             ),
             mbart=_mbart(),
             frame_dim=512,
@@ -88,7 +84,6 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
             temporal=dict(
                 width=32, num_heads=4, mlp_dim=64, blocks_before=1, blocks_after=1, out_dim=32,
                 window=3, rope_base=10000.0, dropout=0.1, drop_path_rate=0.1, layerscale_init=1e-5,
-                attention="xla", chunk_size=16,
             ),
             mbart=_mbart(
                 d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -113,6 +108,11 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
         frozen_bn=False,  # True: frame_bn uses its running statistics in training too
         dtype="float32",  # "bfloat16" on GPU/TPU (params stay float32)
         remat=False,
+        # One attention choice for the ViT, the temporal encoder and mBART (docs/models_and_weights.md):
+        # xla | cudnn | pallas | auto. "auto": cuDNN's fused attention on a GPU in bf16/fp16, the
+        # ViT's Pallas kernel on TPU, XLA elsewhere (on a CPU exactly "xla"); an H100 fine-tuning
+        # step 98.7 -> 66.4 ms with cuDNN in the ViT (bench/RESULTS.md)
+        attention="auto",
         # BeyondGloss objectives (docs/beyondgloss.md; hfa_jax/models/beyondgloss.py), off = plain HFA.
         beyondgloss=dict(description=False, description_vectors=False, hand_pose=False, hand_dim=288,
                          feedback_dropout=0.1, desc_dim=0,
