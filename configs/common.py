@@ -64,6 +64,7 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
                 pos_resample="hub",  # the reference loads torch-hub DINOv2 (scale-factor + 0.1 offset)
                 lora_blocks=(9, 10, 11), lora_rank=4, lora_alpha=4.0, lora_dropout=0.1,
                 train_all_blocks=False,  # the paper: blocks below the first LoRA block are frozen
+                remat_policy="none",  # none | full | dots | dots_no_batch: what the LoRA blocks keep
             ),
             temporal=dict(
                 width=512, num_heads=8, mlp_dim=2048, blocks_before=2, blocks_after=2, out_dim=1024,
@@ -79,7 +80,7 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
                 patch_size=14, width=32, depth=3, num_heads=2, mlp_dim=64, ln_eps=1e-6,
                 pos_grid=4, num_registers=0, layerscale_init=1.0, pos_resample="hub",
                 lora_blocks=(2,), lora_rank=2, lora_alpha=2.0, lora_dropout=0.1,
-                train_all_blocks=False,
+                train_all_blocks=False, remat_policy="none",
             ),
             temporal=dict(
                 width=32, num_heads=4, mlp_dim=64, blocks_before=1, blocks_after=1, out_dim=32,

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from hfa_jax.errors import ConfigError
 from hfa_jax.models import attention as attention_lib
 from hfa_jax.models import axes
 from hfa_jax.models.activations import gelu
@@ -54,7 +55,16 @@ from hfa_jax.models.lora import LoRADense
 
 Array = jax.Array
 
+# ViTConfig.remat_policy -> jax.checkpoint policy (None: no rematerialisation)
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 __all__ = [
+    "REMAT_POLICIES",
     "ViTConfig",
     "ViT",
     "from_hf",
@@ -83,7 +93,12 @@ class ViTConfig:
     lora_alpha: float = 4.0
     lora_dropout: float = 0.1
     dtype: str | None = None  # compute dtype ("float32", "bfloat16"; None = float32); params float32
-    remat: bool = False
+    remat: bool = False  # model.remat: every block recomputed in the backward pass (the policy "full")
+    # What the blocks that carry a gradient (the LoRA blocks) keep for the backward pass when
+    # ``remat`` is off (REMAT_POLICIES): "none" keeps what XLA keeps (the default), "full"
+    # recomputes the block, "dots" keeps the matmul outputs, "dots_no_batch" keeps the weight
+    # matmuls' outputs but recomputes the attention scores.
+    remat_policy: str = "none"
     # "xla" | "cudnn" | "pallas" | "auto": set from model.attention (hfa_jax.models.attention)
     attention: str = "xla"
     # False (the paper): the blocks below the first LoRA block are frozen and run under stop_gradient
@@ -98,6 +113,9 @@ class ViTConfig:
         if self.pos_resample not in ("hub", "hf", "aa"):
             raise ValueError(f"ViTConfig.pos_resample must be 'hub', 'hf' or 'aa', got {self.pos_resample!r}")
         attention_lib.check_choice(self.attention, "ViTConfig.attention")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"model.vit.remat_policy must be one of {', '.join(REMAT_POLICIES)}; "
+                              f"got {self.remat_policy!r}")
 
     @property
     def compute_dtype(self) -> Any:
@@ -325,14 +343,18 @@ class ViT(nn.Module):
         if n_run > n:  # zero tokens: finite through LayerNorm and the MLP, masked as keys, cut below
             x = jnp.pad(x, ((0, 0), (0, n_run - n), (0, 0)))
 
-        block_cls = nn.remat(Block, static_argnums=(2, 3, 4)) if cfg.remat else Block
         first = cfg.first_trainable_block
+        frozen_cls = nn.remat(Block, static_argnums=(2, 3, 4)) if cfg.remat else Block
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        trained_cls = frozen_cls if cfg.remat or policy is None else nn.remat(
+            Block, static_argnums=(2, 3, 4), policy=policy)
         for i in range(cfg.depth):
             if i == first and not cfg.train_all_blocks:
                 # Frozen blocks below the first LoRA block: no gradient, so no stored activations.
                 x = jax.lax.stop_gradient(x)
             lora = cfg.lora_rank > 0 and i in cfg.lora_blocks
             rows = 1 if cls_only and i == cfg.depth - 1 else None
+            block_cls = trained_cls if i >= first else frozen_cls
             x = block_cls(cfg, lora=lora, name=f"block_{i}")(x, deterministic, rows, n)
         if first >= cfg.depth:
             x = jax.lax.stop_gradient(x)

@@ -157,3 +157,24 @@ def test_sites_without_a_kernel_run_xla_on_this_cpu(choice):
     ref = attention_lib.local_attention(k, k, v, km, window=2, choice="xla")
     np.testing.assert_array_equal(np.asarray(attention_lib.local_attention(k, k, v, km, window=2, choice=choice)),
                                   np.asarray(ref))
+
+
+# --------------------------------------------------------------------------- the ViT's remat policy
+def test_vit_remat_policies_keep_values_and_gradients():
+    from hfa_jax.models.vit import REMAT_POLICIES
+
+    cfg = ViTConfig(width=16, depth=2, num_heads=2, mlp_dim=32, pos_grid=4, lora_blocks=(1,), lora_rank=2,
+                    lora_alpha=2.0)
+    x = jnp.asarray(RNG.standard_normal((2, 28, 28, 3)), jnp.float32)
+    p = jax.jit(ViT(cfg).init)(jax.random.key(0), x)["params"]
+
+    def grads(policy):
+        m = ViT(dataclasses.replace(cfg, remat_policy=policy))
+        return jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(m.apply({"params": q}, x, cls_only=True)))))(p)
+
+    ref = grads("none")
+    for policy in REMAT_POLICIES:
+        for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(grads(policy))):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5, err_msg=policy)
+    with pytest.raises(ConfigError, match="model.vit.remat_policy must be one of none, full, dots, dots_no_batch"):
+        ViTConfig(remat_policy="some")
