@@ -20,7 +20,6 @@ absolute traffic. Prints a Markdown table (``--json`` for the numbers).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

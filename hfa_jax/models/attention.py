@@ -239,7 +239,8 @@ def frame_attention(q: Array, k: Array, v: Array, *, num_heads: int, choice: str
     if impl == "pallas":
         from hfa_jax.models import pallas_attention  # Pallas is imported only where it is used
 
-        return pallas_attention.frame_attention(q, k, v, num_heads=num_heads, kv_len=valid_tokens)
+        kernel = functools.partial(pallas_attention.frame_attention, num_heads=num_heads, kv_len=valid_tokens)
+        return _per_frame_shards(kernel, q, k, v)
     if nq % 2:
         impl = "xla"  # an odd query count (the CLS-only last block): cuDNN refuses it, and it is tiny
     q, k, v = (a.reshape(b, a.shape[1], num_heads, hd) for a in (q, k, v))
@@ -251,6 +252,33 @@ def frame_attention(q: Array, k: Array, v: Array, *, num_heads: int, choice: str
     if h is None:  # an explicit "cudnn" is not second-guessed: JAX's error if it cannot run
         h = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=impl)
     return h.reshape(b, nq, d)
+
+
+def _context_mesh():
+    """The device mesh the model is traced under (``jax.set_mesh`` or the ``with mesh:`` the
+    trainer uses), or None for none / one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        from jax._src import mesh as mesh_lib  # the `with mesh:` context has no public getter
+
+        mesh = mesh_lib.thread_resources.env.physical_mesh
+    return None if mesh is None or mesh.empty or mesh.size == 1 else mesh
+
+
+def _per_frame_shards(kernel, q: Array, k: Array, v: Array) -> Array:
+    """``kernel(q, k, v)`` on each device's frames. XLA cannot partition a Mosaic kernel, so
+    under a mesh the call goes through ``shard_map``: frames split as the ``batch`` logical axis
+    resolves (the frames the packing keeps on each data shard), tokens and width whole."""
+    mesh = _context_mesh()
+    if mesh is None:
+        return kernel(q, k, v)
+    import flax.linen as nn  # the logical axis rules are flax's
+
+    from hfa_jax.models import axes
+
+    spec = nn.logical_to_mesh_axes((axes.BATCH, None, None)) if nn.get_logical_axis_rules() else None
+    spec = jax.sharding.PartitionSpec(*(spec or (None, None, None)))
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
 
 # --------------------------------------------------------------------------- the temporal encoder

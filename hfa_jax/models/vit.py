@@ -226,7 +226,7 @@ class Attention(nn.Module):
         all N); the output is then [B, query_rows, D]. ``valid_tokens``: keys from that index on
         are padding (masked out)."""
         cfg = self.cfg
-        b, n, d = x.shape
+        d = x.shape[-1]
         r = cfg.lora_rank if self.lora else 0
         dense = lambda f, name, names: LoRADense(  # noqa: E731
             f, rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype, name=name,
