@@ -69,27 +69,32 @@ def check_choice(choice: str, where: str) -> str:
     return choice
 
 
-# Per-model keys of earlier versions (each model had its own vocabulary), still found in saved
-# configs (a workdir's or an exported model's config.json).
+# Per-model attention keys: each model had its own vocabulary in earlier versions, and saved
+# configs still carry them (a workdir's config.json; an exported model's, which also repeats
+# model.attention in every model).
 _LEGACY_KEYS = (("vit", "attention"), ("temporal", "attention"), ("temporal", "chunk_size"),
-                ("mbart", "attention_impl"))
+                ("mbart", "attention"), ("mbart", "attention_impl"))
 
 
 def upgrade_legacy_keys(model: dict) -> dict:
-    """A ``config.model`` dict without the per-model attention keys of earlier versions (a copy;
-    each one found is logged once as deprecated). ``model.vit.attention`` becomes
-    ``model.attention`` where that is unset and the value is in the shared vocabulary (it was
-    the only one of them that chose a fused kernel); the temporal encoder's "chunked"/"naive"
-    and ``chunk_size`` are gone (its XLA path gives the same values)."""
+    """A ``config.model`` dict without per-model attention keys (a copy). A key that repeats
+    ``model.attention`` is dropped silently (an exported model's config); any other is logged
+    once as deprecated. ``model.vit.attention`` becomes ``model.attention`` where that is unset
+    and the value is in the shared vocabulary (it was the only one of them that chose a fused
+    kernel); the temporal encoder's "chunked"/"naive" and ``chunk_size`` are gone (its XLA path
+    gives the same values)."""
     out = dict(model)
+    top = out.get("attention")
     for sub, key in _LEGACY_KEYS:
         values = out.get(sub)
         if not isinstance(values, dict) or key not in values:
             continue
         values = out[sub] = dict(values)
         old = values.pop(key)
-        if (sub, key) == ("vit", "attention") and "attention" not in out and old in CHOICES:
-            out["attention"] = old
+        if top is not None and key == "attention" and old == top:
+            continue
+        if (sub, key) == ("vit", "attention") and top is None and old in CHOICES:
+            out["attention"] = top = old
             _warn_once(f"config key model.vit.attention is deprecated: read as model.attention={old!r}")
         else:
             _warn_once(f"config key model.{sub}.{key} is deprecated and ignored: model.attention "

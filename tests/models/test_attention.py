@@ -141,6 +141,14 @@ def test_model_attention_reaches_every_site_and_old_keys_are_read(caplog):
         assert f"config key model.{key} is deprecated and ignored" in caplog.text
     assert "model.vit.attention is deprecated: read as model.attention='cudnn'" in caplog.text
     assert old["temporal"]["chunk_size"] == 16  # the caller's dict is not changed
+    # an exported model's config (dataclasses.asdict of HFAConfig) repeats model.attention in
+    # every model: read back silently, unchanged
+    exported = dataclasses.asdict(HFAConfig.from_config(model_config("paper")))
+    caplog.clear()
+    attention_lib._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger=attention_lib.__name__):
+        assert HFAConfig.from_config(exported) == HFAConfig.from_config(model_config("paper"))
+    assert "deprecated" not in caplog.text
 
 
 @pytest.mark.parametrize("choice", ["cudnn", "pallas", "auto"])
