@@ -69,7 +69,7 @@ def programs(cfg: ViTConfig, frames: int, which: set[str]):
 
     policy = REMAT_POLICIES[cfg.remat_policy]
     lora = (Block if policy is None else nn.remat(Block, static_argnums=(2, 3, 4), policy=policy))(cfg, lora=True)
-    p_lora = jax.eval_shape(lambda: lora.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))["params"]
+    p_lora = jax.eval_shape(lambda: lora.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype), True, None, n))["params"]
 
     def lora_fwd_bwd(p, x, ct):
         trainable, rest = _split(p)
