@@ -23,6 +23,7 @@ import dataclasses
 
 import ml_collections
 
+from hfa_jax.models import attention as attention_lib
 from hfa_jax.models import hfa
 from hfa_jax.train.freeze import STAGES, trainable_rules  # the paper's freezing table, owned by the library
 
@@ -34,7 +35,7 @@ __all__ = ["model_config", "trainable_rules", "STAGES", "csl_daily"]
 _TINY = dict(
     vit=dict(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(2,), lora_rank=2,
              lora_alpha=2.0),
-    temporal=dict(width=32, num_heads=4, mlp_dim=64, blocks_before=1, blocks_after=1, out_dim=32, chunk_size=16),
+    temporal=dict(width=32, num_heads=4, mlp_dim=64, blocks_before=1, blocks_after=1, out_dim=32),
     mbart=dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
                encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256, lora_rank=4, lora_alpha=8.0),
     frame_dim=32,
@@ -51,11 +52,17 @@ def model_config(variant: str = "paper") -> ml_collections.ConfigDict:
     """
     if variant not in ("paper", "tiny", "demo"):
         raise ValueError(f"unknown model variant {variant!r}; use 'paper', 'tiny' or 'demo'")
-    c = ml_collections.ConfigDict(dataclasses.asdict(hfa.HFAConfig()))
+    fields = dataclasses.asdict(hfa.HFAConfig())
+    # One attention key for the whole model (model.attention): the per-model copies that
+    # HFAConfig pushes into its parts are not config fields (hfa_jax.models.attention).
+    for sub, key in attention_lib.LEGACY_KEYS:
+        fields[sub].pop(key, None)
+    c = ml_collections.ConfigDict(fields)
     if variant == "paper":
-        # cuDNN's fused attention on a GPU in bf16/fp16, XLA's elsewhere (CPU: identical to
-        # "xla"); an H100 fine-tuning step 98.7 -> 66.4 ms (bench/RESULTS.md)
-        c.vit.attention = "auto"
+        # xla | cudnn | pallas | auto. "auto": cuDNN's fused attention on a GPU in bf16/fp16, the
+        # ViT's Pallas kernel on TPU, XLA elsewhere (on a CPU exactly "xla"); an H100 fine-tuning
+        # step 98.7 -> 66.4 ms with cuDNN in the ViT (bench/RESULTS.md)
+        c.attention = "auto"
     else:
         for key, value in _TINY.items():
             if isinstance(value, dict):

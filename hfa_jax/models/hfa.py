@@ -33,6 +33,7 @@ import flax.linen as nn
 import numpy as np
 
 from hfa_jax.errors import CheckpointError, ConfigError
+from hfa_jax.models import attention as attention_lib
 from hfa_jax.models import axes
 from hfa_jax.models.beyondgloss import BeyondGlossConfig, DescriptionFeedback, DescriptionProjector, HandPoseBranch
 from hfa_jax.models.heads import MaskedBatchNorm, Mapper, PseudoGlossHead, torch_dense
@@ -80,6 +81,7 @@ class HFAConfig:
     frozen_bn: bool = False
     dtype: str = "float32"  # compute dtype for every submodule; params stay float32
     remat: bool = False
+    attention: str = "xla"  # xla | cudnn | pallas | auto, for every submodule (models/attention.py)
     beyondgloss: BeyondGlossConfig = BeyondGlossConfig()  # docs/beyondgloss.md heads (off by default)
     # The authors' frozen text encoder (clip_models.py TextCLIP) runs in train mode: mBART's dropout
     # is on while pretraining (True). Default: a fully frozen encoder without dropout.
@@ -101,16 +103,18 @@ class HFAConfig:
     def from_config(cls, c: Mapping[str, Any]) -> "HFAConfig":
         """From a (ConfigDict / dict) model config as made by ``configs.common.model_config``.
 
-        ``dtype`` and ``remat`` at the top level are pushed into every submodule config.
-        Unknown fields raise ConfigError naming them.
+        ``dtype``, ``remat`` and ``attention`` at the top level are pushed into every submodule
+        config. Unknown fields raise ConfigError naming them (the per-model attention keys of
+        earlier versions are read with a deprecation warning).
         """
-        c = dict(c.to_dict() if hasattr(c, "to_dict") else c)
+        c = attention_lib.upgrade_legacy_keys(dict(c.to_dict() if hasattr(c, "to_dict") else c))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(c) - known)
         if unknown:
             raise ConfigError(f"model config: unknown field(s) {unknown}; valid: {sorted(known)}")
         dtype = c.get("dtype", "float32")
         remat = bool(c.get("remat", False))
+        attention = attention_lib.check_choice(c.get("attention", "xla"), "model.attention")
 
         def sub(kind, fields_cls, values, **forced):
             values = dict(values or {})
@@ -125,9 +129,10 @@ class HFAConfig:
             return fields_cls(**values)
 
         out = dict(c)
-        out["vit"] = sub("vit", ViTConfig, c.get("vit"), dtype=dtype, remat=remat)
-        out["temporal"] = sub("temporal", TemporalConfig, c.get("temporal"), dtype=dtype, remat=remat)
-        out["mbart"] = sub("mbart", MBartConfig, c.get("mbart"), dtype=dtype, remat=remat)
+        shared = dict(dtype=dtype, remat=remat, attention=attention)
+        out["vit"] = sub("vit", ViTConfig, c.get("vit"), **shared)
+        out["temporal"] = sub("temporal", TemporalConfig, c.get("temporal"), **shared)
+        out["mbart"] = sub("mbart", MBartConfig, c.get("mbart"), **shared)
         out["beyondgloss"] = BeyondGlossConfig.from_config(c.get("beyondgloss"))
         return cls(**out)
 

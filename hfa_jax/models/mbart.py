@@ -102,7 +102,6 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
 )
 
 _PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-_ATTN_IMPLS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +111,9 @@ class MBartConfig:
     Field names follow transformers' ``MBartConfig`` so a ``config.json`` maps one to one.
     ``lora_rank=0`` disables LoRA (the frozen text encoder). ``dtype`` is the compute dtype
     ("float32" or "bfloat16"); parameters are always float32.
-    ``attention_impl``: "xla" (plain masked softmax, float32 logits) or "cudnn" (fused cuDNN
-    kernel; GPU with bf16/fp16 only, falls back to "xla" elsewhere).
+    ``attention``: "xla" (plain masked softmax, float32 logits), "cudnn" (fused cuDNN kernel; GPU
+    with bf16/fp16 only, falls back to "xla" elsewhere), "auto" (cuDNN where it applies) or
+    "pallas" (no mBART kernel: "xla"); set from ``model.attention`` (:mod:`hfa_jax.models.attention`).
     """
 
     vocab_size: int = 250027
@@ -143,7 +143,7 @@ class MBartConfig:
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     dtype: str = "float32"
-    attention_impl: str = "xla"
+    attention: str = "xla"
     remat: bool = False
 
     def __post_init__(self):
@@ -157,9 +157,9 @@ class MBartConfig:
                 f"MBartConfig.activation_function {self.activation_function!r} is not supported; "
                 f"use one of {sorted(_ACTIVATIONS)}"
             )
-        if self.attention_impl not in _ATTN_IMPLS:
+        if self.attention not in attention_lib.CHOICES:
             raise ConfigError(
-                f"MBartConfig.attention_impl {self.attention_impl!r} unknown; use one of {_ATTN_IMPLS}"
+                f"MBartConfig.attention {self.attention!r} unknown; use one of {attention_lib.CHOICES}"
             )
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"MBartConfig.dtype {self.dtype!r} unknown; use float32 or bfloat16")
@@ -251,11 +251,7 @@ def _attend(
         probs = jax.nn.softmax(logits, axis=-1)
         probs = dropout_lib.dropout(dropout_rng, dropout_rate, probs).astype(v.dtype)
         return jnp.einsum("bnts,bsnh->btnh", probs, v)
-    if impl == "cudnn":
-        out = attention_lib.cudnn_attention(q, k, v, mask=mask, who="mBART", fallback="xla")
-        if out is not None:
-            return out
-    return attention_lib.dot_product_attention(q, k, v, mask=mask)
+    return attention_lib.masked_attention(q, k, v, mask, choice=impl)
 
 
 class MBartAttention(nn.Module):
@@ -316,7 +312,7 @@ class MBartAttention(nn.Module):
         rate = self.cfg.attention_dropout
         rng = self.make_rng("dropout") if (rate > 0.0 and not deterministic) else None
         out = _attend(
-            q, k, v, mask, impl=self.cfg.attention_impl, dropout_rate=rate,
+            q, k, v, mask, impl=self.cfg.attention, dropout_rate=rate,
             deterministic=deterministic, dropout_rng=rng, kv_heads_first=kv_heads_first,
         )
         out = out.reshape(*out.shape[:-2], self.cfg.d_model)

@@ -23,6 +23,7 @@ import numpy as np
 
 from hfa_jax.models import axes
 from hfa_jax.models.activations import gelu
+from hfa_jax.models import attention as attention_lib
 from hfa_jax.models.attention import apply_rope, local_attention
 from hfa_jax.models.dropout import Dropout
 
@@ -54,8 +55,7 @@ class TemporalConfig:
     drop_path_rate: float = 0.1  # linearly 0 .. rate over all blocks: 0, 1/30, 2/30, 0.1
     layerscale_init: float = 1e-5
     ln_eps: float = 1e-5  # torch nn.LayerNorm default, as in the reference
-    attention: str = "xla"  # "xla" | "chunked" | "cudnn" | "naive"
-    chunk_size: int = 64
+    attention: str = "xla"  # "xla" | "cudnn" | "pallas" | "auto": set from model.attention (models/attention.py)
     dtype: str | None = None  # compute dtype ("float32", "bfloat16"; None = float32); params float32
     remat: bool = False
     # Switches for the authors' code (elsobhano/MLLM psp-dino, models/clip_models.py, ``Transformer``;
@@ -65,6 +65,9 @@ class TemporalConfig:
     zero_padding_before_pool: bool = True
     ffn_output_dropout: bool = True
     zero_padded_inputs: bool = False
+
+    def __post_init__(self):
+        attention_lib.check_choice(self.attention, "TemporalConfig.attention")
 
     @property
     def compute_dtype(self) -> Any:
@@ -142,9 +145,7 @@ class TemporalBlock(nn.Module):
         pos = jnp.arange(t)
         q = apply_rope(q, pos, cfg.rope_base)
         k = apply_rope(k, pos, cfg.rope_base)
-        h = local_attention(
-            q, k, v, mask, window=cfg.window, implementation=cfg.attention, chunk_size=cfg.chunk_size
-        ).reshape(b, t, d)
+        h = local_attention(q, k, v, mask, window=cfg.window, choice=cfg.attention).reshape(b, t, d)
         # GPT-2-style scaled init of the output projection: 0.02 / sqrt(2 * num_blocks).
         h = dense(d, 0.02 / np.sqrt(2 * cfg.num_blocks), "out", (axes.HEADS, axes.EMBED))(h)
         h = Dropout(cfg.dropout)(h, deterministic=deterministic)

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from hfa_jax.errors import ConfigError
 from hfa_jax.models import attention as attention_lib
 from hfa_jax.models import axes
 from hfa_jax.models.activations import gelu
@@ -54,7 +55,16 @@ from hfa_jax.models.lora import LoRADense
 
 Array = jax.Array
 
+# ViTConfig.remat_policy -> jax.checkpoint policy (None: no rematerialisation)
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 __all__ = [
+    "REMAT_POLICIES",
     "ViTConfig",
     "ViT",
     "from_hf",
@@ -83,10 +93,13 @@ class ViTConfig:
     lora_alpha: float = 4.0
     lora_dropout: float = 0.1
     dtype: str | None = None  # compute dtype ("float32", "bfloat16"; None = float32); params float32
-    remat: bool = False
-    # jax.nn.dot_product_attention implementation: "xla" (scores materialised, every backend),
-    # "cudnn" (fused flash attention: GPU, bf16/fp16 only) or "auto" (cudnn where it applies,
-    # else xla; jax's own implementation=None always means xla)
+    remat: bool = False  # model.remat: every block recomputed in the backward pass (the policy "full")
+    # What the blocks that carry a gradient (the LoRA blocks) keep for the backward pass when
+    # ``remat`` is off (REMAT_POLICIES): "none" keeps what XLA keeps (the default), "full"
+    # recomputes the block, "dots" keeps the matmul outputs, "dots_no_batch" keeps the weight
+    # matmuls' outputs but recomputes the attention scores.
+    remat_policy: str = "none"
+    # "xla" | "cudnn" | "pallas" | "auto": set from model.attention (hfa_jax.models.attention)
     attention: str = "xla"
     # False (the paper): the blocks below the first LoRA block are frozen and run under stop_gradient
     # (no gradient, no stored activations). True: gradient through every block, for a ViT trained
@@ -99,8 +112,10 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.lora_blocks {self.lora_blocks} out of range for depth {self.depth}")
         if self.pos_resample not in ("hub", "hf", "aa"):
             raise ValueError(f"ViTConfig.pos_resample must be 'hub', 'hf' or 'aa', got {self.pos_resample!r}")
-        if self.attention not in ("xla", "cudnn", "auto"):
-            raise ValueError(f"ViTConfig.attention must be 'xla', 'cudnn' or 'auto', got {self.attention!r}")
+        attention_lib.check_choice(self.attention, "ViTConfig.attention")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"model.vit.remat_policy must be one of {', '.join(REMAT_POLICIES)}; "
+                              f"got {self.remat_policy!r}")
 
     @property
     def compute_dtype(self) -> Any:
@@ -198,26 +213,6 @@ def resample_pos_embed(pos: Array, grid_h: int, grid_w: int, method: str) -> Arr
 
 
 # --------------------------------------------------------------------------- modules
-def _attention_impl(choice: str, dtype: Any, head_dim: int) -> str:
-    """``ViTConfig.attention`` -> the ``jax.nn.dot_product_attention`` implementation for a
-    compute dtype and head width. "auto" takes cuDNN's fused kernel where JAX accepts it (a GPU,
-    bf16/fp16, head_dim a multiple of 8 up to 128): with "xla" an H100 fine-tuning step spends
-    ~25 % of its device time padding, transposing and soft-maxing the materialised scores
-    (bench/RESULTS.md)."""
-    if choice != "auto":
-        return choice
-    fused_ok = attention_lib.cudnn_applicable(dtype) and head_dim % 8 == 0 and head_dim <= 128
-    return "cudnn" if fused_ok else "xla"
-
-
-def _padded_length(n: int, impl: str) -> int:
-    """Token count the blocks run at. cuDNN's kernel (as JAX calls it for training) takes only
-    even sequence lengths, and 1 + 256 tokens is odd: with "cudnn" the token axis is padded to a
-    multiple of 8 once at the input (also the GEMMs' alignment) and the padded keys are masked
-    by length, instead of padding q/k/v in every layer."""
-    return -(-n // 8) * 8 if impl == "cudnn" else n
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with the fused qkv projection. x: [B, N, D] -> [B, N, D]."""
 
@@ -231,27 +226,17 @@ class Attention(nn.Module):
         all N); the output is then [B, query_rows, D]. ``valid_tokens``: keys from that index on
         are padding (masked out)."""
         cfg = self.cfg
-        b, n, d = x.shape
+        d = x.shape[-1]
         r = cfg.lora_rank if self.lora else 0
         dense = lambda f, name, names: LoRADense(  # noqa: E731
             f, rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype, name=name,
             kernel_axes=names,
         )
-        # q, k, v from the fused qkv parameters as three contiguous arrays (LoRADense ``splits``)
-        q, k, v = (t.reshape(b, n, cfg.num_heads, d // cfg.num_heads)
-                   for t in dense(3 * d, "qkv", (axes.EMBED, axes.HEADS))(x, deterministic, splits=3))
-        q = q[:, :query_rows]
-        impl = _attention_impl(cfg.attention, q.dtype, q.shape[-1])
-        if query_rows is not None and query_rows % 2:
-            impl = "xla"  # an odd query count (the CLS-only last block): cuDNN refuses it, and it is tiny
-        lengths = None if valid_tokens is None or valid_tokens == n else jnp.full((b,), valid_tokens, jnp.int32)
-        h = None
-        if impl == "cudnn" and cfg.attention == "auto":  # "auto" runs everywhere: XLA where JAX refuses cuDNN
-            h = attention_lib.cudnn_attention(q, k, v, key_value_seq_lengths=lengths, who="ViT", fallback="xla")
-            impl = "xla"
-        if h is None:
-            h = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=impl)
-        h = h.reshape(b, q.shape[1], d)
+        # q, k, v from the fused qkv parameters as three contiguous [B, N, D] arrays (LoRADense
+        # ``splits``); the attention splits the heads where its implementation needs them
+        q, k, v = dense(3 * d, "qkv", (axes.EMBED, axes.HEADS))(x, deterministic, splits=3)
+        h = attention_lib.frame_attention(q[:, :query_rows], k, v, num_heads=cfg.num_heads, choice=cfg.attention,
+                                          valid_tokens=valid_tokens)
         return dense(d, "proj", (axes.HEADS, axes.EMBED))(h, deterministic)
 
 
@@ -354,18 +339,22 @@ class ViT(nn.Module):
         tokens.append((x + pos[:, 1:].astype(dtype)).astype(dtype))
         x = jnp.concatenate(tokens, axis=1)
         n = x.shape[1]
-        n_run = _padded_length(n, _attention_impl(cfg.attention, dtype, d // cfg.num_heads))
+        n_run = attention_lib.frame_tokens(n, cfg.attention, dtype, d // cfg.num_heads)
         if n_run > n:  # zero tokens: finite through LayerNorm and the MLP, masked as keys, cut below
             x = jnp.pad(x, ((0, 0), (0, n_run - n), (0, 0)))
 
-        block_cls = nn.remat(Block, static_argnums=(2, 3, 4)) if cfg.remat else Block
         first = cfg.first_trainable_block
+        frozen_cls = nn.remat(Block, static_argnums=(2, 3, 4)) if cfg.remat else Block
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        trained_cls = frozen_cls if cfg.remat or policy is None else nn.remat(
+            Block, static_argnums=(2, 3, 4), policy=policy)
         for i in range(cfg.depth):
             if i == first and not cfg.train_all_blocks:
                 # Frozen blocks below the first LoRA block: no gradient, so no stored activations.
                 x = jax.lax.stop_gradient(x)
             lora = cfg.lora_rank > 0 and i in cfg.lora_blocks
             rows = 1 if cls_only and i == cfg.depth - 1 else None
+            block_cls = trained_cls if i >= first else frozen_cls
             x = block_cls(cfg, lora=lora, name=f"block_{i}")(x, deterministic, rows, n)
         if first >= cfg.depth:
             x = jax.lax.stop_gradient(x)

@@ -236,15 +236,20 @@ def test_patch_embed_is_the_stride_p_conv(size, dtype):
 def test_auto_attention_picks_cudnn_only_where_it_applies(monkeypatch):
     # jax.nn.dot_product_attention(implementation=None) always runs XLA's materialised scores;
     # our "auto" must take cuDNN's fused kernel on a GPU in bf16/fp16 and fall back elsewhere.
-    from hfa_jax.models import vit as vit_lib
+    from hfa_jax.models import attention as attention_lib
 
-    pick = vit_lib._attention_impl
+    pick = lambda c, dtype, hd: attention_lib.resolve(c, dtype, hd, has_kernel=True)  # noqa: E731
     assert pick("auto", jnp.bfloat16, 64) == "xla"  # this CPU
     assert pick("cudnn", jnp.bfloat16, 64) == "cudnn" and pick("xla", jnp.bfloat16, 64) == "xla"
-    monkeypatch.setattr(vit_lib.jax, "default_backend", lambda: "gpu")
-    assert pick("auto", jnp.bfloat16, 64) == "cudnn"
+    assert pick("pallas", jnp.float32, 64) == "pallas"
+    tokens = attention_lib.frame_tokens
+    assert tokens(257, "cudnn", jnp.bfloat16, 64) == 264 and tokens(257, "auto", jnp.bfloat16, 64) == 257
+    monkeypatch.setattr(attention_lib.jax, "default_backend", lambda: "gpu")
+    assert pick("auto", jnp.bfloat16, 64) == "cudnn" and tokens(257, "auto", jnp.bfloat16, 64) == 264
     assert pick("auto", jnp.float32, 64) == "xla" and pick("auto", jnp.bfloat16, 36) == "xla"
-    assert vit_lib._padded_length(257, "cudnn") == 264 and vit_lib._padded_length(257, "xla") == 257
+    monkeypatch.setattr(attention_lib.jax, "default_backend", lambda: "tpu")
+    assert pick("auto", jnp.bfloat16, 64) == "pallas" and tokens(257, "auto", jnp.bfloat16, 64) == 257
+    assert attention_lib.resolve("auto", jnp.bfloat16, 64) == "xla"  # a site without a kernel
 
 
 @pytest.mark.parametrize("cls_only", [False, True])
@@ -253,6 +258,7 @@ def test_padded_tokens_change_nothing(monkeypatch, cls_only):
     keys masked by length; padding must not change the output or the gradients. Forced here on
     the XLA path, which takes the same ``key_value_seq_lengths``."""
     from hfa_jax.models import vit as vit_lib
+    from hfa_jax.models import attention as attention_lib
 
     cfg = ViTConfig(width=32, depth=3, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(1, 2), lora_rank=2,
                     lora_alpha=2.0)
@@ -267,7 +273,7 @@ def test_padded_tokens_change_nothing(monkeypatch, cls_only):
         return jax.jit(f)(p), jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(f(q)))))(p)
 
     y0, g0 = run()
-    monkeypatch.setattr(vit_lib, "_padded_length", lambda n, impl: n + 5)
+    monkeypatch.setattr(vit_lib.attention_lib, "frame_tokens", lambda n, *a: n + 5)
     y1, g1 = run()
     assert y1.shape == y0.shape
     np.testing.assert_allclose(np.asarray(y1), np.asarray(y0), atol=1e-5, rtol=1e-5)
@@ -275,7 +281,7 @@ def test_padded_tokens_change_nothing(monkeypatch, cls_only):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-4,
                                    err_msg=jax.tree_util.keystr(path))
     # and the masking is what makes it so: without it the padded keys leak into the softmax
-    monkeypatch.setattr(vit_lib.jnp, "full", lambda shape, v, dtype: jnp.zeros(shape, dtype) + 10**6)
+    monkeypatch.setattr(attention_lib.jnp, "full", lambda shape, v, dtype: jnp.zeros(shape, dtype) + 10**6)
     y2, _ = run()
     assert float(jnp.abs(y2 - y0).max()) > 1e-3
 
@@ -283,7 +289,7 @@ def test_padded_tokens_change_nothing(monkeypatch, cls_only):
 def test_auto_falls_back_to_xla_where_cudnn_refuses(monkeypatch):
     # "auto" picks cuDNN on a GPU; where JAX then refuses it at trace time (an older GPU or
     # cuDNN, a shape it does not take) the model must still run, on XLA's path, same values.
-    from hfa_jax.models import vit as vit_lib
+    from hfa_jax.models import attention as attention_lib
 
     cfg = ViTConfig(width=32, depth=2, num_heads=2, mlp_dim=64, pos_grid=4, lora_blocks=(1,), lora_rank=2,
                     lora_alpha=2.0, dtype="bfloat16")
@@ -293,7 +299,7 @@ def test_auto_falls_back_to_xla_where_cudnn_refuses(monkeypatch):
     ref = jax.jit(m_xla.apply)({"params": p}, x)
     # pretend this CPU is a GPU: "auto" resolves to cuDNN (and pads 7 tokens to 8), which this
     # jax refuses here ("cuDNN is not detected")
-    monkeypatch.setattr(vit_lib.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(attention_lib.jax, "default_backend", lambda: "gpu")
     m_auto = ViT(dataclasses.replace(cfg, attention="auto"))
     out = jax.jit(m_auto.apply)({"params": p}, x)
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=0.05)
