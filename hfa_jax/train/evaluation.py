@@ -30,6 +30,12 @@ from hfa_jax.train.trainer import Trainer, example_fn
 log = logging.getLogger("hfa_jax.train")
 
 
+def pack_levels(config) -> int:
+    """Frame packing levels of the evaluation steps: ``data.pack_frames``, as in training (the ViT
+    then encodes the valid frames of an evaluation batch only; 0 = every padded frame)."""
+    return int(config.data.get("pack_frames", 0))
+
+
 def eval_loader(config, source, fields, batch_size: int):
     """One ordered pass over ``source``; the last batch is filled with masked rows (index -1)."""
     dcfg = config.data
@@ -87,7 +93,8 @@ def evaluate_loss(tr: Trainer, state, split: str, eval_jit: Callable) -> tuple[d
         valid = batch["index"] >= 0
         batch = dict(batch)
         batch["example_mask"] = valid
-        dev = steps_lib.to_device(batch, tr.mesh, [k for k in batch if k != "index"])
+        dev = steps_lib.to_device(batch, tr.mesh, [k for k in batch if k != "index"],
+                                  pack_levels=pack_levels(tr.config))
         parts, extra = eval_jit(state, dev)
         k = int(global_value(valid).sum())
         for name, v in parts.items():
@@ -109,7 +116,7 @@ def translate_split(tr: Trainer, state, split: str, gen_jit: Callable, *, desc: 
     n_batches = math.ceil(len(src) / bs)
     for batch in tqdm(loader, total=n_batches, desc=desc or f"beam search {split}", leave=False,
                       disable=jax.process_index() != 0):
-        dev = steps_lib.to_device(batch, tr.mesh, ["frames", "frame_mask"])
+        dev = steps_lib.to_device(batch, tr.mesh, ["frames", "frame_mask"], pack_levels=pack_levels(tr.config))
         ids = global_value(gen_jit(state, dev))
         texts = tr.data.tokenizer.decode(ids)
         for i, t in zip(global_value(batch["index"]), texts):

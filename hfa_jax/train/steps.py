@@ -198,10 +198,11 @@ def eval_step(state: dict, batch: Batch, *, model: nn.Module, config) -> tuple[d
 
 
 def generate_step(state: dict, batch: Batch, *, model: nn.Module, config) -> jax.Array:
-    """Beam search (``config.eval``): token ids ``[B, max_new_tokens + 1]`` of the best beams."""
+    """Beam search (``config.eval``): token ids ``[B, max_new_tokens + 1]`` of the best beams.
+    With ``frame_index`` in the batch (frame packing) the ViT encodes the valid frames only."""
     pixels = augment_frames(config, None, batch["frames"], train=False)
     out = model.generate(variables_from_state(state), pixels, batch["frame_mask"],
-                         num_beams=int(config.eval.num_beams),
+                         frame_index=batch.get("frame_index"), num_beams=int(config.eval.num_beams),
                          max_new_tokens=int(config.eval.max_new_tokens),
                          length_penalty=float(config.eval.length_penalty))
     return out.sequences
