@@ -7,7 +7,9 @@
 Inputs are read with :mod:`hfa_jax.data.video` (the model's preprocessing), grouped by frame
 bucket and translated in batches with the workdir's beam search settings (``config.eval``). One
 program is compiled per (batch size, bucket) shape and kept for later calls; batch sizes are
-rounded up to a power of two (rows repeated), so few shapes ever compile.
+rounded up to a power of two (rows repeated), so few shapes ever compile. With frame packing
+(``config.data.pack_frames`` > 0, as in training) the frame encoder runs on the valid frames
+only, and a program is compiled per packed capacity level met as well.
 
 :meth:`Translator.explain` adds the evidence: the decoder's cross-attention over the video for
 each output word (a teacher-forced pass over the generated tokens) and, when the model carries
@@ -34,6 +36,7 @@ from hfa_jax.data import video as video_lib
 from hfa_jax.data.pipeline import bucket_length
 from hfa_jax.model_folder import EXPORT_MARKER, ModelBundle, load_export, load_workdir
 from hfa_jax.models import hfa
+from hfa_jax.models import packing
 from hfa_jax.models.heads import PseudoGlossHead
 from hfa_jax.text import tokenizer as text_lib
 
@@ -96,6 +99,7 @@ class Translator:
         ev = self.config.eval
         self.decoding = dict(num_beams=int(ev.num_beams), max_new_tokens=int(ev.max_new_tokens),
                              length_penalty=float(ev.get("length_penalty", 1.0)))
+        self.pack_levels = int(self.config.data.get("pack_frames", 0))
         self._programs: dict[tuple, Any] = {}
 
     # -- loading ---------------------------------------------------------------------------
@@ -147,9 +151,23 @@ class Translator:
         self._programs[(kind,) + tuple(tuple(np.shape(d)) for d in data)] = _COMPILED[shared]
         return _COMPILED[shared]
 
-    def _generate_fn(self, variables, frames, mask):
+    def _generate_fn(self, variables, frames, mask, frame_index=None):
         pixels = augment.augment(None, frames, train=False, crop_size=self.preprocessing.crop_size)
-        return self.model.generate(variables, pixels, mask, **self.decoding).sequences
+        return self.model.generate(variables, pixels, mask, frame_index=frame_index, **self.decoding).sequences
+
+    def _generate_inputs(self, x: np.ndarray, mask: np.ndarray, clips: int) -> tuple[np.ndarray, ...]:
+        """The data arguments of the generate program: ``(frames, mask)``, plus the packed-frame
+        index (:func:`hfa_jax.models.packing.pack_index`, one group: one device) when frame
+        packing is on and leaves frames out. Packed, the filler rows past ``clips`` are masked
+        out, so the frame encoder skips them too (their outputs are dropped either way)."""
+        if self.pack_levels <= 0:
+            return x, mask
+        mask = mask.copy()
+        mask[clips:] = False
+        index = packing.pack_index(mask, 1, self.pack_levels)
+        if not packing.leaves_out_frames(index, mask):
+            return x, mask
+        return x, mask, index
 
     # -- translating -----------------------------------------------------------------------
     def translate_clips(self, clips: Sequence[video_lib.Clip], batch_size: int = 8) -> list[np.ndarray]:
@@ -164,8 +182,9 @@ class Translator:
                 part = idx[start: start + batch_size]
                 rows = _pow2_at_least(len(part), batch_size)
                 x, mask, _ = self._batch([clips[i] for i in part], rows)
-                prog = self._program("generate", self._generate_fn, (self.variables,), (x, mask))
-                seqs = np.asarray(prog(self.variables, x, mask))
+                data = self._generate_inputs(x, mask, len(part))
+                prog = self._program("generate", self._generate_fn, (self.variables,), data)
+                seqs = np.asarray(prog(self.variables, *data))
                 for j, i in enumerate(part):
                     out[i] = seqs[j]
         return out  # type: ignore[return-value]

@@ -295,8 +295,9 @@ def mbart_step_fns(
     bound module ``m`` (e.g. ``lambda m: m.mbart`` for the translation model) and ``mbart_path``
     its params (``("mbart",)``).
 
-    init_cache_fn(encoder_states [N, S, D], max_length) -> cache;
-    decode_fn(tokens [N, L], cache, encoder_mask [N, S]) -> (logits [N, L, V], cache).
+    init_cache_fn(encoder_states [G, S, D], max_length, beams=1) -> cache for ``N = G * beams``
+    decoder rows (cross-attention keys/values once per clip);
+    decode_fn(tokens [N, L], cache, encoder_mask [G, S]) -> (logits [N, L, V], cache).
     ``decode_fn`` runs with :func:`decoding_variables` (adapters merged, kernels transposed on
     CPU; ``lora_scale`` = the adapters' ``alpha / r``, by default from the MBart's config), built
     once here.
@@ -309,8 +310,8 @@ def mbart_step_fns(
         variables, mbart_path=mbart_path, lora_scale=lora_scale, transpose_kernels=transpose_kernels
     )
 
-    def init_cache_fn(states, max_length):
-        return module.apply(variables, states, max_length, method=lambda m, s, n: owner(m).init_cache(s, n))
+    def init_cache_fn(states, max_length, beams=1):
+        return module.apply(variables, states, max_length, method=lambda m, s, n: owner(m).init_cache(s, n, beams))
 
     def decode_fn(tokens, cache, mask):
         return module.apply(step_variables, tokens, cache, mask, method=lambda m, t, c, e: owner(m).decode(t, c, e))
@@ -319,7 +320,7 @@ def mbart_step_fns(
 
 
 def generate(
-    init_cache_fn: Callable[[Array, int], Any],
+    init_cache_fn: Callable[[Array, int, int], Any],
     decode_fn: Callable[[Array, Any, Array], tuple[Array, Any]],
     encoder_states: Array,
     encoder_mask: Array,
@@ -338,15 +339,17 @@ def generate(
     """Beam-search translation from encoder states (pure; jit with the keywords static).
 
     encoder_states: [B, S, D], encoder_mask: [B, S] bool. ``init_cache_fn``/``decode_fn``: see
-    :func:`mbart_step_fns`. Each batch item is repeated ``num_beams`` times (batch-major), as HF's
-    ``_expand_inputs_for_generation``. ``cache_lengths``: the self-attention cache grows through
-    these capacities (default :func:`cache_schedule`; ``(max_new_tokens,)`` for one static cache).
+    :func:`mbart_step_fns`. The decoder runs ``num_beams`` rows per batch item (batch-major, as
+    HF's ``_expand_inputs_for_generation``); the encoder side stays one row per item: the
+    cross-attention keys/values are computed and kept once per clip, where HF repeats the
+    encoder output per beam (same values, a quarter of the projections and cache at 4 beams).
+    ``cache_lengths``: the self-attention cache grows through these capacities (default
+    :func:`cache_schedule`; ``(max_new_tokens,)`` for one static cache).
     """
     b = encoder_states.shape[0]
-    states = jnp.repeat(encoder_states, num_beams, axis=0)
-    mask = jnp.repeat(encoder_mask.astype(bool), num_beams, axis=0)
+    mask = encoder_mask.astype(bool)
     lengths = cache_schedule(1 + max_new_tokens) if cache_lengths is None else tuple(cache_lengths)
-    cache = init_cache_fn(states, lengths[0])
+    cache = init_cache_fn(encoder_states, lengths[0], num_beams)
 
     def step(tokens, c):
         logits, c = decode_fn(tokens, c, mask)

@@ -391,6 +391,7 @@ class HFATranslate(_VisualTrunk):
         forced_bos_token_id: int | None = None,
         forced_eos_token_id: int | None = -1,
         cache_lengths: tuple[int, ...] | None = None,
+        frame_index: Array | None = None,
     ):
         """Beam-search translation (call on the unbound module: ``model.generate(vars, ...)``;
         jit it with the keywords static). Returns :class:`hfa_jax.models.decode.BeamSearchOutput`
@@ -398,7 +399,8 @@ class HFATranslate(_VisualTrunk):
 
         ``decoder_start_token_id`` defaults to ``cfg.mbart.decoder_start_token_id`` (de_DE);
         ``forced_eos_token_id=-1`` means the mBART config's value, None disables it;
-        ``cache_lengths``: the decoding cache's growth (:func:`hfa_jax.models.decode.generate`).
+        ``cache_lengths``: the decoding cache's growth (:func:`hfa_jax.models.decode.generate`);
+        ``frame_index``: packed valid frames, see :meth:`encode_frames_aux`.
         """
         mcfg = self.cfg.mbart
         start = mcfg.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
@@ -406,7 +408,7 @@ class HFATranslate(_VisualTrunk):
             raise ConfigError("HFATranslate.generate: set model.mbart.decoder_start_token_id (the de_DE id)")
         feos = mcfg.forced_eos_token_id if forced_eos_token_id == -1 else forced_eos_token_id
         fbos = mcfg.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
-        states, mask = self.apply(variables, pixels, frame_mask, method=HFATranslate.encode)
+        states, mask = self.apply(variables, pixels, frame_mask, frame_index=frame_index, method=HFATranslate.encode)
         init_fn, dec_fn = decode_lib.mbart_step_fns(
             self, variables, method_owner=lambda m: m.mbart, mbart_path=("mbart",)
         )

@@ -37,7 +37,10 @@ Decoding cache (explicit pure pytree, see :meth:`MBart.init_cache`), head-major:
 
     {"index": int32 [],                     # number of decoder positions already written
      "self":  {"layers_{i}": {"k": [N, H, T_max, Dh], "v": [N, H, T_max, Dh]}},
-     "cross": {"layers_{i}": {"k": [N, H, S, Dh],     "v": [N, H, S, Dh]}}}
+     "cross": {"layers_{i}": {"k": [G, H, S, Dh],     "v": [G, H, S, Dh]}}}
+
+with ``N = G * beams`` decoder rows (batch-major): a beam search keeps the encoder's
+cross-attention keys/values once per clip (``G`` clips), not once per beam.
 
 Logical axis names (:mod:`hfa_jax.models.axes`): projections ``(embed, heads)`` / ``(heads, embed)``,
 ``fc1`` ``(embed, mlp)``, ``fc2`` ``(mlp, embed)``, token embeddings ``(vocab, embed)``, positions
@@ -323,6 +326,31 @@ class MBartAttention(nn.Module):
         k, v = self.key_value(kv_states, deterministic)
         return self.attend(self.query(x, deterministic), k, v, mask, deterministic)
 
+    def attend_beams(self, q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+        """Cross-attention of a beam search over keys/values kept once per clip (decoding).
+
+        q: [N, Lq, H, Dh] with ``N = G * beams`` rows, batch-major (row ``g * beams + j``);
+        k/v: [G, H, S, Dh] head-major; mask: bool [G, 1, 1, S]. Returns [N, Lq, D].
+
+        The beams of a clip attend to the same keys, so the cache holds them once and not once
+        per beam. The products run one beam at a time on CPU: XLA:CPU multiplies ``[1, Dh]``
+        rows as matrix-vector products, and the ``beams`` rows of a clip as one small matrix
+        product ran ~7x slower in isolation (bench/RESULTS.md); accelerators take the beams as
+        the query rows of one product.
+        """
+        g, n, lq = k.shape[0], q.shape[0], q.shape[1]
+        beams = n // g
+        if beams * g != n:
+            raise ValueError(f"attend_beams: {n} query rows do not split into {g} clips' beams")
+        grouped = q.reshape(g, beams * lq, *q.shape[2:])
+        if beams == 1 or jax.default_backend() != "cpu":
+            out = attention_lib.dot_product_attention(grouped, k, v, mask=mask, kv_heads_first=True)
+        else:
+            per_beam = grouped.reshape(g, beams, lq, *q.shape[2:])
+            out = jnp.stack([attention_lib.dot_product_attention(per_beam[:, j], k, v, mask=mask, kv_heads_first=True)
+                             for j in range(beams)], axis=1)
+        return self.out_proj(out.reshape(n, lq, self.cfg.d_model))
+
 
 class MBartEncoderLayer(nn.Module):
     """Pre-LN encoder layer. x: [B, S, D], mask: [B, 1, 1, S] bool -> [B, S, D]."""
@@ -423,11 +451,11 @@ class MBartDecoderLayer(nn.Module):
 
         h = self.encoder_attn_layer_norm(x)
         q = self.encoder_attn.query(h, deterministic)
-        if cross_cache is not None:
-            ck, cv = cross_cache["k"], cross_cache["v"]
+        if cross_cache is not None:  # keys/values once per clip, queries once per beam
+            h = self.encoder_attn.attend_beams(q, cross_cache["k"], cross_cache["v"], cross_mask)
         else:
             ck, cv = self.encoder_attn.key_value(encoder_states, deterministic)
-        h = self.encoder_attn.attend(q, ck, cv, cross_mask, deterministic, kv_heads_first=cross_cache is not None)
+            h = self.encoder_attn.attend(q, ck, cv, cross_mask, deterministic)
         x = x + self.drop(h, deterministic=deterministic)
 
         h = self.final_layer_norm(x)
@@ -547,7 +575,7 @@ class MBartDecoder(nn.Module):
         self.drop = Dropout(cfg.dropout)
 
     def cross_cache(self, encoder_states: Array) -> dict[str, dict[str, Array]]:
-        """Per-layer cross-attention keys/values of the encoder states [N, S, D]."""
+        """Per-layer cross-attention keys/values of the encoder states [G, S, D] (one row per clip)."""
         return {f"layers_{i}": layer.cross_key_value(encoder_states) for i, layer in enumerate(self.layers)}
 
     def __call__(
@@ -565,10 +593,11 @@ class MBartDecoder(nn.Module):
 
         With ``cache`` (from :meth:`MBart.init_cache`) the L tokens sit at positions
         ``cache["index"] ..``; ``attention_mask``/``encoder_states`` are then unused (keys come
-        from the cache; decoder inputs are never padded while decoding).
+        from the cache; decoder inputs are never padded while decoding), and ``encoder_mask``
+        has the cross cache's rows (one per clip, ``[G, S]``).
         """
         cfg = self.cfg
-        b, l = input_ids.shape
+        l = input_ids.shape[1]
         x = self.shared_embedding(input_ids)
         if cfg.scale_embedding:
             x = x * jnp.asarray(np.sqrt(cfg.d_model), x.dtype)
@@ -587,8 +616,10 @@ class MBartDecoder(nn.Module):
             t_max = next(iter(cache["self"].values()))["k"].shape[2]
             self_mask = (jnp.arange(t_max)[None, :] <= positions[:, None])[None, None]  # [1,1,L,T]
         if encoder_mask is None:
-            s = encoder_states.shape[1] if cache is None else next(iter(cache["cross"].values()))["k"].shape[2]
-            encoder_mask = jnp.ones((b, s), bool)
+            if cache is None:
+                encoder_mask = jnp.ones(encoder_states.shape[:2], bool)
+            else:
+                encoder_mask = jnp.ones(next(iter(cache["cross"].values()))["k"].shape[::2], bool)  # [G, S]
         cross_mask = encoder_mask.astype(bool)[:, None, None, :]
 
         new_self = {}
@@ -677,15 +708,17 @@ class MBart(nn.Module):
             decoder_input_ids, states, attention_mask, decoder_attention_mask, deterministic=deterministic
         )
 
-    def init_cache(self, encoder_states: Array, max_length: int) -> dict:
-        """Decoding cache for encoder states [N, S, D] and at most ``max_length`` decoder positions
-        (static). Cross-attention keys/values are computed once here.
+    def init_cache(self, encoder_states: Array, max_length: int, beams: int = 1) -> dict:
+        """Decoding cache for encoder states [G, S, D], ``beams`` decoder rows per clip and at
+        most ``max_length`` decoder positions (both static). Cross-attention keys/values are
+        computed here, once per clip.
 
-        Layout: ``{"index": int32 scalar, "self": {layer: {"k", "v": [N, H, max_length, Dh]}},
-        "cross": {layer: {"k", "v": [N, H, S, Dh]}}}`` (head-major, see ``_heads_first``).
+        Layout: ``{"index": int32 scalar, "self": {layer: {"k", "v": [G * beams, H, max_length, Dh]}},
+        "cross": {layer: {"k", "v": [G, H, S, Dh]}}}`` (head-major, see ``_heads_first``); decoder
+        row ``g * beams + j`` is beam ``j`` of clip ``g``.
         """
         cfg = self.cfg
-        n = encoder_states.shape[0]
+        n = encoder_states.shape[0] * int(beams)
         heads = cfg.decoder_attention_heads
         shape = (n, heads, max_length, cfg.d_model // heads)
         dtype = cfg.compute_dtype
@@ -703,7 +736,8 @@ class MBart(nn.Module):
         """One (or a few) cached decoding steps.
 
         decoder_input_ids: [N, Lq] tokens at positions ``cache["index"] ..``;
-        encoder_mask: [N, S] bool. Returns (logits [N, Lq, V] float32, new cache).
+        encoder_mask: [G, S] bool, one row per clip (the cross cache's rows).
+        Returns (logits [N, Lq, V] float32, new cache).
         """
         h, cache = self.decoder(decoder_input_ids, None, None, encoder_mask, deterministic=True, cache=cache)
         return self.lm_head(h), cache
@@ -726,8 +760,8 @@ def grow_cache(cache: dict, length: int) -> dict:
 def reorder_cache(cache: dict, indices: Array) -> dict:
     """Gather the self-attention cache rows [N, ...] by ``indices`` [N] (beam reordering).
 
-    Cross-attention entries are left alone: beams are only ever reordered within one batch item,
-    whose rows hold identical encoder keys/values.
+    Cross-attention entries are left alone: they are kept once per clip, and beams are only ever
+    reordered within one clip.
     """
     return {
         "index": cache["index"],

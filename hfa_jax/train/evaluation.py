@@ -82,7 +82,8 @@ def evaluate_loss(tr: Trainer, state, split: str, eval_jit: Callable) -> tuple[d
         valid = batch["index"] >= 0
         batch = dict(batch)
         batch["example_mask"] = valid
-        dev = steps_lib.to_device(batch, tr.mesh, [k for k in batch if k != "index"])
+        dev = steps_lib.to_device(batch, tr.mesh, [k for k in batch if k != "index"],
+                                  pack_levels=tr.settings.data.pack_frames)
         parts, extra = eval_jit(state, dev)
         k = int(global_value(valid).sum())
         for name, v in parts.items():
@@ -104,7 +105,7 @@ def translate_split(tr: Trainer, state, split: str, gen_jit: Callable, *, desc: 
     n_batches = math.ceil(len(src) / bs)
     for batch in tqdm(loader, total=n_batches, desc=desc or f"beam search {split}", leave=False,
                       disable=jax.process_index() != 0):
-        dev = steps_lib.to_device(batch, tr.mesh, ["frames", "frame_mask"])
+        dev = steps_lib.to_device(batch, tr.mesh, ["frames", "frame_mask"], pack_levels=tr.settings.data.pack_frames)
         ids = global_value(gen_jit(state, dev))
         texts = tr.data.tokenizer.decode(ids)
         for i, t in zip(global_value(batch["index"]), texts):

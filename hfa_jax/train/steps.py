@@ -160,10 +160,12 @@ def eval_step(state: dict, batch: Batch, *, model: nn.Module, task: Task) -> tup
 
 
 def generate_step(state: dict, batch: Batch, *, model: nn.Module, task: Task) -> jax.Array:
-    """Beam search (``config.eval``): token ids ``[B, max_new_tokens + 1]`` of the best beams."""
+    """Beam search (``config.eval``): token ids ``[B, max_new_tokens + 1]`` of the best beams.
+    With ``frame_index`` in the batch (frame packing) the ViT encodes the valid frames only."""
     e = task.settings.eval
     pixels = augment_frames(task.settings.data, None, batch["frames"], train=False)
-    out = model.generate(variables_from_state(state), pixels, batch["frame_mask"], num_beams=e.num_beams,
+    out = model.generate(variables_from_state(state), pixels, batch["frame_mask"],
+                         frame_index=batch.get("frame_index"), num_beams=e.num_beams,
                          max_new_tokens=e.max_new_tokens, length_penalty=e.length_penalty)
     return out.sequences
 

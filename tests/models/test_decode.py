@@ -179,3 +179,117 @@ def test_cache_schedule_and_growth():
     with pytest.raises(ValueError, match="cache_lengths must increase"):
         decode.beam_search(lambda t, c: (None, c), {}, batch_size=1, max_new_tokens=10, decoder_start_token_id=0,
                            eos_token_id=2, pad_token_id=1, cache_lengths=(4, 8))
+
+
+def test_cross_cache_once_per_clip_same_logits(models, monkeypatch):
+    """A cache for G clips x K beams holds the cross-attention keys/values once per clip: logits
+    equal the per-row cache's (the encoder output repeated per beam) step after step, on the
+    CPU's one-product-per-beam path and on the accelerators' one-product-per-clip path."""
+    _, module, variables, ids, mask = models
+    g, k = 3, 4
+    ids, mask = jnp.asarray(ids[:g]), jnp.asarray(mask[:g])
+    states = module.apply(variables, ids, mask, method=module.encode)
+    init_fn, dec_fn = decode.mbart_step_fns(module, variables)
+    shared = init_fn(states, 6, k)
+    per_row = init_fn(jnp.repeat(states, k, axis=0), 6)
+    assert shared["cross"]["layers_0"]["k"].shape[0] == g and shared["self"]["layers_0"]["k"].shape[0] == g * k
+    assert per_row["cross"]["layers_0"]["k"].shape[0] == g * k
+    tokens = jnp.asarray(np.random.default_rng(2).integers(3, VOCAB, (g * k, 5)), jnp.int32)
+    for backend in ("cpu", "gpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+        a, b = shared, per_row
+        for step in range(5):
+            la, a = dec_fn(tokens[:, step:step + 1], a, mask)
+            lb, b = dec_fn(tokens[:, step:step + 1], b, jnp.repeat(mask, k, axis=0))
+            np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-5, err_msg=f"{backend} step {step}")
+        assert not np.allclose(la[0], la[k])  # clips differ: each beam read its own clip's keys
+    att = mbart.MBartAttention(module.cfg, 4, "decoder", "encoder_attn")
+    q, kv = jnp.zeros((7, 1, 4, D // 4)), jnp.zeros((g, 4, 5, D // 4))
+    att_vars = att.init(jax.random.key(0), jnp.zeros((1, 1, D)), jnp.zeros((1, 1, D)), None)
+    with pytest.raises(ValueError, match="7 query rows do not split into 3 clips"):
+        att.apply(att_vars, q, kv, kv, None, method=att.attend_beams)
+
+
+def _tiny_translate():
+    from hfa_jax.models.hfa import HFATranslate
+    from tests.models.test_hfa import _cfg, _nonzero_lora
+
+    model = HFATranslate(_cfg())
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (4, 6, 28, 28, 3), dtype=np.uint8)
+    fmask = np.arange(6)[None, :] < np.asarray([6, 2, 4, 1])[:, None]
+    pixels = jnp.asarray(frames, jnp.float32) / 255.0
+    ids = jnp.ones((4, 3), jnp.int32)
+    v = jax.jit(model.init)(jax.random.key(0), pixels, jnp.asarray(fmask), ids, ids > 0)
+    v = {**v, "params": _nonzero_lora(v["params"]),
+         "batch_stats": {"frame_bn": {"mean": jnp.full((32,), 0.1), "var": jnp.full((32,), 2.0)}}}
+    return model, v, frames, fmask
+
+
+def test_generate_with_packed_frames_equals_unpacked():
+    """Beam search with the frame encoder on the packed valid frames only (frame packing, as the
+    evaluation steps run it): the same tokens as over the padded frames; a wrong index changes
+    the scores (the index is really used)."""
+    from hfa_jax.models import packing
+
+    model, v, frames, fmask = _tiny_translate()
+    pixels = jnp.asarray(frames, jnp.float32) / 255.0
+    index = packing.pack_index(fmask, 2, levels=4)
+    assert index.size < fmask.size  # frames are really left out
+
+    def run(frame_index):
+        return jax.jit(lambda v, i: model.generate(v, pixels, jnp.asarray(fmask), num_beams=3, max_new_tokens=6,
+                                                   frame_index=i))(v, frame_index)
+
+    full, packed = run(None), run(jnp.asarray(index))
+    np.testing.assert_array_equal(packed.sequences, full.sequences)
+    np.testing.assert_allclose(packed.scores, full.scores, rtol=1e-5, atol=1e-6)
+    wrong = index.copy()  # the last valid frame of group 0 left out (filler: a zero feature)
+    n_valid = int(fmask.reshape(2, -1)[0].sum())
+    wrong[0, n_valid - 1] = fmask.size // 2
+    assert not np.allclose(run(jnp.asarray(wrong)).scores, full.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_steps_pack_frames(monkeypatch):
+    """The generate step passes the batch's packing index to the model, and the evaluation
+    passes data.pack_frames to the host->device step (which builds the index)."""
+    import types
+
+    from hfa_jax.models import packing
+    from hfa_jax.train import evaluation, schema
+    from hfa_jax.train import steps as steps_lib
+
+    config = schema.base()
+    config.data.crop_size = 28
+    config.eval.num_beams, config.eval.max_new_tokens = 3, 6
+    model, v, frames, fmask = _tiny_translate()
+    state = {"trainable": v["params"], "frozen": {}, "batch_stats": v["batch_stats"],
+             "buffers": {"buffers": v["buffers"]}}
+    seen = {}
+
+    class Recorder:
+        def generate(self, variables, pixels, mask, **kw):
+            seen.update(kw)
+            return model.generate(variables, pixels, mask, **kw)
+
+    batch = {"frames": jnp.asarray(frames), "frame_mask": jnp.asarray(fmask)}
+    plain = steps_lib.generate_step(state, batch, model=Recorder(), config=config)
+    assert seen["frame_index"] is None
+    index = jnp.asarray(packing.pack_index(fmask, 1, levels=4))
+    packed = steps_lib.generate_step(state, {**batch, "frame_index": index}, model=Recorder(), config=config)
+    assert seen["frame_index"] is index
+    np.testing.assert_array_equal(packed, plain)
+
+    calls = []
+    monkeypatch.setattr(steps_lib, "to_device", lambda b, mesh, keys, pack_levels=0: calls.append(pack_levels) or b)
+    monkeypatch.setattr(evaluation, "eval_loader", lambda *a, **k: [{"index": np.asarray([0]), "frames": 0,
+                                                                   "frame_mask": 0}])
+    data = types.SimpleNamespace(sources={"dev": [0]}, fields={"dev": None}, names={"dev": ["a"]},
+                                 texts={"dev": ["ref"]},
+                                 tokenizer=types.SimpleNamespace(decode=lambda ids: ["hyp"]))
+    for levels in (0, 5):
+        config.data.pack_frames = levels
+        tr = types.SimpleNamespace(config=config, data=data, mesh=None)
+        assert evaluation.translate_split(tr, None, "dev", lambda s, b: np.zeros((1, 2))) == (["a"], ["hyp"], ["ref"])
+        evaluation.evaluate_loss(tr, None, "dev", lambda s, b: ({"loss": 1.0}, {}))
+    assert calls == [0, 0, 5, 5]
