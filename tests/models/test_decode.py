@@ -258,8 +258,12 @@ def test_evaluation_steps_pack_frames(monkeypatch):
     from hfa_jax.models import packing
     from hfa_jax.train import evaluation, schema
     from hfa_jax.train import steps as steps_lib
+    from hfa_jax.train import tasks as tasks_lib
+
+    from configs import common
 
     config = schema.base()
+    config.model = common.model_config("tiny")
     config.data.crop_size = 28
     config.eval.num_beams, config.eval.max_new_tokens = 3, 6
     model, v, frames, fmask = _tiny_translate()
@@ -273,10 +277,12 @@ def test_evaluation_steps_pack_frames(monkeypatch):
             return model.generate(variables, pixels, mask, **kw)
 
     batch = {"frames": jnp.asarray(frames), "frame_mask": jnp.asarray(fmask)}
-    plain = steps_lib.generate_step(state, batch, model=Recorder(), config=config)
+    config.train.stage = "finetune2"
+    task = tasks_lib.make(schema.resolve(config))
+    plain = steps_lib.generate_step(state, batch, model=Recorder(), task=task)
     assert seen["frame_index"] is None
     index = jnp.asarray(packing.pack_index(fmask, 1, levels=4))
-    packed = steps_lib.generate_step(state, {**batch, "frame_index": index}, model=Recorder(), config=config)
+    packed = steps_lib.generate_step(state, {**batch, "frame_index": index}, model=Recorder(), task=task)
     assert seen["frame_index"] is index
     np.testing.assert_array_equal(packed, plain)
 
@@ -289,7 +295,8 @@ def test_evaluation_steps_pack_frames(monkeypatch):
                                  tokenizer=types.SimpleNamespace(decode=lambda ids: ["hyp"]))
     for levels in (0, 5):
         config.data.pack_frames = levels
-        tr = types.SimpleNamespace(config=config, data=data, mesh=None)
+        tr = types.SimpleNamespace(config=config, settings=schema.resolve(config), data=data, mesh=None,
+                                   task=task)
         assert evaluation.translate_split(tr, None, "dev", lambda s, b: np.zeros((1, 2))) == (["a"], ["hyp"], ["ref"])
         evaluation.evaluate_loss(tr, None, "dev", lambda s, b: ({"loss": 1.0}, {}))
     assert calls == [0, 0, 5, 5]
