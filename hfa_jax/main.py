@@ -17,12 +17,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from hfa_jax import config_cli
+from hfa_jax import compile_cache, config_cli
 from hfa_jax.errors import ConfigError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py[:variant])",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (default: runs/<config name>)")
+_COMPILE_CACHE = flags.DEFINE_string("compile_cache", None, compile_cache.HELP)
 
 # config.job -> "module:function", a ``run(config, workdir) -> dict``. A job module may also
 # define ``process_setup(config)``: it runs before JAX starts its backend (e.g. to set XLA flags).
@@ -57,6 +58,7 @@ def _main(argv) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+    compile_cache.enable(_COMPILE_CACHE.value)  # compile (and autotune) once per program and machine
     if not flags.FLAGS["verbosity"].present:
         # absl's default (INFO) lets orbax and tensorflow-datasets log every checkpoint write and
         # dataset open between our progress bars; our own log ("hfa_jax.train", train.log) is

@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any
 
+from hfa_jax import compile_cache
 from hfa_jax.data import video as video_lib
 from hfa_jax.errors import DataError, UserError, cli_main
 
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max_pixels", type=int, default=None, help="refuse larger frames (default: the model's)")
     p.add_argument("--workers", type=int, default=WORKERS, help="requests translated at once")
     p.add_argument("--queue", type=int, default=QUEUE, help="requests that may wait; more are turned away")
+    compile_cache.add_argument(p)
     args = p.parse_args(argv)
     _in_range(args)
     try:
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     _gradio()
     from hfa_jax.translator import Translator
 
+    compile_cache.enable(args.compile_cache)
     tr = Translator.from_pretrained(args.model)
     tr.preprocessing = tr.preprocessing.with_limits(max_seconds=args.max_seconds,
                                                     max_source_frames=args.max_source_frames,

@@ -29,6 +29,7 @@ import time
 
 from tqdm import tqdm
 
+from hfa_jax import compile_cache
 from hfa_jax.data import video as video_lib
 from hfa_jax.errors import DataError, UserError, cli_main
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_pixels", type=int, default=None,
                    help=f"refuse frames of more pixels (default: the model's, else {video_lib.MAX_PIXELS})")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    compile_cache.add_argument(p)
     return p
 
 
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     paths = video_lib.list_inputs(args.input)
     keys = {p: video_lib.input_key(p, args.input) for p in paths}
     from hfa_jax.translator import Translator  # after the cheap checks: loads JAX and the model
+
+    compile_cache.enable(args.compile_cache)
 
     t0 = time.time()
     tr = Translator.from_pretrained(args.model)
