@@ -27,7 +27,7 @@ from hfa_jax.models import attention as attention_lib
 from hfa_jax.models import hfa
 from hfa_jax.train.freeze import STAGES, trainable_rules  # the paper's freezing table, owned by the library
 
-__all__ = ["model_config", "trainable_rules", "STAGES", "csl_daily"]
+__all__ = ["model_config", "trainable_rules", "STAGES", "csl_daily", "asl", "ASL_CORPORA"]
 
 
 
@@ -100,4 +100,41 @@ def csl_daily(c: ml_collections.ConfigDict, stage: str) -> ml_collections.Config
         c.train.lr = 3e-4
         c.train.warmup_pct = 0.05
         c.train.batch_size = 16
+    return c
+
+
+# The ASL corpora (docs/asl.md), from their published sizes: training clips, mean clip length, and
+# this recipe's epochs per stage (pretrain, stage 1, stage 2): 1.2-1.8 M clip passes per
+# pretraining stage (the paper's PHOENIX14T pretraining is 0.7 M: 7,096 clips x 100 epochs) and at
+# least three passes over the corpus. A starting point stated for reproducibility, not a result:
+# no ASL run at this scale has been made with hfa_jax yet.
+ASL_CORPORA = {
+    #              train clips, mean seconds, epochs (pretrain, stage 1, stage 2)
+    "how2sign": (31_128, 8.2, (40.0, 40.0, 80.0)),
+    "openasl": (96_476, 10.6, (15.0, 15.0, 30.0)),
+    "youtube_asl": (610_000, 5.8, (3.0, 3.0, 6.0)),
+}
+
+
+def asl(c: ml_collections.ConfigDict, corpus: str, stage: str) -> ml_collections.ConfigDict:
+    """An ASL corpus's settings on top of a paper config ``c`` of ``stage`` (in place, returned).
+
+    English targets (``en_XX``) scored with the ``asl`` protocol (sacrebleu's default signature).
+    Clips are stored at half their source rate (``build_dataset --fps 12.5``, docs/asl.md), so a
+    mean clip of 6-11 s has 70-130 frames; up to 256 frames (20 s) are kept, a longer clip is
+    subsampled (the GFSLT random subsample, ``frame_selection="random"``), and buckets of 64 frames
+    keep the padding small. The global batch is 128 (2 clips per chip on v5e-64) with the paper's
+    peak LR; the schedule's epochs come from :data:`ASL_CORPORA`.
+    """
+    if corpus not in ASL_CORPORA:
+        raise ValueError(f"unknown ASL corpus {corpus!r}; use one of {', '.join(ASL_CORPORA)}")
+    epochs = dict(zip(("pretrain", "finetune1", "finetune2"), ASL_CORPORA[corpus][2]))
+    c.data.lang = "en_XX"
+    c.eval.protocol = "asl"
+    c.data.max_frames = 256
+    c.data.frame_selection = "random"
+    c.data.buckets = (64, 128, 192, 256)
+    c.train.batch_size = 128
+    c.eval.batch_size = 128
+    c.train.epochs = epochs[stage]
     return c
