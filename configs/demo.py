@@ -4,6 +4,7 @@ video-blind control.
 
     python -m hfa_jax.main --config=configs/demo.py --workdir=runs/demo [--config.data.seed=1]
     python -m hfa_jax.main --config=configs/demo.py:csl_daily --workdir=runs/demo_csl_daily [--config.data.seed=1]
+    python -m hfa_jax.main --config=configs/demo.py:english --workdir=runs/demo_english
 
 Everything is generated locally (no downloads) and the models are tiny, so a few settings differ
 from the paper's, each for a stated reason below: a closed-domain SynthSign subset; a frame encoder
@@ -58,7 +59,7 @@ DEMO_RULES = {
 
 def get_config(arg: str | None = None):
     variant = arg or "default"
-    corpus = "csl_daily" if variant.startswith("csl_daily") else "phoenix14t"
+    corpus = {"csl_daily": "csl_daily", "english": "synthsign_en"}.get(variant, "phoenix14t")
     c = schema.base()
     c.name = "demo" if variant == "default" else f"demo_{variant}"
     c.job = "demo"
@@ -118,7 +119,7 @@ def get_config(arg: str | None = None):
         eval_every_epochs=10.0,   # dev BLEU during stage 2 (selects the best checkpoint)
         fast_compile=False,       # XLA CPU flags: ~1.5x faster compiles but ~3x slower steps
         trainable=DEMO_RULES,    # per-stage freezing tables (hfa_jax.demo.stage_config)
-        corpus="phoenix14t",      # the SynthSign corpus: phoenix14t | csl_daily
+        corpus="phoenix14t",      # the SynthSign corpus: phoenix14t | csl_daily | synthsign_en
     ))
     if corpus == "csl_daily":
         c.demo.corpus = "csl_daily"
@@ -132,6 +133,12 @@ def get_config(arg: str | None = None):
         # Sentences run to 12 characters + punctuation: ~14 SentencePiece pieces at most.
         c.data.max_text_len = 24
         c.eval.max_new_tokens = 20
+    if corpus == "synthsign_en":
+        # English (docs/asl.md): SynthSign's English weather-report corpus (a grammar written for
+        # this project, data_prep/synthsign/english.py), scored with the ASL protocol.
+        c.demo.corpus = "synthsign_en"
+        c.data.lang = "en_XX"
+        c.eval.protocol = "asl"
     if variant == "smoke":  # the test suite's reduced run
         c.demo.update(dict(num_train=24, num_eval=8, max_glosses=3, pretrain_epochs=1.0,
                            finetune1_epochs=1.0, finetune2_epochs=1.0, eval_every_epochs=0.0,
@@ -148,6 +155,6 @@ def get_config(arg: str | None = None):
         c.eval.num_beams = 2
         c.eval.batch_size = 8
         c.train.progress_bar = False
-    elif variant not in ("default", "csl_daily"):
-        raise ValueError(f"unknown demo variant {variant!r}; use the default, ':smoke' or ':csl_daily'")
+    elif variant not in ("default", "csl_daily", "english"):
+        raise ValueError(f"unknown demo variant {variant!r}; use the default, ':smoke', ':csl_daily' or ':english'")
     return c

@@ -57,12 +57,19 @@ def _done(path: str) -> bool:
     return os.path.exists(path)
 
 
+def source_format(corpus: str) -> str:
+    """The release layout SynthSign writes ``corpus`` in, as a ``data_prep`` format: CSL-Daily's
+    label files and frame folders, else the official PHOENIX14T tree (also the English corpus)."""
+    return "csl_daily" if corpus == "csl_daily" else "phoenix14t"
+
+
 def prepare_data(config, workdir: str) -> dict[str, str]:
     """Steps 1-5. Returns the paths the training configs need."""
 
     d = config.demo
     seed = int(config.data.seed)
     corpus = str(d.corpus)
+    fmt = source_format(corpus)
     synth = os.path.join(workdir, "synthsign")
     marker = os.path.join(synth, "demo_subset.json")
     if not _done(marker):
@@ -86,8 +93,8 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
         # and label files, or the official PHOENIX14T layout).
         root, labels = ((str(writer.csl_frames_root(synth)), str(writer.csl_labels_dir(synth)))
                         if corpus == "csl_daily" else (synth, None))
-        build_dataset.convert(corpus, root, ds_root, labels=labels, size=int(d.frame_size), image_format="jpeg",
-                              jpeg_quality=90, workers=int(d.workers), progress=True)
+        build_dataset.convert(fmt, root, ds_root, labels=labels, size=int(d.frame_size), image_format="jpeg",
+                              jpeg_quality=90, workers=int(d.workers), progress=True, name=corpus)
     if config.model.beyondgloss.hand_pose:
         # BeyondGloss (docs/beyondgloss.md): per-frame hand-pose targets derived from SynthSign's extras
         # (the `description` feature is already in the dataset).
@@ -98,7 +105,7 @@ def prepare_data(config, workdir: str) -> dict[str, str]:
             beyondgloss.convert(ds_root, bg_root, beyondgloss.Inputs(synthsign=synth), progress=True)
         ds_root = bg_root
     tok_dir = os.path.join(workdir, "tokenizer")
-    train_sents = trim_vocab.training_sentences(synth, "train", corpus)
+    train_sents = trim_vocab.training_sentences(synth, "train", fmt)
     if not _done(os.path.join(tok_dir, "sentencepiece.bpe.model")):
         print(f"[demo] 3/7 SentencePiece tokenizer (mBART layout) -> {tok_dir}", flush=True)
         tok_sents = list(train_sents)
