@@ -267,10 +267,13 @@ class LiveTranslator:
         return events
 
     def finish(self) -> list[LiveEvent]:
-        """End of stream: the last timed frames, then the open segment closes (if long enough)."""
+        """End of stream (or a pause): the last timed frames, then the open segment closes (if long
+        enough). Frames pushed afterwards continue the stream at the next frame index, with a new
+        time base: the pause is not counted in the stream times."""
         events: list[LiveEvent] = []
         for f in self._resampler.finish():
             events += self._take(self._map(f))
+        self._resampler = _StreamResampler(self.prep.fps)
         if self._open is not None:
             end = self.n
             if isinstance(self.params, ActivityParams) and self._rest_from is not None:
