@@ -320,7 +320,7 @@ def _live_tab(gr, translator, sessions: LiveSessions, workers: int) -> None:
             saved = gr.File(label="Transcript (WebVTT)", elem_id="live_file", interactive=False)
     picture = gr.Image(label="Last segment: word x time alignment", type="numpy", elem_id="live_alignment",
                        interactive=False)
-    timer = gr.Timer(LIVE_GAP_S / 2)
+    timer = gr.Timer(LIVE_GAP_S / 2, active=False)  # ticks only while a stream runs (an idle page stays idle)
 
     def text_of(s_id: str) -> tuple[str, str]:
         events = sessions.get(s_id)["events"]
@@ -331,29 +331,30 @@ def _live_tab(gr, translator, sessions: LiveSessions, workers: int) -> None:
 
     def on_frame(frame, s_id):
         if frame is None:
-            return s_id, gr.skip(), gr.skip(), gr.skip()
+            return s_id, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             if s_id is None:
                 s_id = sessions.open()
             sessions.push_frame(s_id, frame)
             s_id_ok = s_id
         except UserError as e:  # a full session table, an expired session
-            return None, gr.skip(), gr.skip(), f"**Live:** {scrub(str(e))}"
+            return None, gr.skip(), gr.skip(), f"**Live:** {scrub(str(e))}", gr.skip()
         sessions.get(s_id_ok)["last_frame"] = sessions.clock()
-        return (s_id_ok,) + text_of(s_id_ok) + ("",)
+        return (s_id_ok,) + text_of(s_id_ok) + ("", gr.Timer(active=True))
 
     def on_tick(s_id):
         """The stream paused (camera stopped, unplugged or denied): the open segment closes."""
         if s_id is None:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.Timer(active=False)
         try:
             s = sessions.get(s_id)
-            if s["live"]._open is not None and sessions.clock() - s.get("last_frame", 0) > LIVE_GAP_S:
-                sessions.flush(s_id)
-                s["t0"] = None  # the next frame starts a new stream time base after the gap
-            return text_of(s_id)
+            if sessions.clock() - s.get("last_frame", 0) <= LIVE_GAP_S:
+                return gr.skip(), gr.skip(), gr.skip()
+            sessions.flush(s_id)
+            s["t0"] = None  # the next frame starts a new stream time base after the gap
+            return text_of(s_id) + (gr.Timer(active=False),)
         except UserError:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.Timer(active=False)
 
     def on_save(s_id):
         if s_id is None:
@@ -373,9 +374,9 @@ def _live_tab(gr, translator, sessions: LiveSessions, workers: int) -> None:
         exp = translator.explain(clip)
         return evidence.to_image(evidence.alignment_figure(exp, clip.frames, clip.fps_out)), ""
 
-    cam.stream(on_frame, inputs=[cam, sid], outputs=[sid, running, transcript, info], stream_every=LIVE_EVERY_S,
+    cam.stream(on_frame, inputs=[cam, sid], outputs=[sid, running, transcript, info, timer], stream_every=LIVE_EVERY_S,
                concurrency_limit=sessions.limit, concurrency_id="live", api_visibility="private", show_progress="hidden")
-    timer.tick(on_tick, inputs=[sid], outputs=[running, transcript], api_visibility="private", show_progress="hidden")
+    timer.tick(on_tick, inputs=[sid], outputs=[running, transcript, timer], api_visibility="private", show_progress="hidden")
     save.click(on_save, inputs=[sid], outputs=[saved, info], api_visibility="private")
     show.click(on_align, inputs=[sid], outputs=[picture, info], api_visibility="private",
                concurrency_limit=workers, concurrency_id="translate")

@@ -131,10 +131,10 @@ def test_live_tab_handlers(translator, clips, tmp_path):
     frames, true = make_stream(clips)
     sid = None
     for f in frames:
-        sid, running, transcript, info = fns["on_frame"](f, sid)
+        sid, running, transcript, info, _ = fns["on_frame"](f, sid)
         clock["t"] += 0.04
     clock["t"] += 2 * serve.LIVE_GAP_S
-    running, transcript = fns["on_tick"](sid)
+    running, transcript, _ = fns["on_tick"](sid)
     live = LiveTranslator(translator, ActivityParams(), partial_every=8, warm_up=False)
     events = []
     for i, f in enumerate(frames):
