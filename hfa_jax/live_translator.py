@@ -25,7 +25,8 @@ segment is translated as a clip:
   the frames show.
 
 Events (:class:`LiveEvent`): while a segment is open and at least ``min_segment_s`` long, a
-``partial`` hypothesis (the segment so far, translated) every ``partial_every`` frames; when it
+``partial`` hypothesis (the segment so far, translated) every ``partial_every`` frames (the first
+once it is ``max(min_segment_s, partial_every frames)`` long); when it
 closes, its ``final`` text. A final text is exactly what :class:`~hfa_jax.translator.Translator`
 gives for the segment's frames as a clip: the same frames (the same crop and resize, the same
 frame-rate rule as :mod:`hfa_jax.data.video`), the same compiled programs.
@@ -346,7 +347,8 @@ class LiveTranslator:
     def _maybe_partial(self) -> list[LiveEvent]:
         assert self._open is not None
         length = self.n - self._open
-        if self.partial_every and length >= max(self.min_len, 1) and (length - max(self.min_len, 1)) % self.partial_every == 0:
+        first = max(self.min_len, self.partial_every, 1)  # the first partial, then every partial_every
+        if self.partial_every and length >= first and (length - first) % self.partial_every == 0:
             return [self._event("partial", self._open, self.n)]
         return []
 

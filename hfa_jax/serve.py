@@ -525,6 +525,11 @@ def main(argv: list[str] | None = None) -> None:
     tr.preprocessing = tr.preprocessing.with_limits(max_seconds=args.max_seconds,
                                                     max_source_frames=args.max_source_frames,
                                                     max_pixels=args.max_pixels)
+    from hfa_jax.live_translator import LiveTranslator
+
+    t0 = time.perf_counter()
+    LiveTranslator(tr, partial_every=0)  # compiles every frame bucket now: no request waits on a compile
+    print(f"compiled in {time.perf_counter() - t0:.1f} s", flush=True)
     examples = example_clips(args.model, args.examples)
     print(f"model: {args.model} (step {tr.step}); open http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     launch(build_app(tr, examples, workers=args.workers, queue=args.queue,
