@@ -102,22 +102,32 @@ def _call(url: str, name: str, data: list) -> object:
     return json.loads(lines[lines.index("event: complete") + 1][len("data: "):])[0]
 
 
-def test_live_api_over_plain_http(server, chunks):
-    sid = _call(server, "live_open", ["activity"])["session"]
-    with open(chunks[0][0], "rb") as f:
+def _upload(url: str, path: str) -> str:
+    """POST a file to Gradio's upload route (curl -F files=@FILE) -> its server path."""
+    with open(path, "rb") as f:
         body = f.read()
     boundary = "hfa-live-test"
     form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"chunk.mp4\"\r\n"
             f"Content-Type: video/mp4\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(f"{server}gradio_api/upload", form,
+    req = urllib.request.Request(f"{url}gradio_api/upload", form,
                                  {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(req, timeout=60) as r:
-        (path,) = json.load(r)
+        (server_path,) = json.load(r)
+    return server_path
+
+
+def test_live_api_over_plain_http(server, chunks, translator):
+    sid = _call(server, "live_open", ["activity"])["session"]
+    path = _upload(server, chunks[0][0])
     out = _call(server, "live_push", [sid, {"path": path, "meta": {"_type": "gradio.FileData"}}])
     assert "events" in out and all(set(e) >= {"kind", "text", "start_s", "end_s"} for e in out["events"])
     assert not os.path.exists(path)  # the upload is deleted once read
     out = _call(server, "live_close", [sid])
     assert len(out["transcript"]) >= 1
+    # a whole clip through /translate (the Clip tab), as docs/live.md's curl example
+    path = _upload(server, chunks[0][1])
+    assert _call(server, "translate", [{"path": path, "meta": {"_type": "gradio.FileData"}}]) == \
+        translator([chunks[0][1]])[0]
 
 
 def test_live_tab_handlers(translator, clips, tmp_path):
