@@ -161,3 +161,14 @@ def test_cli_bad_input_is_one_line(workdirs, tmp_path, capsys):
             live.main(["--model", workdirs["finetune2"], "--camera", "7"])
         err = capsys.readouterr().err.strip()
         assert "--camera 7" in err and len(err.splitlines()) == 1
+
+
+def test_realtime_plays_a_file_at_its_frame_rate(translator, encoded):
+    import time
+
+    from hfa_jax.live import file_frames
+
+    path = encoded["hd30"][0]  # 30 fps, 0.6 s
+    t0 = time.perf_counter()
+    times = [t for t, _ in file_frames(path, translator.preprocessing, realtime=True)]
+    assert time.perf_counter() - t0 >= times[-1] - times[0] - 0.005
