@@ -109,7 +109,9 @@ def test_page_in_headless_chromium(page_url, encoded, translator, tmp_path):
             page = browser.new_page()
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
                 ("http://127.0.0.1", "http://localhost", "data:", "blob:")) else None)
-            page.goto(page_url, wait_until="networkidle", timeout=60_000)
+            # not "networkidle": the Live tab's stream keeps Gradio's heartbeat connection open
+            page.goto(page_url, wait_until="load", timeout=60_000)
+            page.locator("#video input[type=file]").wait_for(state="attached", timeout=60_000)
             page.locator("#video input[type=file]").set_input_files(encoded["mp4"][2])
             box = page.locator("#translation textarea")
             page.wait_for_function("(w) => document.querySelector('#translation textarea').value === w", arg=want,
