@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from hfa_jax.models.vit import ViTConfig, from_hf
+from hfa_jax.models.vit import ViTConfig
+from hfa_jax.weights.dinov2 import from_hf
 from hfa_jax import demo_hand_locator as hand_locator
 
 
