@@ -41,6 +41,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
+from hfa_jax import config_cli
 from hfa_jax.data import augment as augment_lib
 from hfa_jax.errors import ConfigError, UserError
 from hfa_jax.train import mesh as mesh_lib
@@ -310,7 +311,7 @@ def _main(argv) -> None:
 
 def main() -> None:
     _define_flags()
-    app.run(_main)
+    app.run(_main, flags_parser=config_cli.parse_flags)  # --config errors: one line
 
 
 if __name__ == "__main__":
