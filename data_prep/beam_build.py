@@ -60,9 +60,12 @@ def _import_beam():
 
 
 def beam_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("apache_beam") is not None
+    """Whether Apache Beam imports here (installed with all it needs)."""
+    try:
+        _import_beam()
+    except ImportError:
+        return False
+    return True
 
 
 def _convert_shard_fn(opts: "bd.EncodeOptions", limits: ClipLimits, skip_bad: bool):
