@@ -164,8 +164,8 @@ def _translate(translator, path: str) -> tuple[str, Any, Any, Any, str]:
 class LiveSessions:
     """Live translation sessions (one :class:`~hfa_jax.live_translator.LiveTranslator` each) by id,
     for the page's Live tab and the ``/live_*`` API. Thread-safe: each session has its own lock
-    (a session's frames are taken in order), the table has one. Programs are compiled once, by the
-    first session's warm-up (every Translator of one model shares them)."""
+    (a stream's frames are taken in order), the table has one. Programs are compiled once, by the
+    first stream's warm-up (every Translator of one model shares them)."""
 
     def __init__(self, translator, limit: int = LIVE_SESSIONS, idle_s: float = LIVE_IDLE_S,
                  clock: Callable[[], float] = time.monotonic):

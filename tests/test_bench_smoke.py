@@ -76,6 +76,7 @@ def test_h100_projection_arithmetic():
     assert m["total_hours_packed"] == pytest.approx(4 * p["total_hours_packed"])
 
 
+@pytest.mark.slow  # ~1 min of compiles; kept out of the 15-minute first command
 def test_accelerator_rows_run_on_cpu(tmp_path):
     # The GPU rows (ours bf16 vs the reference's autocast, MFU against the measured bf16 peak)
     # run the same code on CPU, with bf16 autocast.

@@ -40,6 +40,7 @@ def write_y4m(path: str, frames: list[np.ndarray], fps: int = 25) -> str:
     return path
 
 
+@pytest.mark.slow  # a real browser and a 2-minute bound; kept out of the 15-minute first command
 @pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (apt-get install chromium); .ci/run installs it")
 def test_live_tab_with_a_fake_camera(translator, clips, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the [test] extra)")
