@@ -5,6 +5,8 @@ Programs, at paper widths (ViT-S/14, 224 px: 257 tokens, 6 heads of 64, bf16 com
 ``--frames`` frames per chip (600 = global batch 16 on 8 chips at the 300-frame bucket):
 
 - ``frozen block``: one block without LoRA, forward (blocks 0-8 of the paper's ViT);
+- ``frozen block, fused kernel``: the same block as one Pallas kernel
+  (:mod:`hfa_jax.models.pallas_vit_block`; ``--impls`` pallas only);
 - ``LoRA block``: one LoRA block, forward + backward (gradients of the LoRA parameters and the
   input; blocks 9-10);
 - ``ViT stack``: the whole ViT (``cls_only``, blocks 0-8 frozen), forward + backward of the
@@ -66,6 +68,11 @@ def programs(cfg: ViTConfig, frames: int, which: set[str]):
     p_frozen = jax.eval_shape(lambda: frozen.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))["params"]
     if "frozen" in which:
         out["frozen block (fwd)"] = (lambda p, x: frozen.apply({"params": p}, x, True, None, n), (p_frozen, x))
+    if "fused" in which and cfg.attention == "pallas":
+        from hfa_jax.models import pallas_vit_block
+
+        out["frozen block, fused kernel (fwd)"] = (
+            lambda p, x: pallas_vit_block.frozen_block(x, p, num_heads=cfg.num_heads, eps=cfg.ln_eps), (p_frozen, x))
 
     policy = REMAT_POLICIES[cfg.remat_policy]
     lora = (Block if policy is None else nn.remat(Block, static_argnums=(2, 3, 4), policy=policy))(cfg, lora=True)
@@ -97,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--topology", default="v5e:2x2", help="a TPU topology libtpu knows; one chip of it is used")
     ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--impls", default="xla,pallas")
-    ap.add_argument("--programs", default="frozen,lora", help="of frozen, lora, stack (the whole ViT, fwd+bwd)")
+    ap.add_argument("--programs", default="frozen,lora", help="of frozen, fused, lora, stack (the whole ViT, fwd+bwd)")
     ap.add_argument("--remat-policies", default="none", help=f"model.vit.remat_policy values, of {list(REMAT_POLICIES)}")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)

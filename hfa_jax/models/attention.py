@@ -245,7 +245,7 @@ def frame_attention(q: Array, k: Array, v: Array, *, num_heads: int, choice: str
         from hfa_jax.models import pallas_attention  # Pallas is imported only where it is used
 
         kernel = functools.partial(pallas_attention.frame_attention, num_heads=num_heads, kv_len=valid_tokens)
-        return _per_frame_shards(kernel, q, k, v)
+        return per_frame_shards(kernel, (q, k, v))
     if nq % 2:
         impl = "xla"  # an odd query count (the CLS-only last block): cuDNN refuses it, and it is tiny
     q, k, v = (a.reshape(b, a.shape[1], num_heads, hd) for a in (q, k, v))
@@ -270,21 +270,24 @@ def _context_mesh():
     return None if mesh is None or mesh.empty or mesh.size == 1 else mesh
 
 
-def _per_frame_shards(kernel, q: Array, k: Array, v: Array) -> Array:
-    """``kernel(q, k, v)`` on each device's frames. XLA cannot partition a Mosaic kernel, so
-    under a mesh the call goes through ``shard_map``: frames split as the ``batch`` logical axis
-    resolves (the frames the packing keeps on each data shard), tokens and width whole."""
+def per_frame_shards(kernel, frames: tuple, replicated: tuple = ()) -> Array:
+    """``kernel(*frames, *replicated)`` on each device's frames. XLA cannot partition a Mosaic
+    kernel, so under a mesh the call goes through ``shard_map``: the ``frames`` arrays split on
+    their first axis as the ``batch`` logical axis resolves (the frames the packing keeps on each
+    data shard), other axes whole; ``replicated`` (pytrees, e.g. a block's weights) whole on
+    every device."""
     mesh = _context_mesh()
     if mesh is None:
-        return kernel(q, k, v)
+        return kernel(*frames, *replicated)
     import flax.linen as nn  # the logical axis rules are flax's
 
     from hfa_jax.models import axes
 
-    spec = nn.logical_to_mesh_axes((axes.BATCH, None, None)) if nn.get_logical_axis_rules() else None
-    spec = jax.sharding.PartitionSpec(*(spec or (None, None, None)))
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
-
+    spec = nn.logical_to_mesh_axes((axes.BATCH,)) if nn.get_logical_axis_rules() else None
+    spec = jax.sharding.PartitionSpec(*(spec or (None,)))
+    whole = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), replicated)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(*(spec for _ in frames), *whole), out_specs=spec,
+                         check_vma=False)(*frames, *replicated)
 
 # --------------------------------------------------------------------------- the temporal encoder
 def local_attention(

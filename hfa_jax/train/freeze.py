@@ -16,7 +16,8 @@ import jax
 
 from hfa_jax.errors import ConfigError
 
-__all__ = ["STAGES", "path_keys", "path_str", "trainable_mask", "count_params", "trainable_rules"]
+__all__ = ["STAGES", "path_keys", "path_str", "trainable_mask", "count_params", "trainable_rules",
+           "trained_vit_mlp_weights"]
 
 # The training stages, in order: pseudo-gloss + video-text pretraining, then the two fine-tuning stages.
 STAGES = ("pretrain", "finetune1", "finetune2")
@@ -61,6 +62,21 @@ def trainable_mask(params: Any, rules: Sequence[tuple[str, bool]]) -> Any:
         )
 
     return jax.tree_util.tree_map_with_path(decide, params)
+
+
+_VIT_MLP_BASE = re.compile(r"^frame_encoder/block_\d+/mlp/fc[12]/(kernel|bias)$")
+
+
+def trained_vit_mlp_weights(mask: Any) -> list[str]:
+    """Paths of the ViT's block MLP base weights and biases (``frame_encoder/block_N/mlp/fc1/kernel``) that
+    ``mask`` trains. The fused LoRA MLP kernel gives those no gradient
+    (:mod:`hfa_jax.models.pallas_lora_mlp`), so a table that trains them cannot use it."""
+    out = []
+    for path, flag in jax.tree_util.tree_leaves_with_path(mask):
+        name = path_str(path)
+        if flag and _VIT_MLP_BASE.search(name):
+            out.append(name)
+    return out
 
 
 def count_params(params: Any, mask: Any | None = None) -> int:

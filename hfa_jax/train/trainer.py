@@ -189,6 +189,23 @@ class StatePlan:
                             self.abstract_state, self.state_shardings)
 
 
+def _check_fused_kernels(model: nn.Module, mask) -> None:
+    """The ViT's fused LoRA MLP kernel trains only the adapters: refuse it (one line) where the
+    freezing table also trains the LoRA blocks' MLP base weights."""
+    vit = getattr(getattr(model, "cfg", None), "vit", None)
+    if vit is None or not vit.fused_lora_mlp or vit.lora_rank <= 0:
+        return
+    from hfa_jax.models import attention as attention_lib
+
+    if attention_lib.resolve(vit.attention, jnp.bfloat16, vit.width // vit.num_heads, has_kernel=True) != "pallas":
+        return
+    trained = freeze.trained_vit_mlp_weights(mask)
+    if trained:
+        raise ConfigError(f"config.train.trainable trains {trained[0]} (and {len(trained) - 1} more), but the fused "
+                          "LoRA MLP kernel gives the ViT's MLP base weights no gradient; set "
+                          "--config.model.vit.fused_lora_mlp=False")
+
+
 def plan_state(task: tasks_lib.Task, model: nn.Module, mesh, rules, *, total_steps: int,
                steps_per_epoch: int) -> StatePlan:
     """Phase 3: ``jax.eval_shape`` of the init -> parameter shardings (logical axis rules, else the
@@ -208,6 +225,7 @@ def plan_state(task: tasks_lib.Task, model: nn.Module, mesh, rules, *, total_ste
     var_sh = mesh_lib.variable_shardings(boxed_shapes, mesh, rules, auto_fsdp=auto_fsdp)
     abstract_vars = nn.meta.unbox(boxed_shapes)
     mask = freeze.trainable_mask(abstract_vars["params"], t.trainable)
+    _check_fused_kernels(model, mask)
     abs_tr, _ = state_lib.split_params(abstract_vars["params"], mask)
     if not jax.tree.leaves(abs_tr):
         raise ConfigError(f"config.train.trainable leaves no trainable parameter in stage {t.stage}")

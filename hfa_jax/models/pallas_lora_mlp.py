@@ -1,0 +1,329 @@
+"""A Pallas TPU kernel for the MLP of a ViT LoRA block, forward and backward, with the
+``[tokens, 1536]`` hidden layer kept on chip.
+
+``lora_mlp(x, params, scale=..., rate=..., words=...)`` computes what
+:class:`hfa_jax.models.vit._MLP` computes with LoRA adapters on ``fc1`` and ``fc2``::
+
+    h = x @ W1 + b1 + scale * (drop1(x) @ A1) @ B1
+    a = gelu(h)
+    y = a @ W2 + b2 + scale * (drop2(a) @ A2) @ B2
+
+Why: the paper's LoRA blocks (9-11) carry a gradient, and run by XLA their MLP writes the
+hidden layer, its GELU and the adapters' separate passes to HBM in the forward pass and reads
+them again in the backward pass: at paper widths on one v5e chip (600 frames of 257 tokens)
+about 7 GB of a LoRA block's ~16 GB. Here a program takes a tile of tokens, and the forward
+kernel reads ``x`` and writes ``y``; the backward kernel reads ``x`` and ``dy``, recomputes
+``h`` (one more matmul, cheaper on a memory-bound chip than storing and reloading
+``[tokens, 1536]``), and writes ``dx`` and per-tile partial sums of the adapters' gradients.
+
+Gradients: ``x`` and the adapters (``lora_a``, ``lora_b`` of both layers). The base weights
+and biases are treated as frozen (no gradient; the paper's freezing table trains only the
+adapters in the ViT). :func:`hfa_jax.train.freeze` callers must not use this kernel where a
+table trains them: the trainer refuses that combination (``model.vit.fused_lora_mlp``).
+
+Dropout (the adapters' input dropout) draws its masks in-kernel with the same counter-based hash
+as :func:`hfa_jax.models.dropout.keep_mask`, over the flattened ``[tokens, features]`` rows:
+given the same two 32-bit words per layer, the masks are bit-identical to ``keep_mask``'s
+(the tests check it), and the backward kernel recomputes them instead of storing them.
+
+Numerics: matmuls in the input dtype with float32 accumulation; ``h`` stays float32 through
+GELU; each output is rounded once. XLA's path rounds each matmul output before adding the bias
+and the adapter, so bf16 values agree to bf16 rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from hfa_jax.models import dropout as dropout_lib
+
+Array = jax.Array
+
+__all__ = ["lora_mlp", "cost_estimate", "TILE_ROWS"]
+
+TILE_ROWS = 512
+_VMEM_LIMIT = 64 * 2**20
+_NT = (((1,), (1,)), ((), ()))  # a @ b.T
+_TN = (((0,), (0,)), ((), ()))  # a.T @ b
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
+_SQRT_HALF = float(np.sqrt(0.5))
+
+
+def _threshold(keep: float) -> np.uint32:
+    return np.uint32(min(round(keep * 2**32), 2**32 - 1))
+
+
+def _keep(words_ref, layer: int, row0, shape: tuple[int, int], keep: float) -> Array:
+    """:func:`hfa_jax.models.dropout.keep_mask`'s mask for rows ``row0 ..`` of a [rows, cols]
+    input (the layer's two words at ``words_ref[2 * layer:]``)."""
+    row = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) + row0.astype(jnp.uint32)
+    col = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
+    h = dropout_lib._fmix32((row * dropout_lib._GOLDEN) ^ words_ref[2 * layer])
+    h = dropout_lib._fmix32(dropout_lib._fmix32(h + col * dropout_lib._COL) ^ words_ref[2 * layer + 1])
+    return h < _threshold(keep)
+
+
+def _dropped(x: Array, mask: Array | None, keep: float) -> Array:
+    if mask is None:
+        return x
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+def _gelu(h: Array) -> Array:
+    return h * 0.5 * (1.0 + jax.lax.erf(h * _SQRT_HALF))
+
+
+def _gelu_grad(h: Array) -> Array:
+    return 0.5 * (1.0 + jax.lax.erf(h * _SQRT_HALF)) + h * jnp.exp(-0.5 * h * h) * _INV_SQRT_2PI
+
+
+def _forward_tile(x, w1, b1, a1, bb1, w2, b2, a2, bb2, words_ref, row0, scale, keep, output=True):
+    """The MLP of one tile; returns (y in f32, or None without ``output``; the values the
+    backward pass needs). The backward pass recomputes everything but ``y``."""
+    f32, dt = jnp.float32, x.dtype
+    m1 = _keep(words_ref, 0, row0, x.shape, keep) if keep is not None else None
+    xd = _dropped(x, m1, keep)
+    down1 = jnp.dot(xd, a1, preferred_element_type=f32).astype(dt)
+    h = (jnp.dot(x, w1, preferred_element_type=f32) + b1
+         + jnp.dot(down1, bb1, preferred_element_type=f32) * scale)
+    a = _gelu(h).astype(dt)
+    m2 = _keep(words_ref, 1, row0, a.shape, keep) if keep is not None else None
+    ad = _dropped(a, m2, keep)
+    down2 = jnp.dot(ad, a2, preferred_element_type=f32).astype(dt)
+    y = None
+    if output:
+        y = (jnp.dot(a, w2, preferred_element_type=f32) + b2
+             + jnp.dot(down2, bb2, preferred_element_type=f32) * scale)
+    return y, (xd, m1, down1, h, ad, m2, down2)
+
+
+def _fwd_kernel(words_ref, x_ref, w1, b1, a1, bb1, w2, b2, a2, bb2, y_ref, *, scale, keep, rows, offset_ref):
+    tile = x_ref.shape[0]
+    row0 = offset_ref[0] + pl.program_id(0) * tile
+    y, _ = _forward_tile(x_ref[...], w1[...], b1[...], a1[...], bb1[...], w2[...], b2[...], a2[...], bb2[...],
+                         words_ref, row0, scale, keep)
+    y_ref[...] = y.astype(y_ref.dtype)
+
+
+def _bwd_kernel(words_ref, x_ref, dy_ref, w1, b1, a1, bb1, w2, b2, a2, bb2,
+                dx_ref, da1_ref, db1_ref, da2_ref, db2_ref, *, scale, keep, rows, offset_ref):
+    f32 = jnp.float32
+    tile = x_ref.shape[0]
+    local0 = pl.program_id(0) * tile
+    row0 = offset_ref[0] + local0
+    # rows past the end of the array (a partial last tile) hold arbitrary values: zero them so
+    # they add nothing (and no NaN) to the adapters' gradient sums
+    valid = (jax.lax.broadcasted_iota(jnp.int32, (tile, 1), 0) + local0) < rows
+    x = jnp.where(valid, x_ref[...], jnp.zeros_like(x_ref[...]))
+    dy = jnp.where(valid, dy_ref[...], jnp.zeros_like(dy_ref[...]))
+    dt = x.dtype
+    w1v, a1v, bb1v, w2v, a2v, bb2v = w1[...], a1[...], bb1[...], w2[...], a2[...], bb2[...]
+    _, (xd, m1, down1, h, ad, m2, down2) = _forward_tile(x, w1v, b1[...], a1v, bb1v, w2v, b2[...], a2v, bb2v,
+                                                         words_ref, row0, scale, keep, output=False)
+    # fc2: y = a W2 + b2 + s (drop2(a) A2) B2
+    gs = (dy.astype(f32) * scale).astype(dt)
+    db2_ref[0] = jax.lax.dot_general(down2, gs, _TN, preferred_element_type=f32)            # [r, D]
+    g_down2 = jax.lax.dot_general(gs, bb2v, _NT, preferred_element_type=f32).astype(dt)      # [T, r]
+    da2_ref[0] = jax.lax.dot_general(ad, g_down2, _TN, preferred_element_type=f32)           # [M, r]
+    g_ad = jax.lax.dot_general(g_down2, a2v, _NT, preferred_element_type=f32)                # [T, M]
+    da = jax.lax.dot_general(dy, w2v, _NT, preferred_element_type=f32) + _dropped(g_ad, m2, keep)
+    dh = (da * _gelu_grad(h)).astype(dt)
+    # fc1: h = x W1 + b1 + s (drop1(x) A1) B1
+    gs = (dh.astype(f32) * scale).astype(dt)
+    db1_ref[0] = jax.lax.dot_general(down1, gs, _TN, preferred_element_type=f32)            # [r, M]
+    g_down1 = jax.lax.dot_general(gs, bb1v, _NT, preferred_element_type=f32).astype(dt)      # [T, r]
+    da1_ref[0] = jax.lax.dot_general(xd, g_down1, _TN, preferred_element_type=f32)           # [D, r]
+    g_xd = jax.lax.dot_general(g_down1, a1v, _NT, preferred_element_type=f32)                # [T, D]
+    dx = jax.lax.dot_general(dh, w1v, _NT, preferred_element_type=f32) + _dropped(g_xd, m1, keep)
+    dx_ref[...] = dx.astype(dx_ref.dtype)
+
+
+def cost_estimate(rows: int, width: int, mlp: int, rank: int, itemsize: int, backward: bool) -> pl.CostEstimate:
+    """FLOPs, transcendentals and HBM bytes of the forward or backward kernel over ``rows``
+    tokens. Forward: the two base matmuls (``4·T·D·M``), the adapters (down and up, ``2·T·r·(D +
+    M)`` per layer), GELU (~10 FLOPs an element). Backward: ``fc1`` and both down-projections
+    recomputed (``2·T·D·M`` and ``2·T·r·(D + M)``), the base matmuls' input gradients
+    (``4·T·D·M``), the adapters' three gradient products per layer (``6·T·r·(D + M)``) and
+    GELU's derivative (~14 FLOPs an element). Bytes: x (and dy) read, y (dx) written once; the
+    weights once."""
+    base = 4 * rows * width * mlp
+    adapters = 4 * rows * rank * (width + mlp)
+    if not backward:
+        flops = base + adapters + 10 * rows * mlp
+    else:
+        flops = base // 2 + 2 * rows * rank * (width + mlp) + base + 6 * rows * rank * (width + mlp) + 24 * rows * mlp
+    weights = (2 * width * mlp + 2 * rank * (width + mlp)) * itemsize
+    moved = (3 if backward else 2) * rows * width * itemsize + weights
+    return pl.CostEstimate(flops=int(flops), transcendentals=int(rows * mlp * (2 if backward else 1)),
+                           bytes_accessed=int(moved))
+
+
+def _calls(x2: Array, weights: tuple[Array, ...], words: Array, offset: Array, *, scale: float,
+           keep: float | None, interpret: bool | None, dy2: Array | None = None):
+    """The forward (``dy2`` None) or backward pallas_call over tokens ``x2 [T, D]``."""
+    rows, width = x2.shape
+    mlp = weights[0].shape[1]
+    rank = weights[2].shape[1]
+    tile = min(TILE_ROWS, -(-rows // 8) * 8)
+    tiles = pl.cdiv(rows, tile)
+    item = jnp.dtype(x2.dtype).itemsize
+    token_spec = pl.BlockSpec((tile, width), lambda i: (i, 0))
+    whole = lambda w: pl.BlockSpec(w.shape, lambda i: (0,) * w.ndim)  # noqa: E731  fetched once
+    smem = pl.BlockSpec(memory_space=pltpu.SMEM)
+    params = pltpu.CompilerParams(dimension_semantics=("parallel",), vmem_limit_bytes=_VMEM_LIMIT)
+    backward = dy2 is not None
+
+    def run(words, offset, x2, *rest, interpret):
+        kw = dict(scale=float(scale), keep=keep, rows=rows)
+        if not backward:
+            kernel = lambda words_ref, offset_ref, *refs: _fwd_kernel(words_ref, *refs, **kw, offset_ref=offset_ref)  # noqa: E731
+            return pl.pallas_call(
+                kernel, grid=(tiles,),
+                in_specs=[smem, smem, token_spec] + [whole(w) for w in rest],
+                out_specs=token_spec, out_shape=jax.ShapeDtypeStruct(x2.shape, x2.dtype),
+                compiler_params=params, interpret=interpret, name="vit_lora_mlp_fwd",
+                cost_estimate=cost_estimate(rows, width, mlp, rank, item, backward=False),
+            )(words, offset, x2, *rest)
+        dy2, ws = rest[0], rest[1:]
+        kernel = lambda words_ref, offset_ref, *refs: _bwd_kernel(words_ref, *refs, **kw, offset_ref=offset_ref)  # noqa: E731
+        partial = lambda shape: pl.BlockSpec((1, *shape), lambda i: (i, 0, 0))  # noqa: E731
+        shapes = [(width, rank), (rank, mlp), (mlp, rank), (rank, width)]
+        return pl.pallas_call(
+            kernel, grid=(tiles,),
+            in_specs=[smem, smem, token_spec, token_spec] + [whole(w) for w in ws],
+            out_specs=[token_spec] + [partial(s) for s in shapes],
+            out_shape=[jax.ShapeDtypeStruct(x2.shape, x2.dtype)]
+            + [jax.ShapeDtypeStruct((tiles, *s), jnp.float32) for s in shapes],
+            compiler_params=params, interpret=interpret, name="vit_lora_mlp_bwd",
+            cost_estimate=cost_estimate(rows, width, mlp, rank, item, backward=True),
+        )(words, offset, x2, dy2, *ws)
+
+    args = (words, offset, x2) + ((dy2,) if backward else ()) + tuple(weights)
+    if interpret is None:
+        return jax.lax.platform_dependent(*args, tpu=functools.partial(run, interpret=False),
+                                          default=functools.partial(run, interpret=True))
+    return run(*args, interpret=interpret)
+
+
+def _per_device(fn, frames: tuple, replicated: tuple):
+    """``fn`` on each device's frames under a mesh (hfa_jax.models.attention.per_frame_shards),
+    with ``offset`` = this shard's first flattened row, so dropout masks index global rows."""
+    from hfa_jax.models import attention as attention_lib
+
+    mesh = attention_lib._context_mesh()
+    if mesh is None:
+        return fn(jnp.zeros((1,), jnp.int32), *frames, *replicated)
+    import flax.linen as nn
+
+    from hfa_jax.models import axes
+
+    names = nn.logical_to_mesh_axes((axes.BATCH,))[0] if nn.get_logical_axis_rules() else None
+    names = () if names is None else ((names,) if isinstance(names, str) else tuple(names))
+
+    def local(*args):
+        f_local, n = args[0].shape[0], args[0].shape[1]
+        index = jax.lax.axis_index(names) if names else 0
+        return fn(jnp.full((1,), index * f_local * n, jnp.int32), *args)
+
+    return attention_lib.per_frame_shards(local, frames, replicated)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _mlp(x, a1, bb1, a2, bb2, frozen, scale, keep, interpret):
+    return _mlp_fwd(x, a1, bb1, a2, bb2, frozen, scale, keep, interpret)[0]
+
+
+def _weights(a1, bb1, a2, bb2, frozen, dtype):
+    w1, b1, w2, b2, words = frozen
+    cast = lambda w: w.astype(dtype)  # noqa: E731
+    row = lambda b: b.astype(jnp.float32).reshape(1, -1)  # noqa: E731
+    return (cast(w1), row(b1), cast(a1), cast(bb1), cast(w2), row(b2), cast(a2), cast(bb2)), words
+
+
+def _mlp_fwd(x, a1, bb1, a2, bb2, frozen, scale, keep, interpret):
+    weights, words = _weights(a1, bb1, a2, bb2, frozen, x.dtype)
+
+    def fn(offset, x, words, *weights):
+        f, n, d = x.shape
+        y = _calls(x.reshape(f * n, d), weights, words, offset, scale=scale, keep=keep, interpret=interpret)
+        return y.reshape(x.shape)
+
+    y = _per_device(fn, (x,), (words, *weights))
+    return y, (x, a1, bb1, a2, bb2, frozen)
+
+
+def _mlp_bwd(scale, keep, interpret, res, dy):
+    x, a1, bb1, a2, bb2, frozen = res
+    weights, words = _weights(a1, bb1, a2, bb2, frozen, x.dtype)
+
+    def fn(offset, x, dy, words, *weights):
+        f, n, d = x.shape
+        dx, *partials = _calls(x.reshape(f * n, d), weights, words, offset, scale=scale, keep=keep,
+                               interpret=interpret, dy2=dy.reshape(f * n, d).astype(x.dtype))
+        return (dx.reshape(x.shape), *partials)
+
+    dx, da1, db1, da2, db2 = _per_device(fn, (x, dy), (words, *weights))
+    grads = [g.sum(0).astype(p.dtype) for g, p in zip((da1, db1, da2, db2), (a1, bb1, a2, bb2))]
+    zero = lambda a: (np.zeros(a.shape, jax.dtypes.float0) if jnp.issubdtype(a.dtype, jnp.integer)  # noqa: E731
+                      else jnp.zeros_like(a))
+    return (dx, *grads, jax.tree.map(zero, frozen))
+
+
+_mlp.defvjp(_mlp_fwd, _mlp_bwd)
+
+
+def lora_mlp(x: Array, params: Mapping, *, scale: float, rate: float = 0.0, words: Array | None = None,
+             interpret: bool | None = None) -> Array:
+    """The LoRA MLP of a ViT block (module docstring) on ``x [F, N, D]``.
+
+    ``params``: the MLP's flax parameters, ``{"fc1": {"kernel", "bias", "lora_a", "lora_b"},
+    "fc2": {...}}``. ``scale``: the adapters' ``alpha / rank``. ``rate``: the adapters' input
+    dropout; with ``words`` (uint32[4]: two per layer, as ``jax.random.bits(key, (2,))`` gives
+    :func:`~hfa_jax.models.dropout.keep_mask`) it is applied, else not (deterministic).
+    Differentiable in ``x`` and the adapters; the base weights get no gradient."""
+    if x.ndim != 3:
+        raise ValueError(f"lora_mlp: x [F, N, D] expected, got {x.shape}")
+    fc1, fc2 = params["fc1"], params["fc2"]
+    frozen = jax.lax.stop_gradient((fc1["kernel"], fc1["bias"], fc2["kernel"], fc2["bias"],
+                                    jnp.zeros((4,), jnp.uint32) if words is None else words.astype(jnp.uint32)))
+    keep = None if (words is None or rate == 0.0) else 1.0 - float(rate)
+    if keep is not None and not 0.0 < keep < 1.0:
+        raise ValueError(f"lora_mlp: dropout rate must be in [0, 1), got {rate}")
+    return _mlp(x, fc1["lora_a"], fc1["lora_b"], fc2["lora_a"], fc2["lora_b"], frozen, float(scale), keep,
+                interpret)
+
+
+def reference(x: Array, params: Mapping, *, scale: float, rate: float = 0.0, words: Array | None = None) -> Array:
+    """The same MLP in XLA ops (:func:`hfa_jax.models.dropout.keep_mask`'s masks from ``words``),
+    for tests."""
+    from hfa_jax.models.activations import gelu
+
+    f, n, d = x.shape
+    dt = x.dtype
+    keep = None if (words is None or rate == 0.0) else 1.0 - float(rate)
+
+    def layer(inp, p, i):
+        rows = inp.reshape(-1, inp.shape[-1])
+        if keep is not None:
+            row = jax.lax.broadcasted_iota(jnp.uint32, rows.shape, 0)
+            col = jax.lax.broadcasted_iota(jnp.uint32, rows.shape, 1)
+            hsh = dropout_lib._fmix32((row * dropout_lib._GOLDEN) ^ words[2 * i])
+            hsh = dropout_lib._fmix32(dropout_lib._fmix32(hsh + col * dropout_lib._COL) ^ words[2 * i + 1])
+            rows_d = jnp.where(hsh < _threshold(keep), rows / jnp.asarray(keep, dt), jnp.zeros_like(rows))
+        else:
+            rows_d = rows
+        down = (rows_d @ p["lora_a"].astype(dt)).astype(dt)
+        out = rows @ p["kernel"].astype(dt) + p["bias"].astype(dt) + (down @ p["lora_b"].astype(dt)) * jnp.asarray(scale, dt)
+        return out.reshape(*inp.shape[:-1], -1)
+
+    h = layer(x, jax.lax.stop_gradient(params["fc1"]) | {k: params["fc1"][k] for k in ("lora_a", "lora_b")}, 0)
+    a = gelu(h)
+    return layer(a, jax.lax.stop_gradient(params["fc2"]) | {k: params["fc2"][k] for k in ("lora_a", "lora_b")}, 1)
+

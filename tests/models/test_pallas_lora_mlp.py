@@ -1,0 +1,112 @@
+"""The LoRA MLP kernel (hfa_jax.models.pallas_lora_mlp), run by Pallas' interpreter on this CPU
+against XLA: values and gradients (input and adapters) in float32 and bfloat16, with and without
+the adapters' dropout (the in-kernel masks against keep_mask's), a partial last tile, and the
+ViT's MLP with and without it."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hfa_jax.models import dropout as dropout_lib
+from hfa_jax.models import pallas_lora_mlp as plm
+from hfa_jax.models.vit import ViT, ViTConfig, _MLP
+
+RNG = np.random.default_rng(0)
+CFG = ViTConfig(width=24, depth=3, num_heads=3, mlp_dim=40, pos_grid=2, patch_size=4, lora_blocks=(1, 2),
+                lora_rank=2, lora_dropout=0.0)
+
+
+def _params(cfg, x):
+    params = _MLP(cfg, lora=True).init(jax.random.key(1), x)["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))  # lora_b starts at 0: make every weight non-zero
+    return jax.tree.unflatten(tree, [a + 0.2 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
+
+
+def _value_and_grads(fn, x, params, ct):
+    lora = {k: {n: params[k][n] for n in ("lora_a", "lora_b")} for k in ("fc1", "fc2")}
+
+    def f(x, lora):
+        p = {k: {**params[k], **lora[k]} for k in ("fc1", "fc2")}
+        return fn(x, p)
+
+    y, vjp = jax.vjp(f, x, lora)
+    return y, vjp(ct)
+
+
+@pytest.mark.parametrize("dtype, rate", [("float32", 0.0), ("float32", 0.25), ("bfloat16", 0.25)])
+def test_kernel_matches_xla(monkeypatch, dtype, rate):
+    monkeypatch.setattr(plm, "TILE_ROWS", 16)  # 3 frames x 11 tokens = 33 rows: tiles 16, 16, 1 (partial)
+    dt = jnp.dtype(dtype)
+    x = jnp.asarray(RNG.standard_normal((3, 11, 24)), dt)
+    params = _params(CFG, x)
+    ct = jnp.asarray(RNG.standard_normal(x.shape), dt)
+    words = jax.random.bits(jax.random.key(7), (4,), jnp.uint32) if rate else None
+    kw = dict(scale=2.0, rate=rate, words=words)
+    y, (dx, dl) = _value_and_grads(lambda x, p: plm.lora_mlp(x, p, **kw, interpret=True), x, params, ct)
+    r, (rx, rl) = _value_and_grads(lambda x, p: plm.reference(x, p, **kw), x, params, ct)
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == "float32" else dict(atol=0.15, rtol=0.05)
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(r, np.float32), **tol)
+    np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(rx, np.float32), **tol)
+    for path, g in jax.tree_util.tree_leaves_with_path(dl):
+        ref = np.asarray(_at(rl, path), np.float32)
+        scale = np.abs(ref).max()
+        np.testing.assert_allclose(np.asarray(g, np.float32) / scale, ref / scale,
+                                   atol=1e-5 if dtype == "float32" else 0.03, err_msg=jax.tree_util.keystr(path))
+
+
+def _at(tree, path):
+    for k in path:
+        tree = tree[k.key]
+    return tree
+
+
+def test_in_kernel_masks_are_keep_masks():
+    # the reference draws its masks as the kernel does; check that equals dropout.keep_mask
+    key = jax.random.key(3)
+    words = jax.random.bits(key, (2,), jnp.uint32)
+    x = jnp.ones((5, 7, 24), jnp.float32)
+    p = {"kernel": jnp.eye(24), "bias": jnp.zeros(24), "lora_a": jnp.eye(24), "lora_b": jnp.zeros((24, 24))}
+    rows = x.reshape(-1, 24)
+    mask = dropout_lib.keep_mask(key, 0.75, rows.shape)
+    row = jax.lax.broadcasted_iota(jnp.uint32, rows.shape, 0)
+    col = jax.lax.broadcasted_iota(jnp.uint32, rows.shape, 1)
+    h = dropout_lib._fmix32((row * dropout_lib._GOLDEN) ^ words[0])
+    h = dropout_lib._fmix32(dropout_lib._fmix32(h + col * dropout_lib._COL) ^ words[1])
+    np.testing.assert_array_equal(np.asarray(h < plm._threshold(0.75)), np.asarray(mask))
+    del p
+
+
+def test_vit_with_fused_lora_mlp_matches_without():
+    cfg = dataclasses.replace(CFG, attention="pallas", fused_frozen_blocks=False)
+    pixels = jnp.asarray(RNG.standard_normal((2, 8, 8, 3)), jnp.float32)
+    params = ViT(cfg).init(jax.random.key(0), pixels)["params"]
+    params = jax.tree.map(lambda a: a + 0.05, params)  # non-zero lora_b
+    fused, plain = ViT(dataclasses.replace(cfg, fused_lora_mlp=True)), ViT(cfg)
+
+    def loss(model, p):
+        return jnp.sum(model.apply({"params": p}, pixels, True, True) ** 2)
+
+    (l1, g1), (l2, g2) = (jax.value_and_grad(lambda p: loss(m, p))(params) for m in (fused, plain))
+    np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
+    for name in ("block_1", "block_2"):
+        for layer in ("fc1", "fc2"):
+            for w in ("lora_a", "lora_b"):
+                np.testing.assert_allclose(np.asarray(g1[name]["mlp"][layer][w]), np.asarray(g2[name]["mlp"][layer][w]),
+                                           atol=1e-5, rtol=1e-4, err_msg=f"{name}/{layer}/{w}")
+    assert np.asarray(g1["block_1"]["mlp"]["fc1"]["lora_b"]).any()
+
+
+def test_a_table_that_trains_the_mlp_base_weights_is_refused():
+    from hfa_jax.train import freeze
+
+    params = {"frame_encoder": {"block_2": {"mlp": {"fc1": {"kernel": 0, "bias": 0, "lora_a": 0}}}},
+              "temporal": {"block_0": {"mlp": {"fc1": {"kernel": 0}}}}}
+    paper = [(r"^frame_encoder/.*lora_", True), (r"^frame_encoder/", False), (r"^temporal/", True)]
+    assert freeze.trained_vit_mlp_weights(freeze.trainable_mask(params, paper)) == []
+    everything = [(r".*", True)]
+    assert freeze.trained_vit_mlp_weights(freeze.trainable_mask(params, everything)) == [
+        "frame_encoder/block_2/mlp/fc1/bias", "frame_encoder/block_2/mlp/fc1/kernel"]
