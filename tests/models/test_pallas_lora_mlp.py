@@ -110,3 +110,21 @@ def test_a_table_that_trains_the_mlp_base_weights_is_refused():
     everything = [(r".*", True)]
     assert freeze.trained_vit_mlp_weights(freeze.trainable_mask(params, everything)) == [
         "frame_encoder/block_2/mlp/fc1/bias", "frame_encoder/block_2/mlp/fc1/kernel"]
+
+
+def test_the_trainer_refuses_the_fused_mlp_with_such_a_table():
+    import types
+
+    from hfa_jax.errors import ConfigError
+    from hfa_jax.train import freeze, trainer
+
+    params = {"frame_encoder": {"block_2": {"mlp": {"fc2": {"bias": 0, "lora_a": 0}}}}}
+    mask = freeze.trainable_mask(params, [(r".*", True)])
+    model = types.SimpleNamespace(cfg=types.SimpleNamespace(vit=dataclasses.replace(CFG, attention="pallas")))
+    with pytest.raises(ConfigError, match="fused_lora_mlp=False"):
+        trainer._check_fused_kernels(model, mask)
+    off = types.SimpleNamespace(cfg=types.SimpleNamespace(vit=dataclasses.replace(CFG, attention="pallas",
+                                                                                  fused_lora_mlp=False)))
+    trainer._check_fused_kernels(off, mask)  # no kernel, no conflict
+    xla = types.SimpleNamespace(cfg=types.SimpleNamespace(vit=CFG))
+    trainer._check_fused_kernels(xla, mask)
