@@ -78,6 +78,7 @@ class TrainSettings:
     lambda_desc: float
     lambda_hand: float
     label_smoothing: float
+    bf16_frozen: bool    # store frozen backbone weights read only through a bf16 cast in bf16
     log_every_steps: int
     checkpoint_every_steps: int
     keep_checkpoints: int
