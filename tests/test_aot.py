@@ -69,6 +69,7 @@ def _check_breakdown(train):
     to about XLA's own count."""
     parts = {p for p, v in train.breakdown.items() if v["flops"] > 0 and v["bytes"] > 0}
     assert {"augmentation", "frozen ViT", "LoRA ViT", "temporal", "mBART", "losses", "optimiser"} <= parts, parts
+    assert "text encoder" not in parts  # its sentence vectors are computed once (train/text_vectors.py)
     total = sum(v["flops"] for v in train.breakdown.values())
     assert 0.5 < total / train.flops < 2.5  # elementwise ops are counted a little differently from XLA
 

@@ -10,7 +10,8 @@ Phases (big_vision's ``train.py`` order)::
     3. shapes   jax.eval_shape of the model init -> parameter and state shardings, trainable mask,
                 optimiser (:func:`plan_state`, also used by :mod:`hfa_jax.aot` without any data)
     4. steps    the train / eval / generate steps of :mod:`hfa_jax.train.steps`, bound to the model
-    5. init     jit-compiled init with out_shardings, then the initial weights (:func:`init_state`)
+    5. init     jit-compiled init with out_shardings, then the initial weights and, where the task
+                caches them, the frozen text encoder's sentence vectors (:func:`init_state`)
 
 The loop itself (resume, steps, evaluation, checkpoints) is :mod:`hfa_jax.train.loop`.
 """
@@ -46,6 +47,7 @@ from hfa_jax.train import schema
 from hfa_jax.train import state as state_lib
 from hfa_jax.train import steps
 from hfa_jax.train import tasks as tasks_lib
+from hfa_jax.train import text_vectors
 from hfa_jax.train.freeze import STAGES
 from hfa_jax.train.schema import resolve
 from hfa_jax.train.settings import Settings, TrainSettings, model_config  # model_config: also for tools
@@ -253,6 +255,10 @@ def _bf16_frozen(task: tasks_lib.Task, model: nn.Module, abstract_state: PyTree,
         fns.append(lambda fr, states, bs, _fn=fn, _i=i: _fn({**states[_i], "frozen": fr}, bs[_i]))
         batches.append(steps.batch_shapes(task, batch_size=batch, num_frames=t, frame_size=crop, kind=kind,
                                           num_pseudo_glosses=npg))
+    if task.caches_text_vectors:  # the sentence vectors' program reads the text encoder
+        fns.append(lambda fr, states, bs: model.apply({"params": state_lib.merge_params(states[-1]["trainable"], fr)},
+                                                      bs[-1], bs[-1] > 0, method=hfa.HFAPretrain.encode_text))
+        batches.append(jax.ShapeDtypeStruct((batch, s.data.max_text_len), jnp.int32))
     states = [{k: v for k, v in abstract_state.items() if k != "frozen"}] * len(fns)
     return initial_weights.bf16_frozen_mask(s, compute_dtype, fns, abstract_state["frozen"], states, batches)
 
@@ -377,4 +383,9 @@ def init_state(tr: Trainer) -> PyTree:
             log.info("%s", line)
         host_state = jax.device_get(plan.make_state(variables, jax.device_get(plan.root)))
         state = jax.device_put(host_state, plan.state_shardings)
+    # The frozen text encoder's sentence vectors, once per sentence (the steps then skip it).
+    n = text_vectors.add_text_vectors(tr.task, tr.model, state_lib.merge_params(state["trainable"], state["frozen"]),
+                                      tr.data.fields, mesh=mesh, rules=tr.rules)
+    if n:
+        log.info("text encoder: %d sentence vectors computed once for the run", n)
     return state

@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from hfa_jax.train import initial_weights
@@ -75,25 +76,44 @@ def test_only_leaves_read_solely_through_a_bf16_cast_are_marked():
     assert mask["cast"] is False and mask["moved"] is True
 
 
-def test_a_bf16_pretraining_step_is_identical_with_frozen_weights_stored_in_bf16():
+def _bf16_states():
+    """(task, model, plan, state with float32 frozen weights, the same with bf16 storage)."""
     c = tiny("pretrain")
     c.model.dtype = "bfloat16"
     task, model, _, _, plan = plan_of(c)
+    variables = initial_variables(plan)
+    full = state_lib.make_state(variables, plan.root, mask=plan.mask, tx=plan.tx)
+    low = plan.make_state(variables, plan.root)
+    return task, model, plan, full, low
+
+
+def test_a_bf16_pretraining_evaluation_is_identical_with_frozen_weights_stored_in_bf16():
+    task, model, plan, full, low = _bf16_states()
     flat = traverse_util.flatten_dict(plan.bf16_frozen, sep="/")
     assert flat["frame_encoder/patch_embed/kernel"] and flat["frame_encoder/block_0/mlp/fc1/kernel"]
     assert flat["frame_encoder/block_0/attn/qkv/kernel"]  # sliced into q, k, v, then cast
+    # read only by the sentence vectors' program (the steps read the cached vectors)
     assert flat["text_encoder/layers_0/fc1/kernel"] and flat["text_encoder/embed_tokens/embedding"]
     # LayerNorm parameters and the interpolated position embedding are read in float32
     assert not flat["frame_encoder/block_0/norm1/scale"] and not flat["frame_encoder/pos_embed"]
     assert not flat["text_encoder/layer_norm/scale"]
     assert plan.abstract_state["frozen"]["text_encoder"]["layers_0"]["fc1"]["kernel"].dtype == jnp.bfloat16
+    assert full["frozen"]["frame_encoder"]["block_0"]["mlp"]["fc1"]["kernel"].dtype == jnp.float32
+    assert low["frozen"]["frame_encoder"]["block_0"]["mlp"]["fc1"]["kernel"].dtype == jnp.bfloat16
 
-    variables = initial_variables(plan)
-    full = state_lib.make_state(variables, plan.root, mask=plan.mask, tx=plan.tx)
-    low = plan.make_state(variables, plan.root)
-    assert full["frozen"]["text_encoder"]["layers_0"]["fc1"]["kernel"].dtype == jnp.float32
-    assert low["frozen"]["text_encoder"]["layers_0"]["fc1"]["kernel"].dtype == jnp.bfloat16
+    shapes = steps.batch_shapes(task, batch_size=2, num_frames=8, frame_size=36, kind="eval", num_pseudo_glosses=20)
+    batch = random_batch(shapes, vocab=64)
+    evaluate = jax.jit(functools.partial(steps.eval_step, model=model, task=task))
+    (p_full, o_full), (p_low, o_low) = evaluate(full, batch), evaluate(low, batch)
+    for k in p_full:
+        assert np.asarray(p_full[k]).tobytes() == np.asarray(p_low[k]).tobytes(), k
+    for k in o_full:
+        assert np.asarray(o_full[k]).tobytes() == np.asarray(o_low[k]).tobytes(), k
 
+
+@pytest.mark.slow  # two bf16 train-step compiles: about a minute on 2 CPU cores
+def test_a_bf16_pretraining_step_is_identical_with_frozen_weights_stored_in_bf16():
+    task, model, plan, full, low = _bf16_states()
     shapes = steps.batch_shapes(task, batch_size=2, num_frames=8, frame_size=36, kind="train", num_pseudo_glosses=20)
     batch = random_batch(shapes, vocab=64)
     train = jax.jit(functools.partial(steps.train_step, model=model, task=task, tx=plan.tx, schedule=plan.schedule))
