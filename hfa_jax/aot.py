@@ -52,6 +52,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -187,8 +188,8 @@ def report_program(name: str, compiled, device, *, steps_per_run: int | None,
 def plain_config(config) -> ml_collections.ConfigDict:
     """``config`` with everything that changes how, not what, the update step computes set to the
     plain XLA program: no rematerialisation, XLA's attention (``model.attention``), the whole
-    batch in one micro-batch (XLA counts a loop's body once), frozen weights stored as they are
-    imported (float32), and the batch on one device."""
+    batch in one micro-batch (XLA's count need not multiply a loop's body by its trip count),
+    frozen weights stored as they are imported (float32), and the batch on one device."""
     c = ml_collections.ConfigDict(config.to_dict())
     c.model.remat = False
     c.model.attention = "xla"
@@ -208,8 +209,6 @@ def model_flops(config, *, num_devices: int, frame_size: int) -> float:
     pixels; no augmentation) of :func:`plain_config`, lowered for this machine's first device
     from shapes alone (nothing is allocated or compiled) at the global batch, every frame slot
     filled, divided by ``num_devices``."""
-    import jax.numpy as jnp
-
     c = plain_config(config)
     model_cfg = settings_lib.model_config(c)
     if model_cfg.mbart.decoder_start_token_id is None:
