@@ -254,6 +254,11 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
     unknown = sorted(set(only) - set(PROGRAMS))
     if unknown:
         raise ConfigError(f"--programs: unknown program(s) {', '.join(unknown)}; choose from {', '.join(PROGRAMS)}")
+    if save_hlo:  # before the (long) compiles: an unwritable folder is one line, now
+        try:
+            os.makedirs(save_hlo, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--save_hlo={save_hlo}: cannot create this folder ({e.strerror or e})") from None
     original = config
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
     schema.validate(config, check_paths=False)
@@ -313,9 +318,12 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
                                 model_flops=mf, model_flops_source=mf_source)
         text = compiled.as_text() if (save_hlo or (breakdown and name == "train")) else ""
         if save_hlo:
-            os.makedirs(save_hlo, exist_ok=True)
-            with open(os.path.join(save_hlo, f"{name}.hlo.txt"), "w", encoding="utf-8") as f:
-                f.write(text)
+            path = os.path.join(save_hlo, f"{name}.hlo.txt")
+            try:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+            except OSError as e:
+                raise ConfigError(f"--save_hlo: cannot write {path} ({e.strerror or e})") from None
         if breakdown and name == "train":
             report.breakdown = hlo_cost.breakdown(text, model_cfg.vit.lora_blocks).to_json()
         reports.append(report)

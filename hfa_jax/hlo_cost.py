@@ -326,7 +326,7 @@ def breakdown(text: str, lora_blocks: Iterable[int] = ()) -> Breakdown:
     def fused_flops(comp: str, fallback: str, times: float, depth: int = 0) -> None:
         for ins in mod.computations.get(comp, []):
             if ins.opcode == "fusion" and depth < 8:
-                fused_flops(ins.attr("calls").lstrip("%"), fallback, times, depth + 1)
+                fused_flops((ins.attr("calls") or "").lstrip("%"), fallback, times, depth + 1)
                 continue
             f = _flops_of(ins, shapes_of.get(comp, {}))
             if f:
@@ -358,7 +358,7 @@ def breakdown(text: str, lora_blocks: Iterable[int] = ()) -> Breakdown:
             moved[p] += b * times
             count[p] += 1
             if op == "fusion":
-                fused_flops(ins.attr("calls").lstrip("%"), p, times)
+                fused_flops((ins.attr("calls") or "").lstrip("%"), p, times)
             else:
                 flops[p] += _flops_of(ins, shapes) * times
 
@@ -394,9 +394,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--lora-blocks", default="9,10,11")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    with open(a.file, encoding="utf-8") as f:
-        text = f.read()
-    b = breakdown(text, [int(x) for x in a.lora_blocks.split(",") if x])
+    try:
+        lora = [int(x) for x in a.lora_blocks.split(",") if x]
+    except ValueError:
+        p.error(f"--lora-blocks={a.lora_blocks!r}: give block indices, e.g. 9,10,11")
+    try:
+        with open(a.file, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        p.exit(2, f"error: cannot read {a.file}: {getattr(e, 'strerror', None) or e}\n")
+    try:
+        b = breakdown(text, lora)
+    except (IndexError, ValueError, KeyError, AttributeError, RecursionError) as e:
+        p.exit(2, f"error: {a.file} is not an optimised HLO text this reader understands ({type(e).__name__})\n")
+    if not b.instructions or not sum(b.instructions.values()):
+        p.exit(2, f"error: {a.file} holds no HLO module's instructions (write one with hfa_jax.aot --save_hlo)\n")
     print(json.dumps(b.to_json(), indent=1) if a.json else format_breakdown(b, title=a.file))
 
 

@@ -90,10 +90,27 @@ def test_the_breakdown_of_a_local_pretraining_step_names_every_part(tmp_path):
     json.dumps([r.to_json() for r in reports])
 
 
-def test_an_unknown_program_is_one_config_error():
+def test_an_unknown_program_or_an_unwritable_hlo_folder_is_one_config_error_before_any_compile(tmp_path):
+    devices = aot.topology_devices("local")[0]
     with pytest.raises(ConfigError, match="unknown program"):
-        aot.stage_programs(tiny("pretrain"), aot.topology_devices("local")[0], num_train=40, frame_size=36,
-                           only=("train", "trian"))
+        aot.stage_programs(tiny("pretrain"), devices, num_train=40, frame_size=36, only=("train", "trian"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="--save_hlo=.*cannot create"):
+        aot.stage_programs(tiny("pretrain"), devices, num_train=40, frame_size=36, save_hlo=str(tmp_path / "file" / "x"))
+
+
+def test_hlo_cost_reads_no_hostile_file_into_a_traceback(tmp_path, capsys):
+    # a fusion that names no computation: its bytes count, its FLOPs cannot
+    b = hlo_cost.breakdown(HLO.replace("calls=%fused_dot, ", ""), (10,))
+    assert b.instructions["LoRA ViT"] == 1 and b.flops["LoRA ViT"] == 0
+    for name, data in (("missing", None), ("text", b"not HLO at all\n"), ("binary", bytes(range(256)) * 4)):
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        with pytest.raises(SystemExit) as e:
+            hlo_cost.main([str(path)])
+        assert e.value.code == 2, name
+        assert capsys.readouterr().err.startswith("error: "), name
 
 
 def test_fine_tuning_compiles_for_the_local_devices_with_beam_search():
