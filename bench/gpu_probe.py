@@ -1,17 +1,24 @@
-"""One-call probe of our training step on an accelerator: variants side by side, MFU, and where
-the device time goes.
+"""One prepared probe of our training step on a GPU: MFU, the kernel table and the paper-batch step,
+with and without the new attention path, in one process and one command.
 
-Everything runs in one process, so one short run on a fresh GPU machine gives the whole
-picture: for each ViT attention variant (``xla``: the paper config, scores materialised; ``auto``: ``jax.nn.dot_product_attention`` picks cuDNN's
-fused kernel where it applies) it builds the training step at the accelerator shapes of
-``bench/bench_train.py`` (``TRAIN_SHAPES["accel"]``, bf16 compute), initialises it on the host
-CPU, compiles it, times it (median after warm-up) and reads its FLOPs from the compiled module;
-it measures the bf16 matmul peak once, and for one variant records a ``jax.profiler`` trace of
-a few steps and prints the device ops that take the time. XLA flags are per process: run the
-script once per flag set (``XLA_FLAGS=... python bench/gpu_probe.py``).
+    python bench/gpu_probe.py --out probe/ --json probe/probe.json
 
-    python bench/gpu_probe.py [--kind finetune] [--variants xla,auto] [--profile auto] \\
-        [--out DIR] [--json FILE]
+For each shape set (``--shapes``: ``paper``, the paper batch 16 x 300 frames x 224 px with
+mBART-large 12 + 12; ``accel``, ``bench/bench_train.py``'s B=8, T=64 rows) and each attention
+variant (``--variants``: the ``model.attention`` values ``xla`` (XLA's materialised scores, the
+plain program), ``cudnn``, ``pallas``, ``auto``) it builds the bf16 training step, initialises it
+on the host CPU, compiles it, times it (median after warm-up) and reports the MFU: the step's
+*model* FLOPs (XLA's count of the plain-XLA program, the ``xla`` variant lowered for the CPU in a
+side process while the GPU works, so no kernel changes the numerator; or ``--model-tflop``)
+over (step time x the bf16 matmul peak measured in the same process). For ``--profile``'s
+variant it records a ``jax.profiler`` trace of a few steps and prints the device kernels that take
+the time, grouped by kind.
+
+XLA's GEMM autotuning and Triton GEMM fusions are on (XLA's defaults; the script warns when
+``XLA_FLAGS`` turns them off, as the earliest H100 runs did to shorten the compile), and the
+compiled programs and autotuning results go to the persistent cache (``--compile-cache``, default
+``~/.cache/hfa_jax/jax``, :mod:`hfa_jax.compile_cache`), so a second run on the same machine skips
+both. XLA flags are per process: run the script once per flag set.
 
 ``--micro`` runs toy widths (the CPU smoke test; numbers mean nothing).
 """
@@ -27,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 if __package__ in (None, ""):
@@ -35,7 +43,71 @@ if __package__ in (None, ""):
 from bench import common  # noqa: E402
 from bench.common import Shapes  # noqa: E402
 
-VARIANTS = ("xla", "auto", "cudnn")
+VARIANTS = ("xla", "cudnn", "pallas", "auto")  # model.attention
+# Flags that turn XLA's GEMM autotuning or its Triton GEMM fusions off.
+SLOW_PATH_FLAGS = ("--xla_gpu_autotune_level=0", "--xla_gpu_enable_triton_gemm=false")
+
+
+def shape_sets() -> dict[str, dict]:
+    """``--shapes`` choices: the paper batch, and the accelerator rows of bench_train.py."""
+    from bench.bench_train import TRAIN_SHAPES
+    from bench.cost_model import PAPER
+
+    return {"paper": dataclasses.asdict(PAPER), "accel": dict(TRAIN_SHAPES["accel"])}
+
+
+def configure(*, attention: str, remat: bool) -> None:
+    """Makes ``bench_train``'s model config use ``model.attention=attention`` in every part (the
+    ViT, the temporal encoder, mBART) and rematerialise every block or not (``model.remat``: the
+    paper batch's saved activations, ~60 GB for the LoRA blocks alone, need it on an 80 GB GPU).
+    Both change how the step computes, never its model FLOPs: the MFU numerator is counted
+    without them (:func:`start_model_flops`)."""
+    from bench import bench_train
+
+    plain = getattr(bench_train.hfa_config, "__wrapped__", bench_train.hfa_config)
+
+    def hfa_config(s, *, dtype="float32"):
+        c = plain(s, dtype=dtype)
+        shared = dict(attention=attention, remat=remat)
+        return dataclasses.replace(c, **shared, vit=dataclasses.replace(c.vit, **shared),
+                                   temporal=dataclasses.replace(c.temporal, **shared),
+                                   mbart=dataclasses.replace(c.mbart, **shared))
+
+    hfa_config.__wrapped__ = plain
+    bench_train.hfa_config = hfa_config
+
+
+def slow_path_flags(xla_flags: str) -> list[str]:
+    """The flags of ``xla_flags`` that turn GEMM autotuning or Triton GEMM fusions off."""
+    return [f for f in xla_flags.split() if f in SLOW_PATH_FLAGS]
+
+
+def start_model_flops(kind: str, s: Shapes) -> subprocess.Popen:
+    """Starts a CPU-only side process that prints the plain-XLA step's FLOPs at shapes ``s``
+    (``bench/cost_model.py``'s lowered count, with ``model.attention=xla`` and no remat)."""
+    code = ("import json, sys; from bench.common import Shapes; from bench.cost_model import step_cost; "
+            "from bench.gpu_probe import configure; configure(attention='xla', remat=False); "
+            "s = Shapes(**json.loads(sys.argv[2])); "
+            "print('FLOPS', step_cost(sys.argv[1], s, compile=False)['flops'])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shapes = dataclasses.asdict(s)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen([sys.executable, "-c", code, kind, json.dumps(shapes)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def model_flops_of(proc: subprocess.Popen, timeout: float = 900.0) -> float | None:
+    """The FLOPs :func:`start_model_flops`'s process printed (None if it failed)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None
+    m = re.search(r"^FLOPS ([\d.e+]+)$", out, re.M)
+    if not m:
+        common.log(f"model FLOP count failed: {err.strip().splitlines()[-1] if err.strip() else '?'}")
+        return None
+    return float(m.group(1))
 
 
 def build(kind: str, s: Shapes):
@@ -99,15 +171,21 @@ def device_op_table(trace_dir: str, steps: int, top: int = 25) -> tuple[list[dic
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", choices=("finetune", "pretrain"), default="finetune")
-    p.add_argument("--variants", default="xla,auto", help=f"comma-separated ViT attention variants of {VARIANTS}")
-    p.add_argument("--profile", default="auto", help="the variant to trace ('' = none)")
+    p.add_argument("--shapes", default="paper", help="comma-separated shape sets: paper, accel")
+    p.add_argument("--variants", default="xla,auto",
+                   help=f"comma-separated model.attention variants of {VARIANTS} (xla: the plain program)")
+    p.add_argument("--profile", default="auto", help="the variant to trace ('' = none), at the first shape set")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 3 warm-up steps)")
     p.add_argument("--out", default="gpu_probe_out",
                    help="folder for the trace (also copied to OUT/trace_<variant>.json.gz, for ui.perfetto.dev)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--model-tflop", type=float,
-                   help="model TFLOP per step for MFU, where this jax's lowered cost analysis gives none "
-                        "(jax 0.11.2 on a GPU; bench/cost_model.py's step_cost on a CPU gives it)")
+                   help="model TFLOP per step for MFU (default: counted in a CPU side process; applies to every "
+                        "shape set, so give it with one --shapes only)")
+    p.add_argument("--compile-cache", default="auto",
+                   help="persistent compilation + autotuning cache: auto (~/.cache/hfa_jax/jax), a folder, or off")
+    p.add_argument("--remat", choices=("auto", "on", "off"), default="auto",
+                   help="model.remat for the timed steps (auto: on for the paper batch)")
     p.add_argument("--micro", action="store_true", help="toy widths (smoke test)")
     a = p.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]
@@ -116,73 +194,98 @@ def main(argv=None) -> dict:
         p.error(f"unknown variant(s) {bad}; choose from {VARIANTS}")
     if a.profile and a.profile not in variants:
         p.error(f"--profile {a.profile!r} must be one of --variants {variants}")
+    sets = shape_sets()
+    names = [x for x in a.shapes.split(",") if x]
+    if not names or sorted(set(names) - set(sets)):
+        p.error(f"--shapes: choose from {sorted(sets)}")
 
     import jax
 
-    from bench.bench_train import TRAIN_SHAPES, _micro
+    from bench.bench_train import _micro
+    from hfa_jax import compile_cache
 
-    cache = common.enable_jax_cache()  # HFA_BENCH_JAX_CACHE: a later run can reuse the compiles
-
-    base = Shapes(**TRAIN_SHAPES["accel"])
-    if a.micro:
-        base = _micro(base)
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    for f in slow_path_flags(xla_flags):
+        common.log(f"warning: XLA_FLAGS has {f}: GEMM autotuning / Triton GEMM fusions are off in this run")
+    cache = compile_cache.enable(a.compile_cache) or common.enable_jax_cache()
     dev = jax.devices()[0]
-    print(f"{common.utc_now()} {dev.device_kind} ({jax.default_backend()}), XLA_FLAGS="
-          f"{os.environ.get('XLA_FLAGS', '')!r}; {a.kind} step at {base.describe()}", flush=True)
+    print(f"{common.utc_now()} {dev.device_kind} ({jax.default_backend()}), XLA_FLAGS={xla_flags!r}, "
+          f"compile cache {cache}; {a.kind} step, shapes {names}, variants {variants}", flush=True)
+    shapes = {n: Shapes(**sets[n]) for n in names}
+    if a.micro:
+        shapes = {n: _micro(s) for n, s in shapes.items()}
+    # the MFU numerator, counted on the CPU while the GPU compiles and runs
+    counting = {} if a.model_tflop else {n: start_model_flops(a.kind, s) for n, s in shapes.items()}
     peak = common.bf16_matmul_peak_tflops(n=1024 if a.micro else None)
     common.log(f"bf16 matmul peak {peak:.1f} TFLOP/s")
-    results: dict = {"device": dev.device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""), "kind": a.kind,
-                     "jax_cache": cache,
-                     "shapes": dataclasses.asdict(base), "bf16_peak_tflops": peak, "variants": {}}
-    for v in variants:
-        s = dataclasses.replace(base, vit_attention=v)
-        common.log(f"variant {v}: building and compiling")
-        try:
-            run = build(a.kind, s)
-        except Exception as e:  # noqa: BLE001 - e.g. cuDNN refusing a shape: report it, go on
-            common.log(f"variant {v} failed: {type(e).__name__}: {str(e)[:300]}")
-            results["variants"][v] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-            continue
-        times = run.time(warmup=3, iters=a.steps)
-        med = common.median(times)
-        common.log(f"variant {v}: {med * 1e3:.1f} ms/step (compile {run.compile_s:.0f} s)")
-        flops = a.model_tflop * 1e12 if a.model_tflop else run.flops()
-        r = {"median_s": med, "times": times, "compile_s": run.compile_s, "xla_memory": common.xla_memory(run.compiled),
-             "step_tflop": flops / 1e12 if flops else None, "mfu": flops / med / (peak * 1e12) if flops else None,
-             "tflop_source": "--model-tflop" if a.model_tflop else "lowered cost analysis"}
-        if flops:
-            common.log(f"variant {v}: {flops / 1e12:.2f} TFLOP ({r['tflop_source']}), MFU {r['mfu']:.1%}")
-        if v == a.profile:
-            trace_dir = os.path.join(a.out, f"trace_{v}")
-            n = 3
-            jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-            for _ in range(n):
-                float(run())
-            jax.profiler.stop_trace()
-            rows, busy = device_op_table(trace_dir, n)
-            # a copy next to --out's top: jax.profiler nests its files four folders down
-            shutil.copyfile(newest_trace(trace_dir), os.path.join(a.out, f"trace_{v}.json.gz"))
-            r["profile"] = {"busy_ms_per_step": busy, "top_ops": rows}
-            # the optimised HLO: maps the trace's fusion names to what they compute
-            with gzip.open(os.path.join(a.out, f"hlo_{v}.txt.gz"), "wt") as f:
-                f.write(run.compiled.as_text())
-            print(f"\ndevice ops of variant {v} ({n} traced steps; busy {busy:.1f} ms/step, "
-                  f"wall {med * 1e3:.1f} ms/step):")
-            for row in rows:
-                print(f"  {row['ms_per_step']:8.2f} ms {row['share']:6.1%} x{row['count']:<5g} {row['name'][:110]}")
-        results["variants"][v] = r
-        del run  # frees the variant's buffers before the next compiles
-    print("\nvariant   ms/step   TFLOP/step   MFU     compile")
-    for v, r in results["variants"].items():
+    results: dict = {"device": dev.device_kind, "xla_flags": xla_flags, "slow_path_flags": slow_path_flags(xla_flags),
+                     "kind": a.kind, "jax_cache": cache, "bf16_peak_tflops": peak, "shapes": {}, "variants": {}}
+    for n, base in shapes.items():
+        results["shapes"][n] = dataclasses.asdict(base)
+        remat = a.remat == "on" or (a.remat == "auto" and n == "paper")
+        results["shapes"][n]["remat"] = remat
+        for v in variants:
+            key = f"{n}/{v}"
+            common.log(f"{key}: building and compiling at {base.describe()}, model.attention={v}, remat {remat}")
+            configure(attention=v, remat=remat)
+            try:
+                run = build(a.kind, base)
+                times = run.time(warmup=3, iters=a.steps)
+            except Exception as e:  # noqa: BLE001 - e.g. a kernel refusing a shape, or out of memory: report, go on
+                common.log(f"{key} failed: {type(e).__name__}: {str(e)[:300]}")
+                results["variants"][key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                continue
+            med = common.median(times)
+            common.log(f"{key}: {med * 1e3:.1f} ms/step (compile {run.compile_s:.0f} s)")
+            r = {"median_s": med, "times": times, "compile_s": run.compile_s,
+                 "xla_memory": common.xla_memory(run.compiled), "compiled_tflop": (run.flops() or 0) / 1e12 or None}
+            if v == a.profile and n == names[0]:
+                r["profile"] = _profile(run, v, a.out, med)
+            results["variants"][key] = r
+            del run  # frees the variant's buffers before the next compiles
+    for n in names:
+        flops = a.model_tflop * 1e12 if a.model_tflop else model_flops_of(counting[n])
+        src = "--model-tflop" if a.model_tflop else "plain-XLA program (xla variant), lowered on the CPU"
+        for v in variants:
+            r = results["variants"].get(f"{n}/{v}", {})
+            if "median_s" in r:
+                r.update(step_tflop=flops / 1e12 if flops else None, tflop_source=src,
+                         mfu=flops / r["median_s"] / (peak * 1e12) if flops else None)
+    print("\nshapes/variant   ms/step   model TFLOP   MFU     compile")
+    for k, r in results["variants"].items():
         if "error" in r:
-            print(f"{v:<8}  failed: {r['error'][:100]}")
+            print(f"{k:<15}  failed: {r['error'][:100]}")
         else:
-            tf, mfu = (f"{r['step_tflop']:12.2f}", f"{r['mfu']:7.1%}") if r["mfu"] else (f"{'?':>12}", f"{'?':>7}")
-            print(f"{v:<8} {r['median_s'] * 1e3:8.1f} {tf} {mfu} {r['compile_s']:8.0f} s")
+            tf, mfu = (f"{r['step_tflop']:12.2f}", f"{r['mfu']:7.1%}") if r.get("mfu") else (f"{'?':>12}", f"{'?':>7}")
+            print(f"{k:<15} {r['median_s'] * 1e3:8.1f} {tf} {mfu} {r['compile_s']:8.0f} s")
     if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
     return results
+
+
+def _profile(run, v: str, out: str, med: float) -> dict:
+    """Traces 3 steps of ``run`` and prints the device-kernel table; writes the trace and the
+    optimised HLO under ``out``."""
+    import jax
+
+    trace_dir = os.path.join(out, f"trace_{v}")
+    n = 3
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(n):
+        float(run())
+    jax.profiler.stop_trace()
+    rows, busy = device_op_table(trace_dir, n)
+    # a copy next to --out's top: jax.profiler nests its files four folders down
+    shutil.copyfile(newest_trace(trace_dir), os.path.join(out, f"trace_{v}.json.gz"))
+    # the optimised HLO: maps the trace's fusion names to what they compute
+    with gzip.open(os.path.join(out, f"hlo_{v}.txt.gz"), "wt") as f:
+        f.write(run.compiled.as_text())
+    print(f"\ndevice ops of variant {v} ({n} traced steps; busy {busy:.1f} ms/step, wall {med * 1e3:.1f} ms/step):")
+    for row in rows:
+        print(f"  {row['ms_per_step']:8.2f} ms {row['share']:6.1%} x{row['count']:<5g} {row['name'][:110]}")
+    return {"busy_ms_per_step": busy, "top_ops": rows}
 
 
 if __name__ == "__main__":

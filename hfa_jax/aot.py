@@ -3,6 +3,7 @@ report whether they fit: ``python -m hfa_jax.aot --config=CONFIG --topology=NAME
 
     python -m hfa_jax.aot --config=configs/finetune.py:stage2 --topology=v5e:2x4
     python -m hfa_jax.aot --config=configs/pretrain.py --topology=local --config.mesh.fsdp=8
+    python -m hfa_jax.aot --config=configs/pretrain.py --topology=v5e:2x4 --programs=train --breakdown
 
 No weights and no data are read: the model's variables, the train state and the batches are
 shapes (``jax.eval_shape``, :func:`hfa_jax.train.steps.batch_shapes`). The programs are the
@@ -24,6 +25,21 @@ a negative value, for the large training programs), else the roofline bound
 come the model FLOP utilisation and the paper schedule's hours. If the train step does not fit,
 the report tries ``model.remat``, ``mesh.fsdp`` over every device and ``train.microbatches`` and
 names the first that fits.
+
+**MFU counts model FLOPs.** The step time's compute term uses the compiled program's FLOPs (what
+the chip executes, rematerialisation and kernels included), but the utilisation's numerator is
+the train step's *model* FLOPs: XLA's count of the plain-XLA update step (the step without its
+augmentation: forward, backward, optimiser), lowered for this machine's first device from shapes
+with no rematerialisation, one micro-batch and every attention on XLA's path
+(:func:`plain_config`), divided by the number of devices (:func:`model_flops`). So neither a
+custom kernel (whose ``CostEstimate`` XLA adds to the compiled count) nor rematerialisation nor
+a change in how the augmentation is computed can move the numerator.
+
+``--programs=train,eval`` compiles only those programs. ``--breakdown`` splits the compiled train
+step's FLOPs and bytes into its parts (augmentation, frozen ViT, LoRA ViT, temporal, mBART, text
+encoder, losses, optimiser, other) by the op metadata of its optimised HLO
+(:mod:`hfa_jax.hlo_cost`, which documents the method and its limits); ``--save_hlo=DIR`` keeps
+each program's optimised HLO text (``python -m hfa_jax.hlo_cost FILE`` reads it again).
 """
 
 from __future__ import annotations
@@ -36,12 +52,13 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from hfa_jax import config_cli
+from hfa_jax import config_cli, hlo_cost
 from hfa_jax.data import augment as augment_lib
 from hfa_jax.errors import ConfigError, UserError
 from hfa_jax.train import mesh as mesh_lib
@@ -52,6 +69,7 @@ from hfa_jax.train import tasks as tasks_lib
 from hfa_jax.train import trainer as trainer_lib
 
 GIB = 2 ** 30
+PROGRAMS = ("train", "eval", "generate")  # what stage_programs compiles (generate: tasks that generate)
 
 # Per chip: HBM (GiB), dense bf16 peak (TFLOP/s) and HBM bandwidth (GB/s), by the device kind's
 # prefix (public specs).
@@ -77,6 +95,9 @@ class ProgramReport:
     bytes_accessed: float | None = None   # per device, XLA's count of memory traffic
     roofline_seconds: float | None = None  # max(FLOPs / peak, bytes / HBM bandwidth): a lower bound
     step_time_source: str = ""         # what paper_hours and mfu use: "xla", "roofline" or ""
+    model_flops: float | None = None   # per device: the MFU numerator (model_flops(); else flops)
+    model_flops_source: str = ""       # where model_flops comes from
+    breakdown: dict | None = None      # --breakdown: {part: {"flops", "bytes", "instructions"}}
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,7 +152,11 @@ def compile_program(fn: Callable, args: Sequence[Any], *, mesh, rules, in_shardi
         return jitted.lower(*args).compile()
 
 
-def report_program(name: str, compiled, device, *, steps_per_run: int | None) -> ProgramReport:
+def report_program(name: str, compiled, device, *, steps_per_run: int | None,
+                   model_flops: float | None = None, model_flops_source: str = "") -> ProgramReport:
+    """Memory, FLOPs, traffic and step time of a compiled program on ``device``'s chip.
+    ``model_flops`` (per device): the MFU numerator; without it the compiled program's own FLOPs
+    stand in (``model_flops_source`` then says so)."""
     ma = compiled.memory_analysis()
     per = {"arguments": int(ma.argument_size_in_bytes), "outputs": int(ma.output_size_in_bytes),
            "temporaries": int(ma.temp_size_in_bytes)}
@@ -150,16 +175,91 @@ def report_program(name: str, compiled, device, *, steps_per_run: int | None) ->
     if flops and peak and moved and bandwidth:
         roofline = max(flops / (peak * 1e12), moved / (bandwidth * 1e9))
     step, source = (est, "xla") if est else ((roofline, "roofline") if roofline else (None, ""))
-    mfu = flops / (step * peak * 1e12) if (flops and step and peak) else None
+    if model_flops is None:
+        model_flops, model_flops_source = flops, ("compiled program (no model count given)" if flops else "")
+    mfu = model_flops / (step * peak * 1e12) if (model_flops and step and peak) else None
     hours = step * steps_per_run / 3600 if (step and steps_per_run) else None
     return ProgramReport(name=name, per_device_bytes=per, hbm_bytes=hbm, fits=(per["total"] <= hbm) if hbm else None,
                          flops=flops, estimated_seconds=est, mfu=mfu, paper_hours=hours, bytes_accessed=moved,
-                         roofline_seconds=roofline, step_time_source=source)
+                         roofline_seconds=roofline, step_time_source=source, model_flops=model_flops,
+                         model_flops_source=model_flops_source)
+
+
+def plain_config(config) -> ml_collections.ConfigDict:
+    """``config`` with everything that changes how, not what, the update step computes set to the
+    plain XLA program: no rematerialisation, XLA's attention (``model.attention``), the whole
+    batch in one micro-batch (XLA's count need not multiply a loop's body by its trip count),
+    frozen weights stored as they are imported (float32), and the batch on one device."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model.remat = False
+    c.model.attention = "xla"
+    c.train.microbatches = 1
+    c.train.bf16_frozen = False  # the storage of frozen weights is no model FLOP
+    c.data.augment.padding_chunk = 0
+    c.mesh.data, c.mesh.fsdp = 1, 1
+    return c
+
+
+MODEL_FLOPS_SOURCE = "plain-XLA update step (no remat, XLA attention, one micro-batch, no augmentation) / devices"
+
+
+def model_flops(config, *, num_devices: int, frame_size: int) -> float:
+    """The train step's model FLOPs per device: XLA's count of the plain-XLA update step
+    (:func:`hfa_jax.train.steps.update_step`: forward, backward and optimiser on normalised
+    pixels; no augmentation) of :func:`plain_config`, lowered for this machine's first device
+    from shapes alone (nothing is allocated or compiled) at the global batch, every frame slot
+    filled, divided by ``num_devices``."""
+    c = plain_config(config)
+    model_cfg = settings_lib.model_config(c)
+    if model_cfg.mbart.decoder_start_token_id is None:
+        c.model.mbart.decoder_start_token_id = model_cfg.mbart.vocab_size - 1
+        model_cfg = settings_lib.model_config(c)
+    settings = schema.resolve(c)
+    task = tasks_lib.make(settings)
+    mesh = mesh_lib.make_mesh(data=1, fsdp=1, devices=[jax.devices()[0]])
+    rules = mesh_lib.logical_rules(settings.mesh.rules)
+    gbs = settings.train.batch_size
+    model = trainer_lib.build_model(task, model_cfg)
+    plan = trainer_lib.plan_state(task, model, mesh, rules, total_steps=trainer_lib.total_steps_of(settings.train, 100),
+                                  steps_per_epoch=100)
+    t, crop = max(settings.data.buckets), settings.data.crop_size
+    batch = steps_lib.batch_shapes(task, batch_size=gbs, num_frames=t, frame_size=frame_size, kind="train",
+                                   num_pseudo_glosses=model_cfg.num_pseudo_glosses)
+    batch.pop("frames")
+    pixels = jax.ShapeDtypeStruct((gbs, t, crop, crop, 3), jnp.float32)
+
+    def fn(state, batch, pixels, rng):
+        return steps_lib.update_step(state, batch, pixels, model=model, task=task, tx=plan.tx,
+                                     schedule=plan.schedule, rng=rng)
+
+    with mesh, nn.logical_axis_rules(rules):
+        lowered = jax.jit(fn).lower(plan.abstract_state, batch, pixels, jax.random.key(0))
+    cost = lowered.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    flops = float((cost or {}).get("flops", 0.0))
+    if flops <= 0:
+        raise ConfigError("the lowered update step has no FLOP count on this machine's backend")
+    return flops / num_devices
 
 
 def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size: int,
-                   only: Sequence[str] = ("train", "eval", "generate")) -> list[ProgramReport]:
-    """Compiles the stage's programs for ``devices`` and reports each (per device)."""
+                   only: Sequence[str] = ("train", "eval", "generate"), breakdown: bool = False,
+                   save_hlo: str = "", count_model_flops: bool = True) -> list[ProgramReport]:
+    """Compiles the stage's programs for ``devices`` and reports each (per device). With
+    ``breakdown`` the train step's FLOPs and bytes per part (:mod:`hfa_jax.hlo_cost`); with
+    ``save_hlo`` each program's optimised HLO text is written there (``<program>.hlo.txt``);
+    ``count_model_flops``: the train step's MFU numerator from :func:`model_flops` (else the
+    compiled program's FLOPs)."""
+    unknown = sorted(set(only) - set(PROGRAMS))
+    if unknown:
+        raise ConfigError(f"--programs: unknown program(s) {', '.join(unknown)}; choose from {', '.join(PROGRAMS)}")
+    if save_hlo:  # before the (long) compiles: an unwritable folder is one line, now
+        try:
+            os.makedirs(save_hlo, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--save_hlo={save_hlo}: cannot create this folder ({e.strerror or e})") from None
+    original = config
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
     schema.validate(config, check_paths=False)
     if devices[0].platform != jax.devices()[0].platform:
@@ -210,7 +310,23 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
         b = batch(kind, size)
         compiled = compile_program(fn, (state, b), mesh=mesh, rules=rules,
                                    in_shardings=(plan.state_shardings, {k: v.sharding for k, v in b.items()}), **kw)
-        reports.append(report_program(name, compiled, devices[0], steps_per_run=total_steps if name == "train" else None))
+        mf, mf_source = None, ""
+        if name == "train" and count_model_flops:
+            mf = model_flops(original, num_devices=len(devices), frame_size=frame_size)
+            mf_source = MODEL_FLOPS_SOURCE
+        report = report_program(name, compiled, devices[0], steps_per_run=total_steps if name == "train" else None,
+                                model_flops=mf, model_flops_source=mf_source)
+        text = compiled.as_text() if (save_hlo or (breakdown and name == "train")) else ""
+        if save_hlo:
+            path = os.path.join(save_hlo, f"{name}.hlo.txt")
+            try:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+            except OSError as e:
+                raise ConfigError(f"--save_hlo: cannot write {path} ({e.strerror or e})") from None
+        if breakdown and name == "train":
+            report.breakdown = hlo_cost.breakdown(text, model_cfg.vit.lora_blocks).to_json()
+        reports.append(report)
     return reports
 
 
@@ -233,7 +349,8 @@ def suggestions(config, devices, *, num_train: int, frame_size: int) -> list[tup
             section, field = key.split(".")
             c[section][field] = value
         try:
-            r = stage_programs(c, devices, num_train=num_train, frame_size=frame_size, only=("train",))[0]
+            r = stage_programs(c, devices, num_train=num_train, frame_size=frame_size, only=("train",),
+                               count_model_flops=False)[0]
         except UserError:
             continue
         label = " ".join(f"--config.{k}={val}" for k, val in v.items())
@@ -264,6 +381,16 @@ def format_table(topology: str, devices, num_processes: int, reports: Sequence[P
                      f"{(r.mfu or 0) * 100:5.1f}% {(r.paper_hours or 0):8.1f}")
     if any(r.step_time_source == "roofline" for r in list(reports) + [t[1] for t in tried]):
         lines.append("MFU and paper h use the roofline bound where XLA gives no step-time estimate (est. ms 0)")
+    for r in reports:
+        if r.name == "train" and r.model_flops and r.model_flops_source:
+            lines.append(f"MFU of {r.name}: model FLOPs {r.model_flops / 1e9:.1f} GFLOP/dev ({r.model_flops_source}) "
+                         "/ (step time x peak)")
+    for r in reports:
+        if r.breakdown:
+            lines.append(hlo_cost.format_breakdown(hlo_cost.Breakdown.from_json(r.breakdown), xla_flops=r.flops,
+                                                   xla_bytes=r.bytes_accessed,
+                                                   title=f"{r.name}: FLOPs and bytes per part, per device "
+                                                         "(optimised HLO, hfa_jax.hlo_cost)"))
     for label, r in tried:
         lines.append(f"  train with {label}: {'fits' if r.fits else 'does not fit'} "
                      f"({r.per_device_bytes['total'] / GIB:.2f} GiB)")
@@ -283,6 +410,10 @@ def _define_flags() -> None:
     _FLAGS["num_train"] = flags.DEFINE_integer("num_train", 7096, "training videos (steps per epoch; PHOENIX14T: 7096)")
     _FLAGS["frame_size"] = flags.DEFINE_integer("frame_size", 256, "stored frame size of the dataset (build_dataset --size)")
     _FLAGS["suggest"] = flags.DEFINE_bool("suggest", True, "if the train step does not fit, try the switches that may make it fit")
+    _FLAGS["programs"] = flags.DEFINE_list("programs", list(PROGRAMS),
+                                           "which of the stage's programs to compile (train, eval, generate)")
+    _FLAGS["breakdown"] = flags.DEFINE_bool("breakdown", False, "FLOPs and bytes per part of the train step")
+    _FLAGS["save_hlo"] = flags.DEFINE_string("save_hlo", "", "write each program's optimised HLO text to this folder")
 
 
 def _main(argv) -> None:
@@ -293,7 +424,9 @@ def _main(argv) -> None:
         raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py")
     try:
         devices, num_processes = topology_devices(_FLAGS["topology"].value)
-        reports = stage_programs(config, devices, num_train=_FLAGS["num_train"].value, frame_size=_FLAGS["frame_size"].value)
+        reports = stage_programs(config, devices, num_train=_FLAGS["num_train"].value, frame_size=_FLAGS["frame_size"].value,
+                                 only=tuple(_FLAGS["programs"].value), breakdown=_FLAGS["breakdown"].value,
+                                 save_hlo=_FLAGS["save_hlo"].value)
         tried = []
         train = next((r for r in reports if r.name == "train"), None)
         if _FLAGS["suggest"].value and train is not None and train.fits is False:

@@ -244,6 +244,10 @@ class HFAPretrain(_VisualTrunk):
     (:class:`~hfa_jax.models.beyondgloss.BeyondGlossConfig`) add ``hand_pred``,
     ``video_desc_vec``, ``desc_vec``, and remove ``pg_*`` (``pseudo_gloss_head=False``) or
     ``text_vec`` (``text_encoder=False``).
+
+    ``text_vec [B, D]`` (optional input): the text encoder's sentence vectors computed beforehand
+    with :meth:`encode_text` (deterministic); the text encoder then does not run, and the output
+    ``text_vec`` is that input (float32, without gradient).
     """
 
     def setup(self):
@@ -289,6 +293,7 @@ class HFAPretrain(_VisualTrunk):
         desc_mask: Array | None = None,
         desc_vec: Array | None = None,
         frame_index: Array | None = None,
+        text_vec: Array | None = None,
     ) -> dict[str, Array]:
         cfg = self.cfg
         bg = cfg.beyondgloss
@@ -314,11 +319,13 @@ class HFAPretrain(_VisualTrunk):
         video_vec = _l2n(_mean(vstates, vmask, cfg.masked_mean))
 
         out.update(video_vec=video_vec, logit_scale=jnp.exp(self.logit_scale), temporal_mask=tmask)
-        if bg.text_encoder:
+        if bg.text_encoder and text_vec is not None and not self.is_initializing():
+            # Precomputed by encode_text (once per sentence, hfa_jax.train.text_vectors).
+            out["text_vec"] = jax.lax.stop_gradient(text_vec.astype(jnp.float32))
+        elif bg.text_encoder:
             # Fully frozen text encoder: no gradient, no dropout unless text_encoder_dropout.
-            tstates = self.text_encoder(text_ids, text_mask,
-                                        deterministic=deterministic or not cfg.text_encoder_dropout)
-            out["text_vec"] = jax.lax.stop_gradient(_l2n(_mean(tstates, text_mask, cfg.masked_mean)))
+            out["text_vec"] = self.encode_text(text_ids, text_mask,
+                                               deterministic=deterministic or not cfg.text_encoder_dropout)
         if bg.hand_pose:
             out["hand_pred"] = aux["hand_pred"]
         if bg.description:
@@ -337,6 +344,14 @@ class HFAPretrain(_VisualTrunk):
                 raise ConfigError("model.beyondgloss.description is on but the batch has no desc_ids/desc_vec; "
                                   "the dataset needs a `description` (or `description_vec`) feature")
         return out
+
+    def encode_text(self, text_ids: Array, text_mask: Array, deterministic: bool = True) -> Array:
+        """The frozen text encoder's sentence vectors: ``text_ids [B, L]``, ``text_mask [B, L]`` ->
+        ``text_vec [B, D]`` float32, L2-normalised, without gradient. Deterministic (the default)
+        it depends on the sentence alone, so a trainer may compute it once per sentence and pass
+        it to ``__call__`` as ``text_vec``; ``__call__`` computes it with this same method."""
+        tstates = self.text_encoder(text_ids, text_mask, deterministic=deterministic)
+        return jax.lax.stop_gradient(_l2n(_mean(tstates, text_mask, self.cfg.masked_mean)))
 
 
 class HFATranslate(_VisualTrunk):

@@ -3,13 +3,23 @@ prototypes, and the previous stage's best checkpoint (``config.train.init_from``
 
 All of it works on host NumPy variables, before they are sharded onto the devices; every copied
 tensor is checked to exist in the model with the same shape.
+
+:func:`bf16_frozen_mask` names the frozen weights the stage stores in bfloat16 (the pretrained
+backbones' own weights that its programs only ever read through a bf16 cast,
+:func:`hfa_jax.train.state.bf16_read_only`, :func:`is_backbone`). A previous stage's checkpoint
+then holds those weights in bfloat16; where this stage imports the same pretrained weights, their
+float32 values are kept (:func:`_put`), so a stage that trains or reads in float32 a weight an
+earlier stage kept frozen starts from the full-precision value.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+import re
+from typing import Any, Callable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -19,6 +29,8 @@ from hfa_jax.models import mbart as mbart_lib
 from hfa_jax.weights import dinov2 as dinov2_weights
 from hfa_jax.weights import mbart as mbart_weights
 from hfa_jax.train import checkpoint as ckpt_lib
+from hfa_jax.train import freeze
+from hfa_jax.train import state as state_lib
 from hfa_jax.train.settings import Settings
 from hfa_jax.train.state import merge_params
 from hfa_jax.train.tasks import Task
@@ -47,9 +59,24 @@ def _put(target: dict[str, Any], source: Mapping[str, Any], src_prefix: str, dst
         if tuple(np.shape(v)) != tuple(np.shape(target[dst])):
             raise CheckpointError(f"{what}: {k} has shape {np.shape(v)} but the model's {dst} is "
                                   f"{np.shape(target[dst])}; the model config does not match those weights")
-        target[dst] = np.asarray(v, dtype=np.asarray(target[dst]).dtype)
+        old = np.asarray(target[dst])
+        if _rounds_to(old, v):
+            # A weight an earlier stage stored in bfloat16 because it was frozen there, and this
+            # stage already holds its float32 import: bfloat16(that import) is exactly the
+            # checkpoint's value, so keep the full-precision one.
+            n += 1
+            continue
+        target[dst] = np.asarray(v, dtype=old.dtype)
         n += 1
     return n
+
+
+def _rounds_to(full: np.ndarray, low: Any) -> bool:
+    """True when ``low`` is a bfloat16 array and ``full`` a float32 array that rounds to it."""
+    low = np.asarray(low)
+    if low.dtype != jnp.bfloat16 or full.dtype != np.float32 or full.shape != low.shape:
+        return False
+    return bool(np.array_equal(full.astype(jnp.bfloat16).view(np.uint16), low.view(np.uint16)))
 
 
 # Which parts of the previous stage initialise this one (docs/training.md): the pseudo-gloss head, the
@@ -125,3 +152,33 @@ def load_initial_params(settings: Settings, task: Task, variables: dict) -> tupl
                     _put(flat[col], _flat(tree), src, dst, f"checkpoint {init_from} ({col})")
         report.append(f"initialised {n} tensors from {init_from} (stage {prev_stage}, step {meta.get('step')})")
     return {col: _unflat(v) for col, v in flat.items()}, report
+
+
+def bf16_frozen_mask(settings: Settings, compute_dtype: Any, read_fns: Sequence[Callable[..., Any]], frozen: Any,
+                     *args: Any) -> Any | None:
+    """The frozen leaves a stage stores in bfloat16, or None (every frozen weight stays float32).
+
+    Only a bfloat16-compute model (``compute_dtype``, ``config.model.dtype``) casts weights to
+    bfloat16; for it, ``read_fns`` (every program of the stage that reads the frozen weights, as
+    ``fn(frozen, *args)``) are traced and the pretrained backbones' leaves they all read only
+    through a bf16 cast are marked (:func:`hfa_jax.train.state.bf16_read_only`,
+    :func:`is_backbone`). ``config.train.bf16_frozen=False`` turns it off."""
+    if jnp.dtype(compute_dtype) != jnp.bfloat16 or not settings.train.bf16_frozen or not jax.tree.leaves(frozen):
+        return None
+    mask = state_lib.bf16_read_only(read_fns, frozen, *args)
+    mask = jax.tree_util.tree_map_with_path(lambda p, m: bool(m) and is_backbone(freeze.path_str(p)), mask)
+    return mask if any(jax.tree.leaves(mask)) else None
+
+
+# The imported pretrained backbones' own weights (not their LoRA adapters): frozen in every stage
+# of the paper's table and re-imported where a stage starts them from config.weights. Only these
+# are stored in bf16: a weight one stage keeps frozen and a later stage trains (the temporal
+# encoder and the adapters in fine-tuning stage 1) must reach that later stage in float32.
+_BACKBONE = re.compile(r"^(frame_encoder|video_encoder|text_encoder|mbart)/")
+_ADAPTER = re.compile(r"/lora_[ab]$")
+
+
+def is_backbone(path: str) -> bool:
+    """Whether a parameter path is a pretrained backbone weight (DINOv2 ViT, mBART), adapters
+    excluded."""
+    return bool(_BACKBONE.search(path)) and not _ADAPTER.search(path)

@@ -93,6 +93,12 @@ def base() -> ml_collections.ConfigDict:
         lambda_desc=0.5,       # BeyondGloss description alignment weight (model.beyondgloss.description)
         lambda_hand=0.3,       # BeyondGloss hand-pose distillation weight (model.beyondgloss.hand_pose)
         label_smoothing=0.2,
+        # bf16 models: frozen pretrained weights that the stage's programs read only through a
+        # bf16 cast are stored in bf16 (the same values, half the traffic; train/state.py)
+        bf16_frozen=True,
+        # pretraining: the frozen text encoder's sentence vectors computed once per sentence, not
+        # every step (train/text_vectors.py; off by itself where the encoder trains or has dropout)
+        cache_text_vectors=True,
         log_every_steps=50,
         checkpoint_every_steps=1000,
         keep_checkpoints=2,

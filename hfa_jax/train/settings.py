@@ -78,6 +78,8 @@ class TrainSettings:
     lambda_desc: float
     lambda_hand: float
     label_smoothing: float
+    bf16_frozen: bool    # store frozen backbone weights read only through a bf16 cast in bf16
+    cache_text_vectors: bool  # pretraining: the frozen text encoder's vectors once per sentence
     log_every_steps: int
     checkpoint_every_steps: int
     keep_checkpoints: int

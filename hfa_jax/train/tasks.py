@@ -4,8 +4,9 @@
 Two tasks cover the three stages (:data:`TASK_OF_STAGE`):
 
 * :class:`Pretraining` (stage ``pretrain``): ``HFAPretrain`` on the frames and the sentence (for
-  the frozen text encoder); objective ``L_align + pg_weight L_pg`` plus the BeyondGloss terms
-  that are on; the kept checkpoint has the lowest validation loss.
+  the frozen text encoder, or that encoder's sentence vector, computed once per sentence:
+  :attr:`Pretraining.caches_text_vectors`); objective ``L_align + pg_weight L_pg`` plus the
+  BeyondGloss terms that are on; the kept checkpoint has the lowest validation loss.
 * :class:`Translation` (stages ``finetune1``, ``finetune2``): ``HFATranslate`` on the frames and
   the decoder inputs; objective the label-smoothed cross-entropy; evaluated by beam search, the
   kept checkpoint has the best dev BLEU-4.
@@ -20,15 +21,20 @@ evaluation: a new loss term is one entry in :meth:`Task.objective`, with its wei
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hfa_jax.data import beyondgloss_io
 from hfa_jax.hand_pose import HAND_POSE_DIM
+from hfa_jax.models import hfa
+from hfa_jax.models.mbart import MBartEncoder
 from hfa_jax.train import beyondgloss_losses as bg_losses
+from hfa_jax.train import freeze
 from hfa_jax.train import losses as losses_lib
 from hfa_jax.train.microbatch import BatchTerm, ExampleTerm, LossTerms
 
@@ -103,6 +109,12 @@ class Task:
         """A per-row dataset feature the task reads besides name and text (None: none)."""
         return None
 
+    @property
+    def caches_text_vectors(self) -> bool:
+        """Whether the batches carry the frozen text encoder's sentence vectors (``text_vec``),
+        computed once per sentence from the initial weights (:mod:`hfa_jax.train.text_vectors`)."""
+        return False
+
     def example_fields(self, texts: Sequence[str], keys: Sequence[str], extra: Sequence[Any], *, tokenizer,
                        pseudo_glosses, where: str) -> dict[str, np.ndarray]:
         """Per-example arrays ``{field: [N, ...]}`` of a split's rows (``keys``: ``split/name``;
@@ -132,7 +144,27 @@ class Pretraining(Task):
     mbart_targets, mbart_encoder_only = ("video_encoder/", "text_encoder/"), True
 
     def model_kwargs(self, batch: Batch) -> dict[str, jax.Array]:
-        return {k: batch[k] for k in ("desc_ids", "desc_mask", "desc_vec") if k in batch}
+        return {k: batch[k] for k in ("desc_ids", "desc_mask", "desc_vec", "text_vec") if k in batch}
+
+    @functools.cached_property
+    def caches_text_vectors(self) -> bool:
+        """With the text encoder on, without its dropout (``model.text_encoder_dropout``: a new
+        vector every step) and frozen by ``train.trainable`` (a trained encoder, or one that
+        weight decay moves, changes its vectors), unless ``train.cache_text_vectors=False``: the
+        sentence vector then depends on the sentence alone."""
+        s = self.settings
+        cfg = hfa.HFAConfig.from_config(s.model)
+        if not (s.train.cache_text_vectors and s.beyondgloss.text_encoder) or cfg.text_encoder_dropout:
+            return False
+        ids = jnp.zeros((1, 1), jnp.int32)
+        shapes = jax.eval_shape(lambda r: MBartEncoder(cfg.text_encoder_cfg).init(r, ids, ids > 0),
+                                jax.random.PRNGKey(0))
+        mask = freeze.trainable_mask({"text_encoder": nn.meta.unbox(shapes["params"])}, s.train.trainable)
+        return not any(jax.tree.leaves(mask))
+
+    def text_vector_dim(self) -> int:
+        """The width of the sentence vectors (the text encoder's ``d_model``)."""
+        return hfa.HFAConfig.from_config(self.settings.model).text_encoder_cfg.d_model
 
     def objective(self) -> LossTerms:
         """``align_loss`` (batch term, weight 1), ``pg_loss`` (example term, ``train.pg_weight``,
@@ -198,6 +230,8 @@ class Pretraining(Task):
         b, L, s = batch_size, self.settings.data.max_text_len, self.settings
         out = {"text_ids": _sds((b, L), jnp.int32), "text_mask": _sds((b, L), bool),
                "pg_targets": _sds((b, num_pseudo_glosses + 1), jnp.float32)}  # column 0: the blank
+        if self.caches_text_vectors:  # the frozen text encoder's vectors, once per sentence
+            out["text_vec"] = _sds((b, self.text_vector_dim()), jnp.float32)
         bg = s.beyondgloss
         if bg.description and bg.description_vectors:
             out["desc_vec"] = _sds((b, bg.desc_dim), jnp.float32)

@@ -10,7 +10,8 @@ Phases (big_vision's ``train.py`` order)::
     3. shapes   jax.eval_shape of the model init -> parameter and state shardings, trainable mask,
                 optimiser (:func:`plan_state`, also used by :mod:`hfa_jax.aot` without any data)
     4. steps    the train / eval / generate steps of :mod:`hfa_jax.train.steps`, bound to the model
-    5. init     jit-compiled init with out_shardings, then the initial weights (:func:`init_state`)
+    5. init     jit-compiled init with out_shardings, then the initial weights and, where the task
+                caches them, the frozen text encoder's sentence vectors (:func:`init_state`)
 
 The loop itself (resume, steps, evaluation, checkpoints) is :mod:`hfa_jax.train.loop`.
 """
@@ -46,6 +47,7 @@ from hfa_jax.train import schema
 from hfa_jax.train import state as state_lib
 from hfa_jax.train import steps
 from hfa_jax.train import tasks as tasks_lib
+from hfa_jax.train import text_vectors
 from hfa_jax.train.freeze import STAGES
 from hfa_jax.train.schema import resolve
 from hfa_jax.train.settings import Settings, TrainSettings, model_config  # model_config: also for tools
@@ -179,9 +181,10 @@ class StatePlan:
     state_shardings: PyTree                          # NamedShardings of the train state
     num_trainable: int
     num_params: int
+    bf16_frozen: PyTree | None = None                # frozen leaves stored in bfloat16 (state.py)
 
     def make_state(self, variables: Mapping[str, PyTree], rng: jax.Array) -> dict:
-        return state_lib.make_state(variables, rng, mask=self.mask, tx=self.tx)
+        return state_lib.make_state(variables, rng, mask=self.mask, tx=self.tx, bf16_frozen=self.bf16_frozen)
 
     def abstract_sharded_state(self) -> PyTree:
         """ShapeDtypeStructs carrying the state's shardings (for restore and ahead-of-time lowering)."""
@@ -233,6 +236,10 @@ def plan_state(task: tasks_lib.Task, model: nn.Module, mesh, rules, *, total_ste
         peak_lr=t.lr, total_steps=total_steps, pct_start=warmup_pct(t, total_steps, steps_per_epoch),
         weight_decay=t.weight_decay, clip_norm=t.clip_norm, cycle_momentum=t.cycle_momentum)
     abstract_state = jax.eval_shape(functools.partial(state_lib.make_state, mask=mask, tx=tx), abstract_vars, root)
+    bf16_frozen = _bf16_frozen(task, model, abstract_state, tx, schedule, mesh.devices.size)
+    if bf16_frozen is not None:  # frozen weights read only through a bf16 cast: stored in bf16
+        abstract_state = jax.eval_shape(functools.partial(state_lib.make_state, mask=mask, tx=tx,
+                                                          bf16_frozen=bf16_frozen), abstract_vars, root)
     # Train-state paths end with the variable's path inside its collection (trainable/<p>,
     # frozen/<p>, opt_state/.../mu/<p>, batch_stats/<p>, buffers/<col>/<p>): match on that.
     by_path = {}
@@ -242,7 +249,36 @@ def plan_state(task: tasks_lib.Task, model: nn.Module, mesh, rules, *, total_ste
     state_sh = mesh_lib.state_shardings(abstract_state, by_path, mesh, auto_fsdp=auto_fsdp)
     return StatePlan(init_variables=init_variables, root=root, mask=mask, tx=tx, schedule=schedule,
                      abstract_state=abstract_state, state_shardings=state_sh,
-                     num_trainable=freeze.count_params(abs_tr), num_params=freeze.count_params(abstract_vars["params"]))
+                     num_trainable=freeze.count_params(abs_tr), num_params=freeze.count_params(abstract_vars["params"]),
+                     bf16_frozen=bf16_frozen)
+
+
+def _bf16_frozen(task: tasks_lib.Task, model: nn.Module, abstract_state: PyTree, tx, schedule,
+                 batch: int) -> PyTree | None:
+    """The frozen leaves the stage's train, eval and generate steps read only through a bf16 cast
+    (:func:`hfa_jax.train.initial_weights.bf16_frozen_mask`), traced at a small batch. None (no
+    tracing) for a float32-compute model or with ``train.bf16_frozen=False``."""
+    s = task.settings
+    compute_dtype = model.cfg.dtype
+    if jnp.dtype(compute_dtype) != jnp.bfloat16 or not s.train.bf16_frozen:
+        return None
+    programs = {"train": functools.partial(steps.train_step, model=model, task=task, tx=tx, schedule=schedule),
+                "eval": functools.partial(steps.eval_step, model=model, task=task)}
+    if task.generates:
+        programs["generate"] = functools.partial(steps.generate_step, model=model, task=task)
+    crop, t = s.data.crop_size, s.data.buckets[0]
+    npg = int(model.cfg.num_pseudo_glosses)
+    fns, batches = [], []
+    for i, (kind, fn) in enumerate(programs.items()):
+        fns.append(lambda fr, states, bs, _fn=fn, _i=i: _fn({**states[_i], "frozen": fr}, bs[_i]))
+        batches.append(steps.batch_shapes(task, batch_size=batch, num_frames=t, frame_size=crop, kind=kind,
+                                          num_pseudo_glosses=npg))
+    if task.caches_text_vectors:  # the sentence vectors' program reads the text encoder
+        fns.append(lambda fr, states, bs: model.apply({"params": state_lib.merge_params(states[-1]["trainable"], fr)},
+                                                      bs[-1], bs[-1] > 0, method=hfa.HFAPretrain.encode_text))
+        batches.append(jax.ShapeDtypeStruct((batch, s.data.max_text_len), jnp.int32))
+    states = [{k: v for k, v in abstract_state.items() if k != "frozen"}] * len(fns)
+    return initial_weights.bf16_frozen_mask(s, compute_dtype, fns, abstract_state["frozen"], states, batches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,4 +401,9 @@ def init_state(tr: Trainer) -> PyTree:
             log.info("%s", line)
         host_state = jax.device_get(plan.make_state(variables, jax.device_get(plan.root)))
         state = jax.device_put(host_state, plan.state_shardings)
+    # The frozen text encoder's sentence vectors, once per sentence (the steps then skip it).
+    n = text_vectors.add_text_vectors(tr.task, tr.model, state_lib.merge_params(state["trainable"], state["frozen"]),
+                                      tr.data.fields, mesh=mesh, rules=tr.rules)
+    if n:
+        log.info("text encoder: %d sentence vectors computed once for the run", n)
     return state

@@ -55,7 +55,8 @@ def test_each_stage_has_a_task_and_each_task_its_objective_in_order():
     assert [(t.name, t.weight) for t in tr.objective().terms] == [("loss", 1.0)]
     assert (tr.best_metric, tr.best_mode, tr.generates) == ("bleu4", "max", True)
     assert set(tr.label_shapes(2, 0)) == {"labels", "decoder_input_ids", "target_mask"}
-    assert set(pre.label_shapes(2, 5)) == {"text_ids", "text_mask", "pg_targets", "desc_vec", "hand_pose"}
+    assert set(pre.label_shapes(2, 5)) == {"text_ids", "text_mask", "pg_targets", "text_vec", "desc_vec",
+                                           "hand_pose"}
 
 
 def _imports(path: pathlib.Path) -> set[str]:
