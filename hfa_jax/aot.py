@@ -267,6 +267,11 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
         config.data.augment.padding_chunk = 0
         config.data.augment.method = augment_lib.resolve_method(  # "auto" as the target resolves it
             str(config.data.augment.get("method", "auto")), devices[0].platform)
+        if devices[0].platform == "tpu" and str(config.model.get("attention", "xla")) == "auto":
+            # model.attention=auto resolves by the backend the model is traced on, here this
+            # host's; on a TPU it is the ViT's Pallas kernels (and XLA elsewhere in the model,
+            # which is what "pallas" means there too)
+            config.model.attention = "pallas"
     model_cfg = settings_lib.model_config(config)
     if model_cfg.mbart.decoder_start_token_id is None:
         # The language id comes from the tokenizer in a real run; any id compiles the same program.
