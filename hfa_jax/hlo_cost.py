@@ -46,7 +46,7 @@ _HEADER = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s*\(.*\{\s*$")
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id",
          "replica-id", "opt-barrier", "while", "call", "conditional", "copy-done", "send-done", "recv-done",
          "all-reduce-done", "all-gather-done", "collective-permute-done", "async-done", "async-update",
-         "add-dependency", "domain"}
+         "add-dependency", "domain", "slice-done"}
 _ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "negate", "abs", "compare",
                 "select", "and", "or", "xor", "not", "power", "remainder", "clamp", "sign", "floor", "ceil",
                 "round-nearest-even", "round-nearest-afz", "shift-left", "shift-right-logical",
@@ -72,6 +72,25 @@ def shape_bytes(shape: str) -> float:
     for dtype, dims in _ARRAY.findall(shape):
         total += _elements(dims) * _DTYPE_BYTES.get(dtype, 1)
     return total
+
+
+def _arrays(shape: str) -> list[str]:
+    return [m.group(0) for m in _ARRAY.finditer(shape)]
+
+
+def instruction_bytes(ins: "Instr", shapes: dict[str, str]) -> float:
+    """Bytes a top-level instruction moves: its operands plus its outputs, except for the
+    asynchronous copies a TPU program uses to stage weights in VMEM. Their tuple shapes repeat the
+    whole source operand: ``slice-start`` (``((source), slice, context)``) reads and writes the
+    slice, ``copy-start`` (``(destination, source, context)``) reads and writes the destination's
+    size; their ``-done`` halves only wait."""
+    if ins.opcode == "slice-start":
+        arrays = _arrays(ins.shape)
+        return 2.0 * shape_bytes(arrays[len(ins.operands)]) if len(arrays) > len(ins.operands) else 0.0
+    if ins.opcode == "copy-start":
+        arrays = _arrays(ins.shape)
+        return 2.0 * shape_bytes(arrays[0]) if arrays else 0.0
+    return shape_bytes(ins.shape) + sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
 
 
 def _dims(shape: str) -> list[int]:
@@ -354,7 +373,7 @@ def breakdown(text: str, lora_blocks: Iterable[int] = ()) -> Breakdown:
             if op in _FREE:
                 continue
             p = part(ins)
-            b = shape_bytes(ins.shape) + sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
+            b = instruction_bytes(ins, shapes)
             moved[p] += b * times
             count[p] += 1
             if op == "fusion":

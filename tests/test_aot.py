@@ -218,3 +218,13 @@ def test_the_breakdown_counts_each_kernel_and_names_its_part():
     assert hlo_cost.part_of("jit(train_step)/transpose(jvp(HFATranslate))/mbart/decoder/layers_0/x", []) == "mBART"
     assert hlo_cost.part_of("jit(train_step)/log", [("/x/hfa_jax/train/tasks.py", "Pretraining.objective.<locals>."
                                                                                    "<lambda>")]) == "losses"
+
+
+def test_async_weight_copies_count_the_slice_they_move_not_the_whole_source():
+    # a TPU program stages a [1024, 1024] f32 weight in VMEM a quarter at a time
+    start = hlo_cost.Instr("s", "((f32[1024,1024]), f32[256,1024], s32[])", "slice-start", ["w"], "")
+    copy = hlo_cost.Instr("c", "(f32[1024], f32[1024], u32[])", "copy-start", ["v"], "")
+    shapes = {"w": "f32[1024,1024]", "v": "f32[1024]"}
+    assert hlo_cost.instruction_bytes(start, shapes) == 2 * 256 * 1024 * 4
+    assert hlo_cost.instruction_bytes(copy, shapes) == 2 * 1024 * 4
+    assert "slice-done" in hlo_cost._FREE
