@@ -49,7 +49,7 @@ Array = jax.Array
 __all__ = ["lora_mlp", "cost_estimate", "TILE_ROWS"]
 
 TILE_ROWS = 512
-_VMEM_LIMIT = 64 * 2**20
+_VMEM_LIMIT = 32 * 2**20
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))

@@ -48,7 +48,7 @@ Array = jax.Array
 
 __all__ = ["frozen_block", "frames_per_block", "cost_estimate", "WEIGHT_NAMES"]
 
-_VMEM_LIMIT = 64 * 2**20
+_VMEM_LIMIT = 32 * 2**20
 _BLOCK_BUDGET = 8 * 2**20
 _MAX_FRAMES_PER_BLOCK = 4
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
