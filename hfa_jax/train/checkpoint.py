@@ -8,6 +8,11 @@ Layout under ``<workdir>/``::
     best/<step>/{state,meta}   the checkpoint with the best validation metric (pretraining: lowest
                                validation loss; fine-tuning: highest dev BLEU-4)
 
+A restore checks the checkpoint's leaves, shapes and dtypes against the planned state first (one
+line naming the first difference). Frozen weights may differ in precision only (float32 against
+bfloat16, ``train.bf16_frozen``): the resumed state is then the one a run with this run's setting
+from the start holds (:meth:`Checkpointer.restore`).
+
 Orbax writes each step into a temporary folder and renames it when complete, so a run killed at
 any moment leaves only whole checkpoints. Saves are asynchronous (training continues while the
 arrays are written); :meth:`Checkpointer.wait` blocks until they are on disk.
@@ -137,11 +142,14 @@ def _stored_arrays(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any] | N
     """The checkpoint's own record of its state arrays (name -> metadata with shape and dtype),
     or None where none can be read (then orbax's restore alone checks)."""
     path = os.path.join(os.fspath(mngr.directory), str(step), "state")
+    ckptr = ocp.PyTreeCheckpointer()  # reads files only: no barrier between processes
     try:
         with _quiet_missing_item_metadata():
-            tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
+            tree = ckptr.metadata(path).item_metadata.tree
     except (OSError, ValueError, KeyError, AttributeError):
         return None
+    finally:
+        ckptr.close()
     return {_leaf_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]
             if hasattr(m, "shape") and hasattr(m, "dtype")}
 
@@ -183,7 +191,7 @@ def _check_matches(stored: dict[str, Any] | None, abstract_state: PyTree, where:
 def _prefer_fresh(state: PyTree, fresh: PyTree, names: list[str]) -> PyTree:
     """``state`` with each named leaf (restored from bfloat16 into float32) replaced, element by
     element, by ``fresh``'s value where that rounds to the restored one. One jitted program for
-    all of them; elementwise, so every leaf keeps its sharding."""
+    all of them, writing into the restored leaves' buffers (donated) with their shardings."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(state)
     fresh_flat = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(fresh)[0]}
     wanted = set(names)
@@ -196,7 +204,9 @@ def _prefer_fresh(state: PyTree, fresh: PyTree, names: list[str]) -> PyTree:
     def pick(restored, new):
         return [jnp.where(n.astype(jnp.bfloat16).astype(r.dtype) == r, n, r) for r, n in zip(restored, new)]
 
-    picked = jax.jit(pick)([flat[i][1] for i in pos], [fresh_flat[_leaf_name(flat[i][0])] for i in pos])
+    restored = [flat[i][1] for i in pos]
+    picked = jax.jit(pick, out_shardings=[x.sharding for x in restored], donate_argnums=0)(
+        restored, [fresh_flat[_leaf_name(flat[i][0])] for i in pos])
     leaves = [x for _, x in flat]
     for i, x in zip(pos, picked):
         leaves[i] = x
