@@ -115,7 +115,8 @@ def _small(tmp_path, state) -> ckpt_lib.Checkpointer:
     (lambda t: t.update(step=jax.ShapeDtypeStruct((), jnp.float32)), "step is int32 there but float32"),
     (lambda t: t["trainable"].update(v=jax.ShapeDtypeStruct((2,), jnp.bfloat16)),
      "trainable/v is float32 there but bfloat16"),
-    (lambda t: t["frozen"].update(w=jax.ShapeDtypeStruct((4, 3), jnp.float16)), "frozen/w is float32 there but float16"),
+    (lambda t: t["frozen"].update(w=jax.ShapeDtypeStruct((4, 3), jnp.float16)),
+     "frozen/w is float32 there but float16"),
 ])
 def test_a_checkpoint_that_does_not_match_the_planned_state_is_one_line(tmp_path, change, words):
     state = {"step": jnp.zeros((), jnp.int32), "trainable": {"v": jnp.ones(2)}, "frozen": {"w": jnp.ones((4, 3))}}
@@ -130,7 +131,8 @@ def test_a_checkpoint_that_does_not_match_the_planned_state_is_one_line(tmp_path
 
 @pytest.mark.slow  # two bf16 pretraining train-step compiles and four short runs: about a minute on 2 CPU cores
 @pytest.mark.parametrize("written, resumed", [(False, True), (True, False)])
-def test_a_resume_with_the_other_bf16_frozen_setting_continues_the_uninterrupted_run(paths, tmp_path, written, resumed):  # noqa: F811
+def test_a_resume_with_the_other_bf16_frozen_setting_continues_the_uninterrupted_run(
+        paths, tmp_path, written, resumed):  # noqa: F811 (the imported fixture)
     def config(bf16_frozen):
         c = tiny_config(paths, steps=5)
         c.model.dtype = "bfloat16"
