@@ -8,6 +8,11 @@ Layout under ``<workdir>/``::
     best/<step>/{state,meta}   the checkpoint with the best validation metric (pretraining: lowest
                                validation loss; fine-tuning: highest dev BLEU-4)
 
+A restore checks the checkpoint's leaves, shapes and dtypes against the planned state first (one
+line naming the first difference). Frozen weights may differ in precision only (float32 against
+bfloat16, ``train.bf16_frozen``): the resumed state is then the one a run with this run's setting
+from the start holds (:meth:`Checkpointer.restore`).
+
 Orbax writes each step into a temporary folder and renames it when complete, so a run killed at
 any moment leaves only whole checkpoints. Saves are asynchronous (training continues while the
 arrays are written); :meth:`Checkpointer.wait` blocks until they are on disk.
@@ -24,6 +29,7 @@ import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -88,16 +94,123 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, abstract_state: PyTree, step: int | None = None, *, best: bool = False
-                ) -> tuple[PyTree, dict]:
-        """Restores onto ``abstract_state`` (``jax.ShapeDtypeStruct`` leaves with shardings)."""
+    def restore(self, abstract_state: PyTree, step: int | None = None, *, best: bool = False,
+                fresh: PyTree | None = None) -> tuple[PyTree, dict]:
+        """Restores onto ``abstract_state`` (``jax.ShapeDtypeStruct`` leaves with shardings).
+
+        The checkpoint must hold exactly the leaves of ``abstract_state``, with the same shapes
+        and dtypes, except that a frozen weight may have been written in float32 and be planned
+        in bfloat16 or the reverse (``train.bf16_frozen`` changed between the runs, or the
+        checkpoint predates it); anything else is a :class:`CheckpointError` naming the first
+        differing leaf. A float32 weight restored into bfloat16 is rounded to nearest even on the
+        host (orbax's restore-time cast, the rounding of ``astype``): the value a run storing it
+        in bfloat16 from the start holds. A bfloat16 weight restored into float32 takes, where
+        ``fresh`` (the stage's freshly initialised state, same structure) rounds to it, the fresh
+        float32 value: frozen weights never change, so that is the value a run storing them in
+        float32 from the start holds; elsewhere the exact upcast.
+        """
         mngr = self.best if best else self.latest
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint under {mngr.directory}; train this stage first")
+        stored = _stored_arrays(mngr, step)
+        widened = _check_matches(stored, abstract_state, f"checkpoint {mngr.directory}/{step}")
         out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                          meta=ocp.args.JsonRestore()))
-        return out["state"], dict(out["meta"])
+        state = out["state"]
+        if fresh is not None and widened:
+            state = _prefer_fresh(state, fresh, widened)
+        return state, dict(out["meta"])
+
+
+def _leaf_name(path: tuple) -> str:
+    """``frozen/frame_encoder/patch_embed/kernel`` for a pytree key path (dict keys, sequence
+    indices and attribute names alike, so a NamedTuple in the planned state matches the
+    checkpoint's record of it)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _stored_arrays(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+    """The checkpoint's own record of its state arrays (name -> metadata with shape and dtype),
+    or None where none can be read (then orbax's restore alone checks)."""
+    path = os.path.join(os.fspath(mngr.directory), str(step), "state")
+    ckptr = ocp.PyTreeCheckpointer()  # reads files only: no barrier between processes
+    try:
+        with _quiet_missing_item_metadata():
+            tree = ckptr.metadata(path).item_metadata.tree
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    finally:
+        ckptr.close()
+    return {_leaf_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(m, "shape") and hasattr(m, "dtype")}
+
+
+_FROZEN_PRECISIONS = frozenset({np.dtype(np.float32), np.dtype(jnp.bfloat16)})
+
+
+def _check_matches(stored: dict[str, Any] | None, abstract_state: PyTree, where: str) -> list[str]:
+    """Raises one line for the first leaf the checkpoint and the planned state disagree on;
+    returns the names of the frozen leaves stored in bfloat16 and planned in float32."""
+    if stored is None:
+        return []
+    planned = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    hint = ("the model, the trainable table or the optimiser changed since it was written: "
+            "train in a fresh workdir (config.train.init_from starts a stage from another's weights)")
+    missing = sorted(set(planned) - set(stored))
+    if missing:
+        raise CheckpointError(f"{where} has no {missing[0]} ({len(missing)} leaves missing); {hint}")
+    extra = sorted(set(stored) - set(planned))
+    if extra:
+        raise CheckpointError(f"{where} holds {extra[0]}, which this run's state has not "
+                              f"({len(extra)} such leaves); {hint}")
+    widened = []
+    for name, x in planned.items():
+        m = stored[name]
+        if tuple(m.shape) != tuple(x.shape):
+            raise CheckpointError(f"{where}: {name} has shape {tuple(m.shape)} there but {tuple(x.shape)} "
+                                  f"in this run's state; {hint}")
+        have, want = np.dtype(m.dtype), np.dtype(x.dtype)
+        if have == want:
+            continue
+        if not (name.startswith("frozen/") and {have, want} <= _FROZEN_PRECISIONS):
+            raise CheckpointError(f"{where}: {name} is {have} there but {want} in this run's state; {hint}")
+        if want == np.float32:
+            widened.append(name)
+    return widened
+
+
+def _prefer_fresh(state: PyTree, fresh: PyTree, names: list[str]) -> PyTree:
+    """``state`` with each named leaf (restored from bfloat16 into float32) replaced, element by
+    element, by ``fresh``'s value where that rounds to the restored one. One jitted program for
+    all of them, writing into the restored leaves' buffers (donated) with their shardings."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    fresh_flat = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(fresh)[0]}
+    wanted = set(names)
+    pos = [i for i, (p, _) in enumerate(flat) if _leaf_name(p) in wanted
+           and _leaf_name(p) in fresh_flat and fresh_flat[_leaf_name(p)].dtype == flat[i][1].dtype
+           and fresh_flat[_leaf_name(p)].shape == flat[i][1].shape]
+    if not pos:
+        return state
+
+    def pick(restored, new):
+        return [jnp.where(n.astype(jnp.bfloat16).astype(r.dtype) == r, n, r) for r, n in zip(restored, new)]
+
+    restored = [flat[i][1] for i in pos]
+    picked = jax.jit(pick, out_shardings=[x.sharding for x in restored], donate_argnums=0)(
+        restored, [fresh_flat[_leaf_name(flat[i][0])] for i in pos])
+    leaves = [x for _, x in flat]
+    for i, x in zip(pos, picked):
+        leaves[i] = x
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 class _DropMissingItemMetadata(logging.Filter):

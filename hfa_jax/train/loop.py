@@ -148,7 +148,7 @@ def _resume(tr: Trainer, state) -> tuple[PyTree, float | None]:
     best_value = None
     start = tr.ckpt.latest_step()
     if start is not None:
-        state, meta = tr.ckpt.restore(tr.plan.abstract_sharded_state(), start)
+        state, meta = tr.ckpt.restore(tr.plan.abstract_sharded_state(), start, fresh=state)
         best_value = meta.get("best_value")
         log.info("resumed from step %d (best %s so far: %s)", start, tr.task.best_metric, best_value)
     return state, best_value
