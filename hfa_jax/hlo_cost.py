@@ -234,17 +234,18 @@ def part_of(op_name: str, frames: Sequence[tuple[str, str]], lora_blocks: Iterab
     files = " ".join(f for f, _ in frames)
     if "jit(augment)" in op_name or "augment_frames" in functions or "/data/augment" in files:
         return "augmentation"
-    m = re.search(r"/frame_encoder/block_(\d+)/", op_name + "/")
+    # a module appears as "name/" or, called through a method, "name.method/"
+    m = re.search(r"/frame_encoder(?:\.\w+)?/block_(\d+)(?:\.\w+)?/", op_name + "/")
     if m:
         return "LoRA ViT" if int(m.group(1)) in set(lora_blocks) else "frozen ViT"
-    if "/frame_encoder/" in op_name + "/":
+    if re.search(r"/frame_encoder(?:\.\w+)?/", op_name + "/"):
         # patch and position embedding (frozen); the final norm follows the LoRA blocks
-        return "LoRA ViT" if re.search(r"/frame_encoder/norm\b", op_name) else "frozen ViT"
-    if re.search(r"/(text_encoder)/", op_name + "/") or "encode_text" in op_name:
+        return "LoRA ViT" if re.search(r"/frame_encoder(?:\.\w+)?/norm\b", op_name) else "frozen ViT"
+    if re.search(r"/text_encoder(?:\.\w+)?/", op_name + "/") or "encode_text" in op_name:
         return "text encoder"
-    if re.search(r"/(video_encoder|mbart|mapper)/", op_name + "/"):
+    if re.search(r"/(video_encoder|mbart|mapper)(?:\.\w+)?/", op_name + "/"):
         return "mBART"
-    if re.search(r"/(temporal|frame_proj|frame_bn|hand_pose|desc_feedback)/", op_name + "/") \
+    if re.search(r"/(temporal|frame_proj|frame_bn|hand_pose|desc_feedback)(?:\.\w+)?/", op_name + "/") \
             or "encode_frames" in op_name or "gather_frames" in functions or "scatter_frames" in functions:
         return "temporal"
     # The objective's terms are built in the task (train/tasks.py) from train/losses.py and

@@ -216,6 +216,10 @@ def test_the_breakdown_counts_each_kernel_and_names_its_part():
                             [], (9, 10, 11)) == "frozen ViT"
     assert hlo_cost.part_of("jit(train_step)/jit(augment)/gather", []) == "augmentation"
     assert hlo_cost.part_of("jit(train_step)/transpose(jvp(HFATranslate))/mbart/decoder/layers_0/x", []) == "mBART"
+    # a module called through a method appears as "name.method/" (stage 2's mBART, 2026-12-07)
+    assert hlo_cost.part_of("jit(train_step)/jvp(HFATranslate)/mbart.decode_full/decoder/layers_0/x", []) == "mBART"
+    assert hlo_cost.part_of("jit(train_step)/jvp(HFATranslate)/HFATranslate.encode/mbart.encode/encoder/x", []) == "mBART"
+    assert hlo_cost.part_of("jit(f)/HFATranslate.encode_frames_aux/frame_encoder/block_10/mlp/x", [], (9, 10)) == "LoRA ViT"
     assert hlo_cost.part_of("jit(train_step)/log", [("/x/hfa_jax/train/tasks.py", "Pretraining.objective.<locals>."
                                                                                    "<lambda>")]) == "losses"
 
