@@ -203,6 +203,18 @@ def plain_config(config) -> ml_collections.ConfigDict:
 MODEL_FLOPS_SOURCE = "plain-XLA update step (no remat, XLA attention, one micro-batch, no augmentation) / devices"
 
 
+def _stage_of(config) -> tuple[Any, settings_lib.Settings, tasks_lib.Task]:
+    """(model config, settings, task) of a config compiled from shapes alone (``config`` is an
+    unlocked copy; a missing decoder start id is filled in)."""
+    model_cfg = settings_lib.model_config(config)
+    if model_cfg.mbart.decoder_start_token_id is None:
+        # The language id comes from the tokenizer in a real run; any id compiles the same program.
+        config.model.mbart.decoder_start_token_id = model_cfg.mbart.vocab_size - 1
+        model_cfg = settings_lib.model_config(config)
+    settings = schema.resolve(config)
+    return model_cfg, settings, tasks_lib.make(settings)
+
+
 def model_flops(config, *, num_devices: int, frame_size: int) -> float:
     """The train step's model FLOPs per device: XLA's count of the plain-XLA update step
     (:func:`hfa_jax.train.steps.update_step`: forward, backward and optimiser on normalised
@@ -210,12 +222,7 @@ def model_flops(config, *, num_devices: int, frame_size: int) -> float:
     from shapes alone (nothing is allocated or compiled) at the global batch, every frame slot
     filled, divided by ``num_devices``."""
     c = plain_config(config)
-    model_cfg = settings_lib.model_config(c)
-    if model_cfg.mbart.decoder_start_token_id is None:
-        c.model.mbart.decoder_start_token_id = model_cfg.mbart.vocab_size - 1
-        model_cfg = settings_lib.model_config(c)
-    settings = schema.resolve(c)
-    task = tasks_lib.make(settings)
+    model_cfg, settings, task = _stage_of(c)
     mesh = mesh_lib.make_mesh(data=1, fsdp=1, devices=[jax.devices()[0]])
     rules = mesh_lib.logical_rules(settings.mesh.rules)
     gbs = settings.train.batch_size
@@ -272,13 +279,7 @@ def stage_programs(config, devices: Sequence[Any], *, num_train: int, frame_size
             # host's; on a TPU it is the ViT's Pallas kernels (and XLA elsewhere in the model,
             # which is what "pallas" means there too)
             config.model.attention = "pallas"
-    model_cfg = settings_lib.model_config(config)
-    if model_cfg.mbart.decoder_start_token_id is None:
-        # The language id comes from the tokenizer in a real run; any id compiles the same program.
-        config.model.mbart.decoder_start_token_id = model_cfg.mbart.vocab_size - 1
-        model_cfg = settings_lib.model_config(config)
-    settings = schema.resolve(config)
-    task = tasks_lib.make(settings)
+    model_cfg, settings, task = _stage_of(config)
     mesh = mesh_lib.make_mesh(data=settings.mesh.data, fsdp=settings.mesh.fsdp, devices=devices)
     rules = mesh_lib.logical_rules(settings.mesh.rules)
     gbs = settings.train.batch_size

@@ -112,6 +112,21 @@ def _fwd_kernel(words_ref, x_ref, w1, b1, a1, bb1, w2, b2, a2, bb2, y_ref, *, sc
     y_ref[...] = y.astype(y_ref.dtype)
 
 
+def _dense_backward(g, w, a, b, dropped_in, mask, down, scale, keep):
+    """The backward pass of ``out = inp W + bias + s (drop(inp) A) B`` for one tile, given the
+    output's gradient ``g [T, out]``, the dropped input ``dropped_in [T, in]`` and ``down =
+    dropped_in A [T, r]`` from the forward pass. Returns (the input's gradient in float32 [T, in],
+    dA [in, r], dB [r, out])."""
+    f32, dt = jnp.float32, g.dtype
+    gs = (g.astype(f32) * scale).astype(dt)
+    db = jax.lax.dot_general(down, gs, _TN, preferred_element_type=f32)                      # [r, out]
+    g_down = jax.lax.dot_general(gs, b, _NT, preferred_element_type=f32).astype(dt)           # [T, r]
+    da = jax.lax.dot_general(dropped_in, g_down, _TN, preferred_element_type=f32)             # [in, r]
+    g_dropped = jax.lax.dot_general(g_down, a, _NT, preferred_element_type=f32)               # [T, in]
+    g_in = jax.lax.dot_general(g, w, _NT, preferred_element_type=f32) + _dropped(g_dropped, mask, keep)
+    return g_in, da, db
+
+
 def _bwd_kernel(words_ref, x_ref, dy_ref, w1, b1, a1, bb1, w2, b2, a2, bb2,
                 dx_ref, da1_ref, db1_ref, da2_ref, db2_ref, *, scale, keep, rows, offset_ref):
     f32 = jnp.float32
@@ -127,21 +142,10 @@ def _bwd_kernel(words_ref, x_ref, dy_ref, w1, b1, a1, bb1, w2, b2, a2, bb2,
     w1v, a1v, bb1v, w2v, a2v, bb2v = w1[...], a1[...], bb1[...], w2[...], a2[...], bb2[...]
     _, (xd, m1, down1, h, ad, m2, down2) = _forward_tile(x, w1v, b1[...], a1v, bb1v, w2v, b2[...], a2v, bb2v,
                                                          words_ref, row0, scale, keep, output=False)
-    # fc2: y = a W2 + b2 + s (drop2(a) A2) B2
-    gs = (dy.astype(f32) * scale).astype(dt)
-    db2_ref[0] = jax.lax.dot_general(down2, gs, _TN, preferred_element_type=f32)            # [r, D]
-    g_down2 = jax.lax.dot_general(gs, bb2v, _NT, preferred_element_type=f32).astype(dt)      # [T, r]
-    da2_ref[0] = jax.lax.dot_general(ad, g_down2, _TN, preferred_element_type=f32)           # [M, r]
-    g_ad = jax.lax.dot_general(g_down2, a2v, _NT, preferred_element_type=f32)                # [T, M]
-    da = jax.lax.dot_general(dy, w2v, _NT, preferred_element_type=f32) + _dropped(g_ad, m2, keep)
+    # fc2: y = a W2 + b2 + s (drop2(a) A2) B2, then GELU, then fc1 the same way
+    da, da2_ref[0], db2_ref[0] = _dense_backward(dy, w2v, a2v, bb2v, ad, m2, down2, scale, keep)
     dh = (da * _gelu_grad(h)).astype(dt)
-    # fc1: h = x W1 + b1 + s (drop1(x) A1) B1
-    gs = (dh.astype(f32) * scale).astype(dt)
-    db1_ref[0] = jax.lax.dot_general(down1, gs, _TN, preferred_element_type=f32)            # [r, M]
-    g_down1 = jax.lax.dot_general(gs, bb1v, _NT, preferred_element_type=f32).astype(dt)      # [T, r]
-    da1_ref[0] = jax.lax.dot_general(xd, g_down1, _TN, preferred_element_type=f32)           # [D, r]
-    g_xd = jax.lax.dot_general(g_down1, a1v, _NT, preferred_element_type=f32)                # [T, D]
-    dx = jax.lax.dot_general(dh, w1v, _NT, preferred_element_type=f32) + _dropped(g_xd, m1, keep)
+    dx, da1_ref[0], db1_ref[0] = _dense_backward(dh, w1v, a1v, bb1v, xd, m1, down1, scale, keep)
     dx_ref[...] = dx.astype(dx_ref.dtype)
 
 
