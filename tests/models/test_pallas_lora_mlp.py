@@ -128,3 +128,50 @@ def test_the_trainer_refuses_the_fused_mlp_with_such_a_table():
     trainer._check_fused_kernels(off, mask)  # no kernel, no conflict
     xla = types.SimpleNamespace(cfg=types.SimpleNamespace(vit=CFG))
     trainer._check_fused_kernels(xla, mask)
+
+
+_SHARDED = r"""
+import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from hfa_jax.models import pallas_lora_mlp as plm, pallas_vit_block as pvb
+from hfa_jax.models.vit import Block, ViTConfig, _MLP
+plm.TILE_ROWS = 8  # 2 frames x 11 tokens per device: tiles of 8, 8, 6 (a partial one)
+cfg = ViTConfig(width=24, depth=3, num_heads=3, mlp_dim=40, pos_grid=2, patch_size=4, lora_blocks=(2,), lora_rank=2)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+r = np.random.default_rng(0)
+x = jnp.asarray(r.standard_normal((8, 11, 24)), jnp.float32)
+p = jax.tree.map(lambda a: a + 0.2, _MLP(cfg, lora=True).init(jax.random.key(1), x)["params"])
+words = jax.random.bits(jax.random.key(7), (4,), jnp.uint32)
+kw = dict(scale=2.0, rate=0.25, words=words)
+loss = lambda f: lambda x, p: jnp.sum(jnp.sin(f(x, p)))
+adapters = lambda g: [g[k][n] for k in ("fc1", "fc2") for n in ("lora_a", "lora_b")]
+bp = Block(cfg).init(jax.random.key(2), x, True, None, 11)["params"]
+with mesh, nn.logical_axis_rules([("batch", "data")]):
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    fn = jax.jit(jax.value_and_grad(loss(lambda x, p: plm.lora_mlp(x, p, **kw)), argnums=(0, 1)))
+    assert "shard_map" in str(jax.make_jaxpr(fn)(xs, p))
+    out, (dx, dp) = fn(xs, p)
+    block = jax.jit(lambda x: pvb.frozen_block(x, bp, num_heads=3, eps=1e-6, kv_len=9))(xs)
+# the masks index global rows, so the sharded kernel equals the unsharded reference, dropout included
+ref, (rx, rp) = jax.value_and_grad(loss(lambda x, p: plm.reference(x, p, **kw)), argnums=(0, 1))(x, p)
+np.testing.assert_allclose(out, ref, rtol=1e-5)
+np.testing.assert_allclose(dx, rx, atol=3e-4, rtol=1e-4)  # float32 sums in another order
+for g, gr in zip(adapters(dp), adapters(rp)):
+    np.testing.assert_allclose(g, gr, atol=1e-4, rtol=1e-4)
+np.testing.assert_allclose(block, Block(cfg).apply({"params": bp}, x, True, None, 9), atol=2e-5)
+print("ok")
+"""
+
+
+def test_kernels_run_per_device_under_a_mesh():
+    # 4 CPU devices, the interpreter: frames split over the mesh through shard_map; dropout masks
+    # and gradient sums over all devices' rows equal the unsharded computation's
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", _SHARDED], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
