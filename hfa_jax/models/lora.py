@@ -54,6 +54,12 @@ class LoRADense(nn.Module):
       kernel_axes: logical axis names ``(in, out)`` of ``kernel`` (:mod:`hfa_jax.models.axes`);
         ``bias`` takes ``(out,)``, ``lora_a`` ``(in, "lora")``, ``lora_b`` ``("lora", out)``.
         None: the parameters carry no names.
+      adapter_elementwise: the adapter's up-projection ``down @ lora_b`` as r broadcast
+        multiply-adds in float32, added to the base output with the bias and rounded once,
+        instead of a matmul. XLA then fuses it into the base matmul's output: the output is
+        written once instead of written, read back and written again (on a TPU, a ViT LoRA
+        block's forward + backward 11.5 -> 9.9 GB). For small ranks; the values differ from the
+        matmul form by the compute dtype's rounding (float32: by summation order).
     """
 
     features: int
@@ -68,6 +74,7 @@ class LoRADense(nn.Module):
     param_dtype: Dtype = jnp.float32
     precision: Any = None
     kernel_axes: tuple[str | None, str | None] | None = None
+    adapter_elementwise: bool = False
 
     def _init(self, init_fn: Callable, names: tuple[str | None, ...]) -> Callable:
         return init_fn if self.kernel_axes is None else axes.param(init_fn, names)
@@ -130,6 +137,13 @@ class LoRADense(nn.Module):
 
     def _finish(self, y: Array, bias: Array | None, down: Array | None, up: Array | None, dtype: Any) -> Array:
         """Base output + bias + the adapter's up-projection of ``down`` (scaled)."""
+        if down is not None and self.adapter_elementwise:
+            f32 = jnp.float32
+            out = y.astype(f32) if bias is None else y.astype(f32) + bias.astype(f32)
+            up = up.astype(f32) * lora_scale(self.rank, self.alpha)
+            for i in range(down.shape[-1]):  # r multiply-adds XLA fuses into the base matmul's output
+                out = out + down[..., i:i + 1].astype(f32) * up[i]
+            return out.astype(dtype)
         if bias is not None:
             y = y + bias.astype(dtype)
         if down is not None:

@@ -116,6 +116,10 @@ class ViTConfig:
     # gradients to the adapters and the input only, so the trainer refuses it with a freezing
     # table that trains those MLPs' base weights or biases.
     fused_lora_mlp: bool = True
+    # Likewise, the LoRA blocks' q/k/v and output projections add their adapters' rank-r
+    # up-projection as multiply-adds that XLA fuses into the base matmul
+    # (LoRADense.adapter_elementwise), rather than as a second pass over the output.
+    fused_lora_adapters: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "lora_blocks", tuple(int(b) for b in self.lora_blocks))
@@ -239,9 +243,11 @@ class Attention(nn.Module):
         cfg = self.cfg
         d = x.shape[-1]
         r = cfg.lora_rank if self.lora else 0
+        elementwise = bool(r) and cfg.fused_lora_adapters and attention_lib.resolve(
+            cfg.attention, x.dtype, d // cfg.num_heads, has_kernel=True) == "pallas"
         dense = lambda f, name, names: LoRADense(  # noqa: E731
             f, rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype, name=name,
-            kernel_axes=names,
+            kernel_axes=names, adapter_elementwise=elementwise,
         )
         # q, k, v from the fused qkv parameters as three contiguous [B, N, D] arrays (LoRADense
         # ``splits``); the attention splits the heads where its implementation needs them

@@ -143,3 +143,27 @@ def test_decoding_layout_same_values_adapters_untouched():
     np.testing.assert_array_equal(t["params"]["a"]["kernel_t"], np.asarray(plain["params"]["a"]["kernel"]).T)
     assert "kernel" in t["params"]["b"] and "lora_a" in t["params"]["b"]
     np.testing.assert_allclose(m.apply(t, x), m.apply(plain, x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 0.05)])
+def test_the_elementwise_adapter_equals_the_matmul_form(dtype, tol):
+    # adapter_elementwise: the rank-r up-projection as multiply-adds (fused by XLA into the base
+    # matmul); values and gradients as the matmul form, to the compute dtype's rounding
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 12)), jnp.float32)
+    layer = LoRADense(9, rank=3, alpha=6.0, dtype=dtype)
+    params = layer.init(jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda a: a + 0.3, params)  # lora_b starts at zero
+    fast = LoRADense(9, rank=3, alpha=6.0, dtype=dtype, adapter_elementwise=True)
+
+    def run(m):
+        return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply({"params": p}, x).astype(jnp.float32))),
+                                  argnums=(0, 1))(params, x)
+
+    (v1, (gp1, gx1)), (v2, (gp2, gx2)) = run(layer), run(fast)
+    np.testing.assert_allclose(float(v2), float(v1), rtol=tol)
+    np.testing.assert_allclose(np.asarray(gx2), np.asarray(gx1), atol=tol, rtol=tol)
+    for a, b in zip(jax.tree.leaves(gp2), jax.tree.leaves(gp1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol * 10, rtol=tol)
+    # the option really changes the computation: no matmul for lora_b (base and down remain)
+    dots = lambda m: str(jax.make_jaxpr(lambda p: m.apply({"params": p}, x))(params)).count("dot_general")  # noqa: E731
+    assert (dots(layer), dots(fast)) == (3, 2)

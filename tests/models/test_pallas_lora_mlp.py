@@ -85,7 +85,12 @@ def test_vit_with_fused_lora_mlp_matches_without():
     pixels = jnp.asarray(RNG.standard_normal((2, 8, 8, 3)), jnp.float32)
     params = ViT(cfg).init(jax.random.key(0), pixels)["params"]
     params = jax.tree.map(lambda a: a + 0.05, params)  # non-zero lora_b
-    fused, plain = ViT(dataclasses.replace(cfg, fused_lora_mlp=True)), ViT(cfg)
+    # the LoRA blocks' MLP kernel and elementwise adapters vs both off (XLA ops around the
+    # attention kernel)
+    fused = ViT(dataclasses.replace(cfg, fused_lora_mlp=True, fused_lora_adapters=True))
+    plain = ViT(dataclasses.replace(cfg, fused_lora_mlp=False, fused_lora_adapters=False))
+    jaxpr = lambda m: str(jax.make_jaxpr(lambda p: m.apply({"params": p}, pixels, True, True))(params))  # noqa: E731
+    assert "vit_lora_mlp" in jaxpr(fused) and "vit_lora_mlp" not in jaxpr(plain)
 
     def loss(model, p):
         return jnp.sum(model.apply({"params": p}, pixels, True, True) ** 2)
@@ -93,9 +98,9 @@ def test_vit_with_fused_lora_mlp_matches_without():
     (l1, g1), (l2, g2) = (jax.value_and_grad(lambda p: loss(m, p))(params) for m in (fused, plain))
     np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
     for name in ("block_1", "block_2"):
-        for layer in ("fc1", "fc2"):
+        for mod, layer in (("mlp", "fc1"), ("mlp", "fc2"), ("attn", "qkv"), ("attn", "proj")):
             for w in ("lora_a", "lora_b"):
-                np.testing.assert_allclose(np.asarray(g1[name]["mlp"][layer][w]), np.asarray(g2[name]["mlp"][layer][w]),
+                np.testing.assert_allclose(np.asarray(g1[name][mod][layer][w]), np.asarray(g2[name][mod][layer][w]),
                                            atol=1e-5, rtol=1e-4, err_msg=f"{name}/{layer}/{w}")
     assert np.asarray(g1["block_1"]["mlp"]["fc1"]["lora_b"]).any()
 
