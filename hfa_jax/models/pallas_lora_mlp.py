@@ -11,10 +11,12 @@
 Why: the paper's LoRA blocks (9-11) carry a gradient, and run by XLA their MLP writes the
 hidden layer, its GELU and the adapters' separate passes to HBM in the forward pass and reads
 them again in the backward pass: at paper widths on one v5e chip (600 frames of 257 tokens)
-about 7 GB of a LoRA block's ~16 GB. Here a program takes a tile of tokens, and the forward
-kernel reads ``x`` and writes ``y``; the backward kernel reads ``x`` and ``dy``, recomputes
-``h`` (one more matmul, cheaper on a memory-bound chip than storing and reloading
-``[tokens, 1536]``), and writes ``dx`` and per-tile partial sums of the adapters' gradients.
+about 7 GB of a LoRA block's ~16 GB. Here a program takes a block of whole frames (~512 tokens,
+in the ``[frames, tokens, 384]`` layout the rest of the ViT uses, so nothing is relaid out) and
+runs one frame at a time: the forward kernel reads ``x`` and writes ``y``; the backward kernel
+reads ``x`` and ``dy``, recomputes ``h`` (one more matmul, cheaper on a memory-bound chip than
+storing and reloading ``[tokens, 1536]``), and writes ``dx`` and per-block partial sums of the
+adapters' gradients.
 
 Gradients: ``x`` and the adapters (``lora_a``, ``lora_b`` of both layers). The base weights
 and biases are treated as frozen (no gradient; the paper's freezing table trains only the
@@ -46,7 +48,7 @@ from hfa_jax.models import dropout as dropout_lib
 
 Array = jax.Array
 
-__all__ = ["lora_mlp", "cost_estimate", "TILE_ROWS"]
+__all__ = ["lora_mlp", "cost_estimate", "frames_per_block", "TILE_ROWS"]
 
 TILE_ROWS = 512
 _VMEM_LIMIT = 32 * 2**20
@@ -85,7 +87,7 @@ def _gelu_grad(h: Array) -> Array:
 
 
 def _forward_tile(x, w1, b1, a1, bb1, w2, b2, a2, bb2, words_ref, row0, scale, keep, output=True):
-    """The MLP of one tile; returns (y in f32, or None without ``output``; the values the
+    """The MLP of one frame's tokens; returns (y in f32, or None without ``output``; the values the
     backward pass needs). The backward pass recomputes everything but ``y``."""
     f32, dt = jnp.float32, x.dtype
     m1 = _keep(words_ref, 0, row0, x.shape, keep) if keep is not None else None
@@ -104,16 +106,22 @@ def _forward_tile(x, w1, b1, a1, bb1, w2, b2, a2, bb2, words_ref, row0, scale, k
     return y, (xd, m1, down1, h, ad, m2, down2)
 
 
-def _fwd_kernel(words_ref, x_ref, w1, b1, a1, bb1, w2, b2, a2, bb2, y_ref, *, scale, keep, rows, offset_ref):
-    tile = x_ref.shape[0]
-    row0 = offset_ref[0] + pl.program_id(0) * tile
-    y, _ = _forward_tile(x_ref[...], w1[...], b1[...], a1[...], bb1[...], w2[...], b2[...], a2[...], bb2[...],
-                         words_ref, row0, scale, keep)
-    y_ref[...] = y.astype(y_ref.dtype)
+def _fwd_kernel(words_ref, x_ref, w1, b1, a1, bb1, w2, b2, a2, bb2, y_ref, *, scale, keep, frames, offset_ref):
+    bf, n = x_ref.shape[0], x_ref.shape[1]
+    weights = (w1[...], b1[...], a1[...], bb1[...], w2[...], b2[...], a2[...], bb2[...])
+    first = pl.program_id(0) * bf  # read outside the loop (the interpreter substitutes it there)
+
+    def frame(f, carry):
+        row0 = offset_ref[0] + (first + f) * n  # the frame's first flattened row
+        y, _ = _forward_tile(x_ref[f], *weights, words_ref, row0, scale, keep)
+        y_ref[f] = y.astype(y_ref.dtype)
+        return carry
+
+    jax.lax.fori_loop(0, bf, frame, 0)
 
 
 def _dense_backward(g, w, a, b, dropped_in, mask, down, scale, keep):
-    """The backward pass of ``out = inp W + bias + s (drop(inp) A) B`` for one tile, given the
+    """The backward pass of ``out = inp W + bias + s (drop(inp) A) B`` for one frame, given the
     output's gradient ``g [T, out]``, the dropped input ``dropped_in [T, in]`` and ``down =
     dropped_in A [T, r]`` from the forward pass. Returns (the input's gradient in float32 [T, in],
     dA [in, r], dB [r, out])."""
@@ -128,25 +136,33 @@ def _dense_backward(g, w, a, b, dropped_in, mask, down, scale, keep):
 
 
 def _bwd_kernel(words_ref, x_ref, dy_ref, w1, b1, a1, bb1, w2, b2, a2, bb2,
-                dx_ref, da1_ref, db1_ref, da2_ref, db2_ref, *, scale, keep, rows, offset_ref):
-    f32 = jnp.float32
-    tile = x_ref.shape[0]
-    local0 = pl.program_id(0) * tile
-    row0 = offset_ref[0] + local0
-    # rows past the end of the array (a partial last tile) hold arbitrary values: zero them so
-    # they add nothing (and no NaN) to the adapters' gradient sums
-    valid = (jax.lax.broadcasted_iota(jnp.int32, (tile, 1), 0) + local0) < rows
-    x = jnp.where(valid, x_ref[...], jnp.zeros_like(x_ref[...]))
-    dy = jnp.where(valid, dy_ref[...], jnp.zeros_like(dy_ref[...]))
-    dt = x.dtype
+                dx_ref, da1_ref, db1_ref, da2_ref, db2_ref, *, scale, keep, frames, offset_ref):
+    bf, n = x_ref.shape[0], x_ref.shape[1]
     w1v, a1v, bb1v, w2v, a2v, bb2v = w1[...], a1[...], bb1[...], w2[...], a2[...], bb2[...]
-    _, (xd, m1, down1, h, ad, m2, down2) = _forward_tile(x, w1v, b1[...], a1v, bb1v, w2v, b2[...], a2v, bb2v,
-                                                         words_ref, row0, scale, keep, output=False)
-    # fc2: y = a W2 + b2 + s (drop2(a) A2) B2, then GELU, then fc1 the same way
-    da, da2_ref[0], db2_ref[0] = _dense_backward(dy, w2v, a2v, bb2v, ad, m2, down2, scale, keep)
-    dh = (da * _gelu_grad(h)).astype(dt)
-    dx, da1_ref[0], db1_ref[0] = _dense_backward(dh, w1v, a1v, bb1v, xd, m1, down1, scale, keep)
-    dx_ref[...] = dx.astype(dx_ref.dtype)
+    b1v, b2v = b1[...], b2[...]
+    first = pl.program_id(0) * bf  # read outside the loop (the interpreter substitutes it there)
+
+    def frame(f, sums):
+        index = first + f
+        row0 = offset_ref[0] + index * n
+        # frames past the end of the array (a partial last block) hold arbitrary values: zero
+        # them so they add nothing (and no NaN) to the adapters' gradient sums
+        valid = index < frames
+        x = jnp.where(valid, x_ref[f], jnp.zeros_like(x_ref[f]))
+        dy = jnp.where(valid, dy_ref[f], jnp.zeros_like(dy_ref[f]))
+        _, (xd, m1, down1, h, ad, m2, down2) = _forward_tile(x, w1v, b1v, a1v, bb1v, w2v, b2v, a2v, bb2v,
+                                                             words_ref, row0, scale, keep, output=False)
+        # fc2: y = a W2 + b2 + s (drop2(a) A2) B2, then GELU, then fc1 the same way
+        da, da2, db2 = _dense_backward(dy, w2v, a2v, bb2v, ad, m2, down2, scale, keep)
+        dh = (da * _gelu_grad(h)).astype(x.dtype)
+        dx, da1, db1 = _dense_backward(dh, w1v, a1v, bb1v, xd, m1, down1, scale, keep)
+        dx_ref[f] = dx.astype(dx_ref.dtype)
+        return tuple(s + g for s, g in zip(sums, (da1, db1, da2, db2)))
+
+    zeros = tuple(jnp.zeros(r.shape[1:], jnp.float32) for r in (da1_ref, db1_ref, da2_ref, db2_ref))
+    sums = jax.lax.fori_loop(0, bf, frame, zeros)
+    for ref, value in zip((da1_ref, db1_ref, da2_ref, db2_ref), sums):
+        ref[0] = value
 
 
 def cost_estimate(rows: int, width: int, mlp: int, rank: int, itemsize: int, backward: bool) -> pl.CostEstimate:
@@ -169,47 +185,56 @@ def cost_estimate(rows: int, width: int, mlp: int, rank: int, itemsize: int, bac
                            bytes_accessed=int(moved))
 
 
-def _calls(x2: Array, weights: tuple[Array, ...], words: Array, offset: Array, *, scale: float,
-           keep: float | None, interpret: bool | None, dy2: Array | None = None):
-    """The forward (``dy2`` None) or backward pallas_call over tokens ``x2 [T, D]``."""
-    rows, width = x2.shape
+def frames_per_block(n: int) -> int:
+    """Frames per program: whole frames of ~TILE_ROWS tokens together, at least one (a frame is
+    processed at a time, so its float32 ``[N, M]`` intermediates, not the block, set the VMEM
+    use)."""
+    return int(max(1, TILE_ROWS // n))
+
+
+def _calls(x: Array, weights: tuple[Array, ...], words: Array, offset: Array, *, scale: float,
+           keep: float | None, interpret: bool | None, dy: Array | None = None):
+    """The forward (``dy`` None) or backward pallas_call over frames ``x [F, N, D]``, in blocks of
+    whole frames (the layout the model's other ops and kernels use: no relayout copies)."""
+    frames, n, width = x.shape
     mlp = weights[0].shape[1]
     rank = weights[2].shape[1]
-    tile = min(TILE_ROWS, -(-rows // 8) * 8)
-    tiles = pl.cdiv(rows, tile)
-    item = jnp.dtype(x2.dtype).itemsize
-    token_spec = pl.BlockSpec((tile, width), lambda i: (i, 0))
+    item = jnp.dtype(x.dtype).itemsize
+    bf = min(frames_per_block(n), frames)
+    blocks = pl.cdiv(frames, bf)
+    rows = frames * n
+    frame_spec = pl.BlockSpec((bf, n, width), lambda i: (i, 0, 0))
     whole = lambda w: pl.BlockSpec(w.shape, lambda i: (0,) * w.ndim)  # noqa: E731  fetched once
     smem = pl.BlockSpec(memory_space=pltpu.SMEM)
     params = pltpu.CompilerParams(dimension_semantics=("parallel",), vmem_limit_bytes=_VMEM_LIMIT)
-    backward = dy2 is not None
+    backward = dy is not None
 
-    def run(words, offset, x2, *rest, interpret):
-        kw = dict(scale=float(scale), keep=keep, rows=rows)
+    def run(words, offset, x, *rest, interpret):
+        kw = dict(scale=float(scale), keep=keep, frames=frames)
         if not backward:
             kernel = lambda words_ref, offset_ref, *refs: _fwd_kernel(words_ref, *refs, **kw, offset_ref=offset_ref)  # noqa: E731
             return pl.pallas_call(
-                kernel, grid=(tiles,),
-                in_specs=[smem, smem, token_spec] + [whole(w) for w in rest],
-                out_specs=token_spec, out_shape=jax.ShapeDtypeStruct(x2.shape, x2.dtype),
+                kernel, grid=(blocks,),
+                in_specs=[smem, smem, frame_spec] + [whole(w) for w in rest],
+                out_specs=frame_spec, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
                 compiler_params=params, interpret=interpret, name="vit_lora_mlp_fwd",
                 cost_estimate=cost_estimate(rows, width, mlp, rank, item, backward=False),
-            )(words, offset, x2, *rest)
-        dy2, ws = rest[0], rest[1:]
+            )(words, offset, x, *rest)
+        dy, ws = rest[0], rest[1:]
         kernel = lambda words_ref, offset_ref, *refs: _bwd_kernel(words_ref, *refs, **kw, offset_ref=offset_ref)  # noqa: E731
         partial = lambda shape: pl.BlockSpec((1, *shape), lambda i: (i, 0, 0))  # noqa: E731
         shapes = [(width, rank), (rank, mlp), (mlp, rank), (rank, width)]
         return pl.pallas_call(
-            kernel, grid=(tiles,),
-            in_specs=[smem, smem, token_spec, token_spec] + [whole(w) for w in ws],
-            out_specs=[token_spec] + [partial(s) for s in shapes],
-            out_shape=[jax.ShapeDtypeStruct(x2.shape, x2.dtype)]
-            + [jax.ShapeDtypeStruct((tiles, *s), jnp.float32) for s in shapes],
+            kernel, grid=(blocks,),
+            in_specs=[smem, smem, frame_spec, frame_spec] + [whole(w) for w in ws],
+            out_specs=[frame_spec] + [partial(s) for s in shapes],
+            out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype)]
+            + [jax.ShapeDtypeStruct((blocks, *s), jnp.float32) for s in shapes],
             compiler_params=params, interpret=interpret, name="vit_lora_mlp_bwd",
             cost_estimate=cost_estimate(rows, width, mlp, rank, item, backward=True),
-        )(words, offset, x2, dy2, *ws)
+        )(words, offset, x, dy, *ws)
 
-    args = (words, offset, x2) + ((dy2,) if backward else ()) + tuple(weights)
+    args = (words, offset, x) + ((dy,) if backward else ()) + tuple(weights)
     if interpret is None:
         return jax.lax.platform_dependent(*args, tpu=functools.partial(run, interpret=False),
                                           default=functools.partial(run, interpret=True))
@@ -255,9 +280,7 @@ def _mlp_fwd(x, a1, bb1, a2, bb2, frozen, scale, keep, interpret):
     weights, words = _weights(a1, bb1, a2, bb2, frozen, x.dtype)
 
     def fn(offset, x, words, *weights):
-        f, n, d = x.shape
-        y = _calls(x.reshape(f * n, d), weights, words, offset, scale=scale, keep=keep, interpret=interpret)
-        return y.reshape(x.shape)
+        return _calls(x, weights, words, offset, scale=scale, keep=keep, interpret=interpret)
 
     y = _per_device(fn, (x,), (words, *weights))
     return y, (x, a1, bb1, a2, bb2, frozen)
@@ -268,10 +291,8 @@ def _mlp_bwd(scale, keep, interpret, res, dy):
     weights, words = _weights(a1, bb1, a2, bb2, frozen, x.dtype)
 
     def fn(offset, x, dy, words, *weights):
-        f, n, d = x.shape
-        dx, *partials = _calls(x.reshape(f * n, d), weights, words, offset, scale=scale, keep=keep,
-                               interpret=interpret, dy2=dy.reshape(f * n, d).astype(x.dtype))
-        return (dx.reshape(x.shape), *partials)
+        return tuple(_calls(x, weights, words, offset, scale=scale, keep=keep, interpret=interpret,
+                            dy=dy.astype(x.dtype)))
 
     dx, da1, db1, da2, db2 = _per_device(fn, (x, dy), (words, *weights))
     grads = [g.sum(0).astype(p.dtype) for g, p in zip((da1, db1, da2, db2), (a1, bb1, a2, bb2))]

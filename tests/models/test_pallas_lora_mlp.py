@@ -39,7 +39,7 @@ def _value_and_grads(fn, x, params, ct):
 
 @pytest.mark.parametrize("dtype, rate", [("float32", 0.0), ("float32", 0.25), ("bfloat16", 0.25)])
 def test_kernel_matches_xla(monkeypatch, dtype, rate):
-    monkeypatch.setattr(plm, "TILE_ROWS", 16)  # 3 frames x 11 tokens = 33 rows: tiles 16, 16, 1 (partial)
+    monkeypatch.setattr(plm, "TILE_ROWS", 22)  # 3 frames of 11 tokens in blocks of 2: the last is partial
     dt = jnp.dtype(dtype)
     x = jnp.asarray(RNG.standard_normal((3, 11, 24)), dt)
     params = _params(CFG, x)
@@ -140,7 +140,7 @@ import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hfa_jax.models import pallas_lora_mlp as plm, pallas_vit_block as pvb
 from hfa_jax.models.vit import Block, ViTConfig, _MLP
-plm.TILE_ROWS = 8  # 2 frames x 11 tokens per device: tiles of 8, 8, 6 (a partial one)
+plm.TILE_ROWS = 11  # 2 frames of 11 tokens per device, one frame a block
 cfg = ViTConfig(width=24, depth=3, num_heads=3, mlp_dim=40, pos_grid=2, patch_size=4, lora_blocks=(2,), lora_rank=2)
 mesh = Mesh(np.array(jax.devices()), ("data",))
 r = np.random.default_rng(0)
