@@ -15,6 +15,7 @@ from hfa_jax.models import attention as attention_lib
 from hfa_jax.models import pallas_attention as pa
 from hfa_jax.models.hfa import HFAConfig
 from hfa_jax.models.vit import ViT, ViTConfig
+from tests.models.conftest import run_on_cpu_devices
 
 RNG = np.random.default_rng(0)
 
@@ -215,12 +216,4 @@ print("ok")
 def test_kernel_runs_per_device_under_a_mesh():
     # XLA cannot partition a Mosaic kernel: under the trainer's mesh the frames go through
     # shard_map, split as the ``batch`` logical axis (4 CPU devices here, the interpreter)
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run([sys.executable, "-c", _SHARDED], cwd=root, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+    run_on_cpu_devices(_SHARDED)

@@ -13,6 +13,7 @@ import pytest
 from hfa_jax.models import dropout as dropout_lib
 from hfa_jax.models import pallas_lora_mlp as plm
 from hfa_jax.models.vit import ViT, ViTConfig, _MLP
+from tests.models.conftest import run_on_cpu_devices
 
 RNG = np.random.default_rng(0)
 CFG = ViTConfig(width=24, depth=3, num_heads=3, mlp_dim=40, pos_grid=2, patch_size=4, lora_blocks=(1, 2),
@@ -171,12 +172,4 @@ print("ok")
 def test_kernels_run_per_device_under_a_mesh():
     # 4 CPU devices, the interpreter: frames split over the mesh through shard_map; dropout masks
     # and gradient sums over all devices' rows equal the unsharded computation's
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run([sys.executable, "-c", _SHARDED], cwd=root, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+    run_on_cpu_devices(_SHARDED)
