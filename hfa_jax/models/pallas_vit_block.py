@@ -92,7 +92,7 @@ def _layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
 
 def _kernel(x_ref, ln1_s, ln1_b, wqkv, bqkv, wproj, bproj, ls1, ln2_s, ln2_b, w1, b1, w2, b2, ls2,
             o_ref, qkv_scr, attn_scr, *, num_heads: int, eps: float, kv_len: int | None):
-    n, d = x_ref.shape[1], x_ref.shape[2]
+    d = x_ref.shape[2]
     hd = d // num_heads
     dt = x_ref.dtype
     scale = 1.0 / math.sqrt(hd)

@@ -68,8 +68,6 @@ __all__ = [
     "REMAT_POLICIES",
     "ViTConfig",
     "ViT",
-    "from_hf",
-    "to_hf",
     "bicubic_matrix",
     "resample_pos_embed",
 ]
