@@ -44,12 +44,19 @@ def _check(reports, names):
         assert r.flops and r.flops > 0, r
 
 
-def test_pretraining_compiles_for_a_v5e_2x2_slice():
+def test_pretraining_compiles_for_a_v5e_2x2_slice(tmp_path):
     pytest.importorskip("libtpu", reason="libtpu is not installed: pip install -e '.[tpu]'")
     devices, processes = aot.topology_devices("v5e:2x2")
     assert len(devices) == 4 and processes == 1
-    reports = aot.stage_programs(tiny("pretrain"), devices, num_train=40, frame_size=36, breakdown=True)
+    config = tiny("pretrain")
+    config.model.vit.update(dict(depth=3, lora_blocks=(1, 2)))  # a frozen block, a full LoRA block, the CLS one
+    config.model.attention = "auto"  # as the paper configs; aot resolves it as a TPU would
+    reports = aot.stage_programs(config, devices, num_train=40, frame_size=36, breakdown=True, save_hlo=str(tmp_path))
     _check(reports, ("train", "eval"))
+    # model.attention=auto resolves for the TPU target: the ViT's Pallas kernels (Mosaic) compile
+    hlo = (tmp_path / "train.hlo.txt").read_text()
+    for kernel in ("vit_frozen_block", "vit_attention_bwd", "vit_lora_mlp_fwd", "vit_lora_mlp_bwd"):
+        assert kernel in hlo, kernel
     train = reports[0]
     _check_breakdown(train)
     # MFU's numerator is the plain program's model FLOP count, not the compiled program's
