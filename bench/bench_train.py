@@ -55,7 +55,8 @@ def hfa_config(s: Shapes, *, dtype: str = "float32"):
 
     c = model_config("paper").to_dict()
     c["vit"].update(width=s.vit_width, depth=s.vit_depth, num_heads=s.vit_heads, mlp_dim=s.vit_mlp,
-                    lora_blocks=tuple(s.lora_blocks), attention=s.vit_attention)
+                    lora_blocks=tuple(s.lora_blocks))
+    c["attention"] = s.vit_attention  # model.attention: one key for the whole model (models/attention.py)
     c["temporal"].update(width=s.t_width, num_heads=s.t_heads, mlp_dim=s.t_mlp, out_dim=s.d_model)
     c["mbart"].update(vocab_size=s.vocab, d_model=s.d_model, encoder_layers=s.enc_layers,
                       decoder_layers=s.dec_layers, encoder_attention_heads=s.m_heads,
@@ -337,7 +338,8 @@ def rows(*, quick: bool = False, only: set[str] | None = None, micro: bool = Fal
     (extra field, the main reference stays eager as the issue asks); ``accelerator``: the GPU
     rows, ours in bf16 against the reference's autocast (fp16 with a GradScaler on CUDA), at
     accelerator shapes (``TRAIN_SHAPES["accel"]``), with our MFU against the measured bf16 peak;
-    ``vit_attention``: our ViT's attention implementation ("xla", "auto": cuDNN where it applies)."""
+    ``vit_attention``: our ``model.attention`` ("xla", "auto": cuDNN where it applies), which the
+    ViT, the temporal encoder and mBART share."""
     mode = "quick" if quick or micro else "full"
     if accelerator:
         mode = "micro" if micro else "accel"
