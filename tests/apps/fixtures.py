@@ -1,6 +1,7 @@
 """Tiny trained models and real encoded video for the application tests.
 
 ``write_with_pts``: a small video whose frames claim any timestamps.
+``free_port``, ``save_screenshot``: for the page tests (a local server, its pictures in docs/).
 ``make_clips``: four SynthSign test clips (210x260 PNG folders at 25 fps) and their sentences.
 ``make_workdirs``: a pretraining workdir (pseudo-gloss head + prototypes, random) and a
 fine-tuning workdir whose tiny model (the demo's ``:smoke`` sizes) was trained for a few hundred
@@ -16,6 +17,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 from fractions import Fraction
 
 import jax
@@ -203,3 +205,21 @@ def write_with_pts(path: str, pts: list[int], tb: Fraction = Fraction(1, 1000), 
         for packet in s.encode():
             out.mux(packet)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def save_screenshot(page, tmp_path, name: str) -> None:
+    """A full-page screenshot of a Playwright ``page`` (checked to hold a picture); with
+    ``HFA_SCREENSHOT_DIR`` set, also copied there (how docs/images/<name> is refreshed)."""
+    page.wait_for_timeout(500)
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("HFA_SCREENSHOT_DIR"):
+        shutil.copy(shot, os.path.join(os.environ["HFA_SCREENSHOT_DIR"], name))

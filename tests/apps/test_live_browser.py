@@ -6,9 +6,7 @@ sentence, then saves the transcript and draws the last segment's alignment. Boun
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +16,8 @@ pytestmark = pytest.mark.xdist_group("apps")
 pytest.importorskip("gradio", reason='the web page needs the [app] extra: pip install -e ".[app]"')
 
 from tests.apps.test_live import make_stream  # noqa: E402
-from tests.apps.test_serve import CHROMIUM, CHROMIUM_FLAGS, _free_port  # noqa: E402
+from tests.apps import fixtures as fx  # noqa: E402
+from tests.apps.test_serve import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
 
 STREAM_TIMEOUT_MS = 120_000
 
@@ -49,7 +48,7 @@ def test_live_tab_with_a_fake_camera(translator, clips, tmp_path):
     frames, _ = make_stream(clips)
     y4m = write_y4m(str(tmp_path / "clip.y4m"), frames)
     app = serve.build_app(translator)
-    _, url = serve.launch(app, _free_port(), block=False)
+    _, url = serve.launch(app, fx.free_port(), block=False)
     want = clips[0][1]  # the first clip's sentence (the stream loops; frames travel as lossy images)
     try:
         with sync_api.sync_playwright() as p:
@@ -77,12 +76,7 @@ def test_live_tab_with_a_fake_camera(translator, clips, tmp_path):
                 page.locator("#live_alignment img").wait_for(state="visible", timeout=60_000)
                 page.locator("#live_save").click()
                 page.locator("#live_file a").first.wait_for(state="attached", timeout=30_000)
-                page.wait_for_timeout(500)
-                shot = tmp_path / "live_tab.png"
-                page.screenshot(path=str(shot), full_page=True)
-                assert shot.stat().st_size > 10_000
-                if os.environ.get("HFA_SCREENSHOT_DIR"):  # refresh docs/images/live_tab.png
-                    shutil.copy(shot, os.path.join(os.environ["HFA_SCREENSHOT_DIR"], "live_tab.png"))
+                fx.save_screenshot(page, tmp_path, "live_tab.png")  # docs/images/live_tab.png
             finally:
                 browser.close()
     finally:

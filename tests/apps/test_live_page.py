@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.request
 
 import numpy as np
@@ -20,13 +19,8 @@ pytestmark = pytest.mark.xdist_group("apps")
 
 pytest.importorskip("gradio", reason='the web page needs the [app] extra: pip install -e ".[app]"')
 
+from tests.apps import fixtures as fx  # noqa: E402
 from tests.apps.test_live import make_stream  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +58,7 @@ def server(translator):
     from hfa_jax import serve
 
     app = serve.build_app(translator)
-    _, url = serve.launch(app, _free_port(), block=False)
+    _, url = serve.launch(app, fx.free_port(), block=False)
     yield url
     app.close()
 

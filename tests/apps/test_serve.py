@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import threading
 import time
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from hfa_jax.data import video as video_lib
+from tests.apps import fixtures as fx
 
 # One xdist worker runs the application tests: they share the session's trained model.
 pytestmark = pytest.mark.xdist_group("apps")
@@ -28,19 +28,13 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
                   "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def page_url(translator, encoded):
     from hfa_jax import serve
 
     # the session's Translator (the export round trip is tested apart): its programs are compiled
     app = serve.build_app(translator, examples=encoded["mp4"][:2])
-    _, url = serve.launch(app, _free_port(), block=False)
+    _, url = serve.launch(app, fx.free_port(), block=False)
     yield url
     app.close()
 
@@ -120,12 +114,7 @@ def test_page_in_headless_chromium(page_url, encoded, translator, tmp_path):
             img = page.locator("#alignment img")
             img.wait_for(state="visible", timeout=30_000)
             assert img.evaluate("i => i.naturalWidth") > 400
-            page.wait_for_timeout(500)
-            shot = tmp_path / "serve.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if os.environ.get("HFA_SCREENSHOT_DIR"):  # refresh docs/images/serve.png
-                shutil.copy(shot, os.path.join(os.environ["HFA_SCREENSHOT_DIR"], "serve.png"))
+            fx.save_screenshot(page, tmp_path, "serve.png")  # docs/images/serve.png
         finally:
             browser.close()
     assert outside == [], outside   # fully offline: no fonts, scripts or analytics from outside
@@ -190,7 +179,7 @@ def test_page_under_load(translator, encoded, tmp_path, monkeypatch):
     release = threading.Event()
     page = _GatedPage(translator, dataclasses.replace(translator.preprocessing, max_pixels=300 * 300), release)
     app = serve.build_app(page, workers=2, queue=32)
-    _, url = serve.launch(app, _free_port(), block=False, max_upload_mb=1.0)
+    _, url = serve.launch(app, fx.free_port(), block=False, max_upload_mb=1.0)
     t0 = time.monotonic()
     try:
         uploads = tmp_path / "uploads"
