@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hfa_jax.errors import CheckpointError
+from hfa_jax.train.freeze import path_str  # 'frozen/frame_encoder/.../kernel' for a key path
 
 PyTree = Any
 
@@ -123,21 +124,6 @@ class Checkpointer:
         return state, dict(out["meta"])
 
 
-def _leaf_name(path: tuple) -> str:
-    """``frozen/frame_encoder/patch_embed/kernel`` for a pytree key path (dict keys, sequence
-    indices and attribute names alike, so a NamedTuple in the planned state matches the
-    checkpoint's record of it)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def _stored_arrays(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
     """The checkpoint's own record of its state arrays (name -> metadata with shape and dtype),
     or None where none can be read (then orbax's restore alone checks)."""
@@ -150,7 +136,7 @@ def _stored_arrays(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any] | N
         return None
     finally:
         ckptr.close()
-    return {_leaf_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_str(p): m for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]
             if hasattr(m, "shape") and hasattr(m, "dtype")}
 
 
@@ -162,7 +148,7 @@ def _check_matches(stored: dict[str, Any] | None, abstract_state: PyTree, where:
     returns the names of the frozen leaves stored in bfloat16 and planned in float32."""
     if stored is None:
         return []
-    planned = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    planned = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     hint = ("the model, the trainable table or the optimiser changed since it was written: "
             "train in a fresh workdir (config.train.init_from starts a stage from another's weights)")
     missing = sorted(set(planned) - set(stored))
@@ -193,11 +179,11 @@ def _prefer_fresh(state: PyTree, fresh: PyTree, names: list[str]) -> PyTree:
     element, by ``fresh``'s value where that rounds to the restored one. One jitted program for
     all of them, writing into the restored leaves' buffers (donated) with their shardings."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(state)
-    fresh_flat = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(fresh)[0]}
+    fresh_flat = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(fresh)[0]}
     wanted = set(names)
-    pos = [i for i, (p, _) in enumerate(flat) if _leaf_name(p) in wanted
-           and _leaf_name(p) in fresh_flat and fresh_flat[_leaf_name(p)].dtype == flat[i][1].dtype
-           and fresh_flat[_leaf_name(p)].shape == flat[i][1].shape]
+    pos = [i for i, (p, _) in enumerate(flat) if path_str(p) in wanted
+           and path_str(p) in fresh_flat and fresh_flat[path_str(p)].dtype == flat[i][1].dtype
+           and fresh_flat[path_str(p)].shape == flat[i][1].shape]
     if not pos:
         return state
 
@@ -206,7 +192,7 @@ def _prefer_fresh(state: PyTree, fresh: PyTree, names: list[str]) -> PyTree:
 
     restored = [flat[i][1] for i in pos]
     picked = jax.jit(pick, out_shardings=[x.sharding for x in restored], donate_argnums=0)(
-        restored, [fresh_flat[_leaf_name(flat[i][0])] for i in pos])
+        restored, [fresh_flat[path_str(flat[i][0])] for i in pos])
     leaves = [x for _, x in flat]
     for i, x in zip(pos, picked):
         leaves[i] = x
