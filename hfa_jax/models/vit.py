@@ -134,6 +134,11 @@ class ViTConfig:
     def compute_dtype(self) -> Any:
         return jnp.dtype(self.dtype) if self.dtype else None
 
+    def runs_kernels(self, dtype) -> bool:
+        """Whether the attention resolves to the Pallas kernel here (``pallas``, or ``auto`` on a
+        TPU), which is where the fused-block switches apply."""
+        return attention_lib.resolve(self.attention, dtype, self.width // self.num_heads, has_kernel=True) == "pallas"
+
     @property
     def first_trainable_block(self) -> int:
         """Blocks below this index carry no gradient (run under stop_gradient)."""
@@ -241,8 +246,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         d = x.shape[-1]
         r = cfg.lora_rank if self.lora else 0
-        elementwise = bool(r) and cfg.fused_lora_adapters and attention_lib.resolve(
-            cfg.attention, x.dtype, d // cfg.num_heads, has_kernel=True) == "pallas"
+        elementwise = bool(r) and cfg.fused_lora_adapters and cfg.runs_kernels(x.dtype)
         dense = lambda f, name, names: LoRADense(  # noqa: E731
             f, rank=r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, dtype=cfg.compute_dtype, name=name,
             kernel_axes=names, adapter_elementwise=elementwise,
@@ -284,7 +288,7 @@ class Block(nn.Module):
         h = Attention(cfg, self.lora, name="attn")(ln("norm1")(x), deterministic, query_rows, valid_tokens)
         x = x[:, :query_rows] + h * ls("ls1").astype(h.dtype)
         fused_mlp = (self.lora and query_rows is None and cfg.fused_lora_mlp and cfg.lora_rank > 0
-                     and attention_lib.resolve(cfg.attention, x.dtype, d // cfg.num_heads, has_kernel=True) == "pallas")
+                     and cfg.runs_kernels(x.dtype))
         h = _MLP(cfg, self.lora, fused=fused_mlp, name="mlp")(ln("norm2")(x), deterministic)
         return x + h * ls("ls2").astype(h.dtype)
 
@@ -384,8 +388,7 @@ class ViT(nn.Module):
         policy = REMAT_POLICIES[cfg.remat_policy]
         trained_cls = frozen_cls if cfg.remat or policy is None else nn.remat(
             Block, static_argnums=(2, 3, 4), policy=policy)
-        fused = (cfg.fused_frozen_blocks and not cfg.train_all_blocks
-                 and attention_lib.resolve(cfg.attention, dtype, d // cfg.num_heads, has_kernel=True) == "pallas")
+        fused = cfg.fused_frozen_blocks and not cfg.train_all_blocks and cfg.runs_kernels(dtype)
         for i in range(cfg.depth):
             if i < first and fused:
                 x = Block(cfg, lora=False, fused=True, name=f"block_{i}")(x, deterministic, None, n)

@@ -198,9 +198,7 @@ def _check_fused_kernels(model: nn.Module, mask) -> None:
     vit = getattr(getattr(model, "cfg", None), "vit", None)
     if vit is None or not vit.fused_lora_mlp or vit.lora_rank <= 0:
         return
-    from hfa_jax.models import attention as attention_lib
-
-    if attention_lib.resolve(vit.attention, jnp.bfloat16, vit.width // vit.num_heads, has_kernel=True) != "pallas":
+    if not vit.runs_kernels(jnp.bfloat16):
         return
     trained = freeze.trained_vit_mlp_weights(mask)
     if trained:
