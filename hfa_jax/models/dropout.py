@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["Dropout", "dropout", "keep_mask"]
+__all__ = ["Dropout", "dropout", "keep_mask", "hashed_keep"]
 
 _GOLDEN = np.uint32(0x9E3779B9)  # 2^32 / golden ratio: spreads consecutive rows
 _COL = np.uint32(0x85EBCA77)  # an odd multiplier for the column index (xxHash's PRIME32_2)
@@ -57,10 +57,16 @@ def keep_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> jax.Arr
     words = jax.random.bits(key, (2,), jnp.uint32)
     row = lax.broadcasted_iota(jnp.uint32, (rows, cols), 0)
     col = lax.broadcasted_iota(jnp.uint32, (rows, cols), 1)
-    h = _fmix32((row * _GOLDEN) ^ words[0])  # one value per row, decorrelated from the next row's
-    h = _fmix32(_fmix32(h + col * _COL) ^ words[1])
-    threshold = np.uint32(min(round(keep_prob * 2**32), 2**32 - 1))
-    return (h < threshold).reshape(shape)
+    return hashed_keep(row, col, words[0], words[1], keep_prob).reshape(shape)
+
+
+def hashed_keep(row: jax.Array, col: jax.Array, word0: jax.Array, word1: jax.Array, keep_prob: float) -> jax.Array:
+    """The keep decision of element (``row``, ``col``) (uint32 arrays) of a mask drawn with the
+    key words ``word0``, ``word1``: :func:`keep_mask`'s rule, also what the Pallas kernels that
+    draw masks in-kernel compute (:mod:`hfa_jax.models.pallas_lora_mlp`)."""
+    h = _fmix32((row * _GOLDEN) ^ word0)  # one value per row, decorrelated from the next row's
+    h = _fmix32(_fmix32(h + col * _COL) ^ word1)
+    return h < np.uint32(min(round(keep_prob * 2**32), 2**32 - 1))
 
 
 def dropout(key: jax.Array, rate: float, x: jax.Array, broadcast_dims: Sequence[int] = ()) -> jax.Array:

@@ -58,18 +58,12 @@ _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 _SQRT_HALF = float(np.sqrt(0.5))
 
 
-def _threshold(keep: float) -> np.uint32:
-    return np.uint32(min(round(keep * 2**32), 2**32 - 1))
-
-
 def _keep(words_ref, layer: int, row0, shape: tuple[int, int], keep: float) -> Array:
     """:func:`hfa_jax.models.dropout.keep_mask`'s mask for rows ``row0 ..`` of a [rows, cols]
     input (the layer's two words at ``words_ref[2 * layer:]``)."""
     row = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) + row0.astype(jnp.uint32)
     col = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
-    h = dropout_lib._fmix32((row * dropout_lib._GOLDEN) ^ words_ref[2 * layer])
-    h = dropout_lib._fmix32(dropout_lib._fmix32(h + col * dropout_lib._COL) ^ words_ref[2 * layer + 1])
-    return h < _threshold(keep)
+    return dropout_lib.hashed_keep(row, col, words_ref[2 * layer], words_ref[2 * layer + 1], keep)
 
 
 def _dropped(x: Array, mask: Array | None, keep: float) -> Array:
@@ -339,9 +333,8 @@ def reference(x: Array, params: Mapping, *, scale: float, rate: float = 0.0, wor
         if keep is not None:
             row = jax.lax.broadcasted_iota(jnp.uint32, rows.shape, 0)
             col = jax.lax.broadcasted_iota(jnp.uint32, rows.shape, 1)
-            hsh = dropout_lib._fmix32((row * dropout_lib._GOLDEN) ^ words[2 * i])
-            hsh = dropout_lib._fmix32(dropout_lib._fmix32(hsh + col * dropout_lib._COL) ^ words[2 * i + 1])
-            rows_d = jnp.where(hsh < _threshold(keep), rows / jnp.asarray(keep, dt), jnp.zeros_like(rows))
+            mask = dropout_lib.hashed_keep(row, col, words[2 * i], words[2 * i + 1], keep)
+            rows_d = jnp.where(mask, rows / jnp.asarray(keep, dt), jnp.zeros_like(rows))
         else:
             rows_d = rows
         down = (rows_d @ p["lora_a"].astype(dt)).astype(dt)
